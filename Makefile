@@ -1,0 +1,39 @@
+# The two commands a newcomer needs: `make demo` and `make test` (each sets itself up).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint format prometheus clean
+
+$(STAMP): pyproject.toml
+	@echo ">> creating $(VENV) and installing torch 2.13.0 (CPU) and the project"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+# Debian's prometheus package gives the real `prometheus` and `promtool` the tests run.
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo ">> installing Prometheus (Debian package) for the tests"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root for apt-get: run 'sudo apt-get install -y prometheus' first"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+demo: $(STAMP)
+	$(BIN)/profiler demo
+
+test: $(STAMP) prometheus
+	PROFILER_REQUIRE_PROMTOOL=1 $(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

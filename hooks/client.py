@@ -1,0 +1,193 @@
+"""The sender inside training: batches steps into datagrams, starts the daemon if none listens.
+
+Promises: no method raises into training; a step costs an append and a clock read (a datagram
+every ``flush_every`` steps or ``flush_interval_s`` seconds); sends are non-blocking, and what
+cannot be sent is counted as dropped and reported to the daemon with the next batch. Connecting
+and starting the daemon happen on a background thread, while steps queue (bounded).
+
+Autostart: when no daemon answers on ``<home>/daemon.sock``, the first process to take the lock
+``<home>/autostart.lock`` starts ``python -m profiler daemon`` in its own session (it outlives
+training, serving later runs); the others wait on the lock and find it running, so N ranks start
+exactly one daemon. ``PROFILER_AUTOSTART=0`` turns this off.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hooks import wire
+
+log = logging.getLogger("hooks")
+
+MAX_QUEUED_STEPS = 100_000
+STEPS_PER_DATAGRAM = 512
+AUTOSTART_TIMEOUT_S = 20.0
+
+
+class Client:
+    """One process's connection to the daemon, for one run."""
+
+    def __init__(
+        self,
+        run_id: str,
+        hello_fields: dict[str, Any],
+        *,
+        home: Path | None = None,
+        autostart: bool | None = None,
+        flush_every: int = 64,
+        flush_interval_s: float = 0.25,
+    ) -> None:
+        self.run_id = run_id
+        self.pid = os.getpid()
+        self.home = home or wire.default_home()
+        self.path = str(wire.socket_path(self.home))
+        self.hello_fields = dict(hello_fields)
+        if autostart is None:
+            autostart = os.environ.get("PROFILER_AUTOSTART", "1") not in ("0", "false", "no")
+        self.autostart = autostart
+        self.flush_every = flush_every
+        self.flush_interval_s = flush_interval_s
+        self.queue: list[list[float]] = []
+        self.dropped = 0  # steps not delivered, not yet reported
+        self.dropped_total = 0
+        self.errors = 0  # exceptions swallowed at the hook boundary
+        self._last_flush = time.monotonic()
+        self._last_hello = 0.0
+        self._lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self._warned = False
+        self.ready = threading.Event()
+        self.closed = False
+        self._thread = threading.Thread(target=self._connect, name="profiler-connect", daemon=True)
+        self._thread.start()
+
+    # ---- the hot path -------------------------------------------------------------------------
+
+    def step(self, step: int, start_s: float, end_s: float, samples: int) -> None:
+        """Queue one finished step (times on CLOCK_MONOTONIC, seconds)."""
+        self.queue.append([step, start_s, end_s, samples])
+        if len(self.queue) >= self.flush_every or end_s - self._last_flush >= self.flush_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is queued, if the daemon is reachable; never raises."""
+        try:
+            self._flush()
+        except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
+            self.errors += 1
+
+    def _flush(self) -> None:
+        now = time.monotonic()
+        self._last_flush = now
+        if not self.ready.is_set():
+            overflow = len(self.queue) - MAX_QUEUED_STEPS
+            if overflow > 0:
+                del self.queue[:overflow]
+                self._count_dropped(overflow)
+            return
+        with self._lock:
+            if now - self._last_hello >= wire.HELLO_EVERY_S:
+                self._send_hello()
+            batch, self.queue = self.queue, []
+            for i in range(0, len(batch), STEPS_PER_DATAGRAM):
+                chunk = batch[i : i + STEPS_PER_DATAGRAM]
+                message = wire.steps(self.run_id, self.pid, chunk, self.dropped)
+                if self._send(message):
+                    self.dropped = 0
+                else:
+                    self._count_dropped(len(chunk))
+
+    def _count_dropped(self, n: int) -> None:
+        self.dropped += n
+        self.dropped_total += n
+
+    # ---- messages -----------------------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any]) -> bool:
+        try:
+            self._sock.sendto(wire.encode(message), self.path)
+            return True
+        except OSError:  # no daemon, queue full (EAGAIN), socket gone
+            return False
+
+    def _send_hello(self) -> bool:
+        self._last_hello = time.monotonic()
+        fields = dict(self.hello_fields, mono=time.monotonic(), wall=time.time())
+        return self._send(wire.hello(self.run_id, self.pid, **fields))
+
+    def update_hello(self, **fields: Any) -> None:
+        """Change what ``hello`` says (e.g. devices learnt later) and resend it soon."""
+        self.hello_fields.update(fields)
+        self._last_hello = 0.0
+
+    def close(self, status: str = "finished") -> None:
+        """Send the remaining steps and ``bye``. Waits briefly for a connection in progress."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.ready.wait(timeout=AUTOSTART_TIMEOUT_S if self._thread.is_alive() else 0)
+            self._flush()
+            if self.ready.is_set():
+                self._send(wire.bye(self.run_id, self.pid, status, time.monotonic()))
+            self._sock.close()
+        except Exception:  # noqa: BLE001 - the hook boundary
+            self.errors += 1
+
+    # ---- connecting and autostart ------------------------------------------------------------
+
+    def _connect(self) -> None:
+        try:
+            if self._send_hello() or (self.autostart and self._start_daemon()):
+                self.ready.set()
+                return
+            self._warn(
+                f"no profiler daemon at {self.path}"
+                + ("" if self.autostart else " (PROFILER_AUTOSTART=0)")
+            )
+        except Exception as e:  # noqa: BLE001 - the hook boundary
+            self.errors += 1
+            self._warn(f"could not reach the profiler daemon ({e})")
+
+    def _start_daemon(self) -> bool:
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.home / "autostart.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._send_hello():  # another process started it while we waited
+                return True
+            log_path = self.home / "daemon.log"
+            env = dict(os.environ, PROFILER_HOME=str(self.home))
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "profiler", "daemon"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + AUTOSTART_TIMEOUT_S
+            while time.monotonic() < deadline:
+                if self._send_hello():
+                    return True
+                if proc.poll() is not None:
+                    self._warn(f"the profiler daemon exited at start; see {log_path}")
+                    return False
+                time.sleep(0.05)
+            self._warn(f"the profiler daemon did not start in time; see {log_path}")
+            return False
+
+    def _warn(self, text: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("profiler: %s; training goes on without profiling", text)

@@ -1,0 +1,73 @@
+"""The message format between training processes and the node daemon (version 1).
+
+This module is the whole contract between ``hooks`` (inside training) and ``profiler`` (the
+daemon): both sides import it, and nothing else crosses. Standard library only.
+
+Transport: one JSON object per unix datagram, at most :data:`MAX_DATAGRAM_BYTES` bytes, sent to
+``<home>/daemon.sock``. Every message carries ``v`` (the format version), ``type``, ``run`` (the
+run id) and ``pid`` (the sender's process id).
+
+``hello``
+    Who is speaking: ``name``, ``project``, ``user``, ``framework``, ``framework_version``,
+    ``hook``, ``rank``, ``local_rank``, ``world_size``, ``devices`` (list of GPU UUIDs or indexes
+    as strings), ``host``, ``batch_size``, ``total_steps``, ``clock`` and the clock anchors
+    ``mono`` (seconds on CLOCK_MONOTONIC) and ``wall`` (unix seconds) taken together. Sent at start
+    and again every :data:`HELLO_EVERY_S` seconds, so a restarted daemon learns the run again.
+``step``
+    A batch of finished steps: ``steps`` is a list of ``[step, start_s, end_s, samples]`` with
+    times on CLOCK_MONOTONIC in seconds (system-wide on Linux, so the daemon reads the same
+    clock); ``dropped`` counts steps the sender had to discard since the last batch.
+``bye``
+    The process is done with the run: ``status`` is ``finished``, ``failed`` or ``interrupted``;
+    ``mono`` is when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+MAX_DATAGRAM_BYTES = 65_000
+HELLO_EVERY_S = 5.0
+SOCKET_NAME = "daemon.sock"
+MESSAGE_TYPES = ("hello", "step", "bye")
+BYE_STATUSES = ("finished", "failed", "interrupted")
+
+
+def default_home() -> Path:
+    """The daemon's state directory: ``$PROFILER_HOME``, else ``$XDG_STATE_HOME/ml-profiler``,
+    else ``~/.local/state/ml-profiler``. Socket, ledger, lock, status file and log live there."""
+    explicit = os.environ.get("PROFILER_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(state) / "ml-profiler"
+
+
+def socket_path(home: Path | None = None) -> Path:
+    """Where the daemon listens: ``<home>/daemon.sock``."""
+    return (home or default_home()) / SOCKET_NAME
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One message as compact JSON bytes, with the format version set."""
+    body = {"v": VERSION, **message}
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def hello(run: str, pid: int, **fields: Any) -> dict[str, Any]:
+    """A ``hello`` message (see the module docstring for its fields)."""
+    return {"type": "hello", "run": run, "pid": pid, **fields}
+
+
+def steps(run: str, pid: int, batch: list[list[float]], dropped: int = 0) -> dict[str, Any]:
+    """A ``step`` message carrying ``[step, start_s, end_s, samples]`` rows."""
+    return {"type": "step", "run": run, "pid": pid, "steps": batch, "dropped": dropped}
+
+
+def bye(run: str, pid: int, status: str, mono: float) -> dict[str, Any]:
+    """A ``bye`` message: this process is done with the run."""
+    return {"type": "bye", "run": run, "pid": pid, "status": status, "mono": mono}

@@ -1,0 +1,305 @@
+"""The ``profiler`` command: a thin face over the daemon, the ledger and the demo.
+
+Every user mistake ends with one line ``profiler: error: ...`` that says what to do next, and
+exit status 2; "not running" answers exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from profiler import __version__
+from profiler.config import Config, ConfigError, load_config
+from profiler.ledger import Ledger, LedgerError
+
+
+class CliError(Exception):
+    """A one-line error for the user."""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="profiler",
+        description="Energy and cost profiler for ML training: node daemon, runs, demo.",
+    )
+    parser.add_argument("--version", action="version", version=f"profiler {__version__}")
+    parser.add_argument(
+        "--config", help="profiler.toml to use (default: $PROFILER_HOME/profiler.toml)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("daemon", help="run the node daemon in the foreground")
+    sub.add_parser("start", help="start the daemon in the background")
+    sub.add_parser("stop", help="stop the background daemon (flushes the ledger)")
+    status = sub.add_parser("status", help="is a daemon running, and where")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    runs = sub.add_parser("runs", help="runs recorded in the ledger, newest first")
+    runs.add_argument("--json", action="store_true", help="a JSON list of run objects")
+    runs.add_argument("--limit", type=_positive_int, default=50, help="at most N runs (50)")
+    demo = sub.add_parser("demo", help="train a small PyTorch model with the hook, then summarise")
+    demo.add_argument(
+        "--seconds", type=_positive_float, default=30.0, help="training time in seconds (30)"
+    )
+    demo.add_argument(
+        "--gpu",
+        default=None,
+        help="GPU source for a daemon the demo starts (default simulated:A100-SXM4-40GB:1)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        handler = COMMANDS[args.command]
+        return handler(config, args)
+    except (CliError, ConfigError, LedgerError) as e:
+        print(f"profiler: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("profiler: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+# ---- daemon control ----------------------------------------------------------------------
+
+
+def daemon_status(config: Config) -> dict[str, Any] | None:
+    """The running daemon's status file, or None when no daemon holds this home's lock."""
+    if not config.lock_file.exists():
+        return None
+    fd = os.open(config.lock_file, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: a daemon runs
+        else:
+            return None
+    finally:
+        os.close(fd)
+    for _ in range(50):  # the daemon writes its status file just after taking the lock
+        try:
+            return json.loads(config.status_file.read_text())
+        except (OSError, ValueError):
+            time.sleep(0.1)
+    return {"pid": None, "home": str(config.home)}
+
+
+def cmd_daemon(config: Config, args: argparse.Namespace) -> int:
+    from profiler.daemon import DaemonError, run_foreground
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        run_foreground(config)
+    except DaemonError as e:
+        raise CliError(str(e)) from e
+    return 0
+
+
+def start_background(config: Config, timeout_s: float = 20.0) -> dict[str, Any]:
+    """Start ``profiler daemon`` detached (log in ``<home>/daemon.log``); wait until it serves."""
+    config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = dict(os.environ, PROFILER_HOME=str(config.home))
+    cmd = [sys.executable, "-m", "profiler"]
+    with open(config.log_file, "ab") as log:
+        proc = subprocess.Popen(
+            [*cmd, "daemon"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CliError(f"the daemon exited at start: {_last_error(config.log_file)}")
+        status = daemon_status(config)
+        if status and status.get("pid") == proc.pid:
+            return status
+        time.sleep(0.1)
+    raise CliError(f"the daemon did not start within {timeout_s:g} s; see {config.log_file}")
+
+
+def _last_error(log_file: Path) -> str:
+    try:
+        lines = [ln for ln in log_file.read_text().splitlines() if ln.strip()]
+    except OSError:
+        return f"see {log_file}"
+    return (lines[-1] if lines else "no output") + f" (log: {log_file})"
+
+
+def cmd_start(config: Config, args: argparse.Namespace) -> int:
+    status = daemon_status(config)
+    if status:
+        pid, url = status.get("pid"), status.get("metrics_url")
+        print(f"daemon already running (pid {pid}), metrics at {url}")
+        return 0
+    status = start_background(config)
+    print(f"daemon started (pid {status['pid']}): metrics at {status['metrics_url']}, "
+          f"GPU: {status['gpu']}")  # fmt: skip
+    return 0
+
+
+def cmd_stop(config: Config, args: argparse.Namespace) -> int:
+    status = daemon_status(config)
+    if not status or not status.get("pid"):
+        print(f"no daemon running for {config.home}")
+        return 1
+    pid = int(status["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        print(f"no daemon running for {config.home}")
+        return 1
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if daemon_status(config) is None:
+            print(f"daemon stopped (pid {pid}); ledger flushed to {config.ledger}")
+            return 0
+        time.sleep(0.1)
+    raise CliError(f"daemon pid {pid} did not stop within 15 s; `kill -9 {pid}` forces it")
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    status = daemon_status(config)
+    if not status:
+        if args.json:
+            print(json.dumps({"running": False, "home": str(config.home)}))
+        else:
+            print(f"no daemon running for {config.home}; start one with `profiler start`")
+        return 1
+    status = {"running": True, **status}
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    print(f"daemon running (pid {status['pid']}, version {status.get('version')})")
+    for key in ("metrics_url", "socket", "ledger", "log", "gpu", "cpu"):
+        print(f"  {key:<12} {status.get(key)}")
+    return 0
+
+
+# ---- runs --------------------------------------------------------------------------------------
+
+
+def run_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A ledger row as the public run object (``profiler runs --json``)."""
+    steps = row["steps"]
+    ended = row["ended_at"]
+    duration = (ended - row["started_at"]) if ended else None
+    energy = row["gpu_energy_j"]
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "project": row["project"],
+        "user": row["user"],
+        "framework": row["framework"],
+        "framework_version": row["framework_version"],
+        "host": row["host"],
+        "status": row["status"],
+        "started_at": row["started_at"],
+        "ended_at": ended,
+        "duration_s": duration,
+        "steps": steps,
+        "samples": row["samples"],
+        "dropped_steps": row["dropped_steps"],
+        "step_time_mean_s": row["step_time_sum_s"] / steps if steps else None,
+        "step_time_p95_s": row["step_time_p95_s"],
+        "gpu_energy_j": energy,
+        "gpu_energy_kwh": energy / 3.6e6 if energy is not None else None,
+        "gpu_seconds": row["gpu_seconds"],
+        "gpu_power_mean_w": energy / duration if energy is not None and duration else None,
+        "gpu_power_peak_w": row["gpu_power_peak_w"],
+        "gpu_source": row["gpu_source"],
+        "energy_source": row["energy_source"],
+        "simulated": bool(row["simulated"]),
+        "devices": row["devices"],
+    }
+
+
+def read_runs(config: Config, limit: int | None = None) -> list[dict[str, Any]]:
+    if not config.ledger.exists():
+        return []
+    ledger = Ledger(config.ledger, readonly=True)
+    try:
+        return [run_record(r) for r in ledger.runs(limit=limit)]
+    finally:
+        ledger.close()
+
+
+def cmd_runs(config: Config, args: argparse.Namespace) -> int:
+    runs = read_runs(config, args.limit)
+    if args.json:
+        print(json.dumps(runs, indent=1))
+        return 0
+    if not runs:
+        print(f"no runs recorded in {config.ledger}")
+        return 0
+    header = f"{'RUN':<36} {'NAME':<16} {'FRAMEWORK':<10} {'STATUS':<11} {'STEPS':>8} " \
+             f"{'SAMPLES':>10} {'GPU kWh':>10} {'GPU-h':>8}"  # fmt: skip
+    print(header)
+    for r in runs:
+        kwh = "n/a" if r["gpu_energy_kwh"] is None else f"{r['gpu_energy_kwh']:.5f}"
+        sim = "*" if r["simulated"] else ""
+        print(
+            f"{r['id'][:36]:<36} {r['name'][:16]:<16} {r['framework'][:10]:<10} "
+            f"{r['status']:<11} {r['steps']:>8} {r['samples']:>10} {kwh + sim:>10} "
+            f"{r['gpu_seconds'] / 3600:>8.4f}"
+        )
+    if any(r["simulated"] for r in runs):
+        print("* measured on the simulated GPU, not hardware")
+    return 0
+
+
+def cmd_demo(config: Config, args: argparse.Namespace) -> int:
+    from profiler.demo import run_demo
+
+    return run_demo(config, seconds=args.seconds, gpu=args.gpu)
+
+
+COMMANDS = {
+    "daemon": cmd_daemon,
+    "start": cmd_start,
+    "stop": cmd_stop,
+    "status": cmd_status,
+    "runs": cmd_runs,
+    "demo": cmd_demo,
+}

@@ -1,0 +1,201 @@
+"""Configuration: ``profiler.toml`` then ``PROFILER_*`` environment variables, validated.
+
+Precedence, lowest first: built-in defaults, ``<home>/profiler.toml`` (or ``--config PATH``), then
+environment variables. Every problem is a :class:`ConfigError` whose message is one line naming the
+key, where it came from, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from hooks.wire import default_home, socket_path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_METRICS_PORT = 9478
+CONFIG_NAME = "profiler.toml"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is the whole one-line explanation."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The daemon's settings. Durations in seconds, power in watts."""
+
+    home: Path
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = DEFAULT_METRICS_PORT
+    sample_interval_s: float = 0.1
+    flush_interval_s: float = 2.0
+    gpu: str = "auto"
+    finished_run_ttl_s: float = 300.0
+    cpu_tdp_w: float | None = None
+    rapl_root: str = "/sys/class/powercap"
+    process_check_interval_s: float = 1.0
+
+    @property
+    def socket(self) -> Path:
+        return socket_path(self.home)
+
+    @property
+    def ledger(self) -> Path:
+        return self.home / "ledger.sqlite"
+
+    @property
+    def status_file(self) -> Path:
+        return self.home / "daemon.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.home / "daemon.lock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "daemon.log"
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a number")
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError("a number > 0")
+    return number
+
+
+def _bounded(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        number = _positive_float(value)
+        if not lo <= number <= hi:
+            raise ValueError(f"a number from {lo:g} to {hi:g}")
+        return number
+
+    check.__doc__ = f"a number from {lo:g} to {hi:g}"
+    return check
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("an integer port 0-65535")
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError("an integer port 0-65535 (0 picks a free port)")
+    return port
+
+
+def _host(value: Any) -> str:
+    text = str(value)
+    if text == "localhost":
+        return text
+    try:
+        ipaddress.ip_address(text)
+    except ValueError as e:
+        raise ValueError("an IP address such as 127.0.0.1 or 0.0.0.0") from e
+    return text
+
+
+def _gpu(value: Any) -> str:
+    text = str(value).strip()
+    head = text.split(":", 1)[0]
+    if head not in ("auto", "nvml", "none", "simulated"):
+        raise ValueError("auto, nvml, none, or simulated[:MODEL[:COUNT]]")
+    if head != "simulated" and ":" in text:
+        raise ValueError("auto, nvml, none, or simulated[:MODEL[:COUNT]]")
+    return text
+
+
+def _optional_watts(value: Any) -> float | None:
+    if value in (None, "", "auto"):
+        return None
+    return _bounded(1, 5000)(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+# key -> (validator, what is allowed, environment variable)
+_KEYS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
+    "metrics_host": (_host, "an IP address such as 127.0.0.1", "PROFILER_METRICS_HOST"),
+    "metrics_port": (
+        _port,
+        "an integer port 0-65535 (0 picks a free port)",
+        "PROFILER_METRICS_PORT",
+    ),
+    "sample_interval_s": (
+        _bounded(0.01, 60),
+        "seconds from 0.01 to 60",
+        "PROFILER_SAMPLE_INTERVAL",
+    ),
+    "flush_interval_s": (_bounded(0.1, 5), "seconds from 0.1 to 5", "PROFILER_FLUSH_INTERVAL"),
+    "gpu": (_gpu, "auto, nvml, none, or simulated[:MODEL[:COUNT]]", "PROFILER_GPU"),
+    "finished_run_ttl_s": (
+        _bounded(0, 86400 * 7),
+        "seconds from 0 to 604800",
+        "PROFILER_FINISHED_RUN_TTL",
+    ),
+    "cpu_tdp_w": (_optional_watts, 'watts from 1 to 5000, or "auto"', "PROFILER_CPU_TDP"),
+    "rapl_root": (_text, "a directory path", "PROFILER_RAPL_ROOT"),
+}
+
+
+def load_config(
+    config_path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Build the effective configuration, or raise :class:`ConfigError` with a one-line reason."""
+    env = os.environ if env is None else env
+    home = Path(env["PROFILER_HOME"]).expanduser() if env.get("PROFILER_HOME") else default_home()
+    values: dict[str, Any] = {}
+    path = Path(config_path) if config_path else home / CONFIG_NAME
+    if config_path and not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    if path.is_file():
+        values.update(_read_toml(path))
+    for key, (_check, _allowed, var) in _KEYS.items():
+        if env.get(var) not in (None, ""):
+            values[key] = _validate(key, env[var], f"environment variable {var}")
+    return Config(home=home, **values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from e
+    section = data.get("daemon", data) if isinstance(data.get("daemon"), dict) else data
+    known = {f.name for f in fields(Config)} - {"home", "process_check_interval_s"}
+    values = {}
+    for key, value in section.items():
+        if key == "daemon":
+            continue
+        if key not in known:
+            raise ConfigError(
+                f"{path}: unknown key '{key}' (known keys: {', '.join(sorted(known))})"
+            )
+        values[key] = _validate(key, value, str(path))
+    return values
+
+
+def _validate(key: str, value: Any, where: str) -> Any:
+    check, allowed, _var = _KEYS[key]
+    try:
+        return check(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: '{key}' must be {allowed}, got {value!r}") from e

@@ -1,0 +1,660 @@
+"""The node daemon: one per machine, serving every training process on it.
+
+One thread runs the main loop (receive messages, sample sensors at a fixed rate on the monotonic
+clock, attribute energy, end runs, flush the ledger); the HTTP server thread only reads a
+snapshot under :attr:`Daemon.lock`. Never imports torch or tensorflow.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from profiler import __version__
+from profiler.config import Config
+from profiler.energy import EnergyCurve, Holder, split_interval
+from profiler.ingest import Bye, Hello, Message, Receiver, StepBatch
+from profiler.ledger import Ledger, LedgerError, Rollup
+from profiler.runs import ProcessInfo, Run
+from profiler.sensors.base import CpuSample, GpuSample
+
+log = logging.getLogger(__name__)
+
+STALE_PENDING_S = 30.0
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+@dataclass
+class DeviceState:
+    """What the daemon keeps per GPU: its energy curve and its latest reading."""
+
+    uuid: str
+    index: int
+    model: str
+    curve: EnergyCurve = field(default_factory=EnergyCurve)
+    latest: GpuSample | None = None
+    idle_j: float = 0.0
+
+
+def _minute(unix_s: float) -> int:
+    return int(unix_s // 60) * 60
+
+
+class Daemon:
+    """State and logic of the node daemon. ``clock``/``wall`` are injectable for tests."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        gpu_sensor: Any = None,
+        gpu_description: str = "",
+        cpu_sensor: Any = None,
+        cpu_description: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        hostname: str | None = None,
+    ) -> None:
+        self.config = config
+        self.gpu_sensor = gpu_sensor
+        self.gpu_source = gpu_sensor.source if gpu_sensor is not None else "none"
+        self.gpu_description = gpu_description
+        self.cpu_sensor = cpu_sensor
+        self.cpu_description = cpu_description
+        self.clock = clock
+        self.wall = wall
+        self.hostname = hostname or socket.gethostname()
+        self.lock = threading.RLock()
+        self.runs: dict[str, Run] = {}
+        self.devices: dict[str, DeviceState] = {}
+        self.cpu_energy_j: dict[str, tuple[float, str]] = {}  # zone -> (joules, source)
+        self.health: Counter[str] = Counter()
+        self.message_counts: Counter[str] = Counter()
+        self.sample_seconds_last = 0.0
+        self.started_at = wall()
+        self.started_mono = clock()
+        self.ledger: Ledger | None = None
+        self._rollups: dict[tuple[str, int], Rollup] = {}
+        self._idle: dict[tuple[str, int], float] = {}
+        self._finished_at: dict[str, float] = {}
+        self._last_sample_t: dict[str, float] = {}
+        self._last_cpu: dict[str, float] = {}
+        self._cpu_busy: tuple[float, dict[str, float]] | None = None
+        self.flush_failures = 0
+
+    # ---- messages -------------------------------------------------------------------------
+
+    def handle(self, msg: Message) -> None:
+        """Apply one decoded message to the run state."""
+        if isinstance(msg, Hello):
+            self._hello(msg)
+        elif isinstance(msg, StepBatch):
+            self._steps(msg)
+        elif isinstance(msg, Bye):
+            self._bye(msg)
+
+    def _hello(self, msg: Hello) -> None:
+        f = msg.fields
+        run = self.runs.get(msg.run) or self._resume(msg.run)
+        if run is None:
+            run = Run(
+                id=msg.run,
+                name=f["name"] or msg.run,
+                start_mono=f["mono"],
+                last_event_mono=f["mono"],
+                started_at=f["wall"],
+                wall_offset_s=f["wall"] - f["mono"],
+            )
+            self.runs[run.id] = run
+            self.health["runs_started"] += 1
+        elif not run.live:
+            self.health["messages_for_ended_run"] += 1
+            return
+        for key in ("project", "user", "framework", "framework_version", "hook", "host", "clock"):
+            if f[key]:
+                setattr(run, key, f[key])
+        run.batch_size = f["batch_size"] or run.batch_size
+        run.total_steps = f["total_steps"] or run.total_steps
+        proc = run.processes.get(msg.pid)
+        if proc is None:
+            proc = ProcessInfo(pid=msg.pid, create_time=_create_time(msg.pid))
+            run.processes[msg.pid] = proc
+            self._attach_simulated(msg.pid, f["local_rank"], f["devices"])
+        proc.rank, proc.local_rank, proc.world_size = f["rank"], f["local_rank"], f["world_size"]
+        proc.devices = f["devices"]
+        run.dirty = True
+
+    def _attach_simulated(self, pid: int, local_rank: int, devices: tuple[str, ...]) -> None:
+        """The simulated GPU follows the load of the processes it is told about: each process
+        goes on the devices it declared (indexes), else on device ``local_rank mod count``."""
+        attach = getattr(self.gpu_sensor, "attach_process", None)
+        if attach is None or self.gpu_source != "simulated" or not self.devices:
+            return
+        count = len(self.devices)
+        indexes = [int(d) for d in devices if d.isdigit() and int(d) < count]
+        attach(pid, indexes or [local_rank % count])
+
+    def _live_run(self, run_id: str, pid: int) -> Run | None:
+        run = self.runs.get(run_id) or self._resume(run_id)
+        if run is None:
+            self.health["messages_unknown_run"] += 1
+            return None
+        if not run.live:
+            self.health["messages_for_ended_run"] += 1
+            return None
+        if pid not in run.processes:
+            run.processes[pid] = ProcessInfo(pid=pid, create_time=_create_time(pid))
+        return run
+
+    def _steps(self, msg: StepBatch) -> None:
+        run = self._live_run(msg.run, msg.pid)
+        if run is None:
+            return
+        run.dropped_steps += msg.dropped
+        for step, start, end, samples in msg.rows:
+            run.record_step(step, start, end, samples)
+            rollup = self._rollup(run.id, run.to_wall(end))
+            rollup.steps += 1
+            rollup.samples += samples
+
+    def _bye(self, msg: Bye) -> None:
+        run = self._live_run(msg.run, msg.pid)
+        if run is None:
+            return
+        proc = run.processes[msg.pid]
+        proc.said_bye = True
+        if msg.mono is not None:
+            run.last_event_mono = max(run.last_event_mono, msg.mono)
+        if msg.status != "finished":
+            run.bye_status = msg.status
+        run.dirty = True
+
+    # ---- sampling and attribution ---------------------------------------------------------
+
+    def sample(self) -> None:
+        """Read every sensor once, extend the energy curves and attribute the new intervals."""
+        started = time.perf_counter()
+        if self.gpu_sensor is not None:
+            for s in self.gpu_sensor.sample():
+                self._gpu_sample(s)
+            for key, n in getattr(self.gpu_sensor, "errors", {}).items():
+                self.health[f"sensor_error:gpu:{key}"] = n
+        if self.cpu_sensor is not None:
+            self._cpu_samples(self.cpu_sensor.sample())
+            for key, n in getattr(self.cpu_sensor, "errors", {}).items():
+                self.health[f"sensor_error:cpu:{key}"] = n
+        self._resolve_steps()
+        self._end_runs()
+        self.sample_seconds_last = time.perf_counter() - started
+
+    def _gpu_sample(self, s: GpuSample) -> None:
+        dev = self.devices.get(s.uuid)
+        if dev is None:
+            dev = self.devices[s.uuid] = DeviceState(s.uuid, s.index, s.name)
+        dev.latest = s
+        if s.energy_j is None:
+            return
+        prev = dev.curve.last
+        dev.curve.append(s.t_s, s.energy_j, s.power_w)
+        if prev is None or s.t_s <= prev.t_s:
+            return
+        holders = self._holders(dev, s, prev.t_s)
+        share = split_interval(dev.curve, prev.t_s, s.t_s, holders)
+        minute_wall = self.wall() - (self.clock() - s.t_s)
+        for run_id, joules in share.energy_j.items():
+            run = self.runs[run_id]
+            run.gpu_energy_j[s.uuid] = run.gpu_energy_j.get(s.uuid, 0.0) + joules
+            run.gpu_seconds[s.uuid] = run.gpu_seconds.get(s.uuid, 0.0) + share.seconds[run_id]
+            if s.power_w is not None:
+                run.gpu_power_peak_w = max(run.gpu_power_peak_w or 0.0, s.power_w)
+            rollup = self._rollup(run_id, minute_wall)
+            rollup.gpu_energy_j += joules
+            rollup.gpu_seconds += share.seconds[run_id]
+            run.dirty = True
+        dev.idle_j += share.idle_j
+        key = (s.uuid, _minute(minute_wall))
+        self._idle[key] = self._idle.get(key, 0.0) + share.idle_j
+
+    def _holders(self, dev: DeviceState, s: GpuSample, t0: float) -> list[Holder]:
+        """Runs holding the device: NVML lists one of their processes, or a hook declared it.
+        A run holds a device from the later of its start and the interval in which it was first
+        seen there, to its end."""
+        on_device = {p.pid for p in s.processes}
+        holders = []
+        for run in self.runs.values():
+            if run.end_mono is not None and run.end_mono <= t0:
+                continue
+            since = run.device_since.get(dev.uuid)
+            if since is None:
+                seen = any(
+                    pid in on_device or dev.uuid in p.devices or str(dev.index) in p.devices
+                    for pid, p in run.processes.items()
+                )
+                if not seen or not run.live:
+                    continue
+                since = max(run.start_mono, t0)
+                run.device_since[dev.uuid] = since
+            holders.append(Holder(run.id, since, run.end_mono))
+        return holders
+
+    def _cpu_samples(self, samples: list[CpuSample]) -> None:
+        for s in samples:
+            self.cpu_energy_j[s.zone] = (s.energy_j, s.source)
+
+    def _resolve_steps(self) -> None:
+        """Give each finished step its energy once every device curve reaches its end."""
+        horizon = min(
+            (d.curve.last.t_s for d in self.devices.values() if d.curve.last), default=None
+        )
+        now = self.clock()
+        for run in self.runs.values():
+            if not run.pending:
+                continue
+            held = [self.devices[u] for u in run.device_since if u in self.devices]
+            if not held or horizon is None:
+                run.pending = [p for p in run.pending if now - p.end_mono < STALE_PENDING_S]
+                continue
+            keep = []
+            for p in run.pending:
+                if p.end_mono > horizon:
+                    keep.append(p)
+                    continue
+                joules = sum(
+                    dev.curve.energy_between(p.start_mono, p.end_mono) / self._sharers(dev, p)
+                    for dev in held
+                )
+                run.step_joules.observe(joules)
+                run.step_energy_sum_j += joules
+                run.steps_with_energy += 1
+            run.pending = keep
+
+    def _sharers(self, dev: DeviceState, step: Any) -> int:
+        mid = (step.start_mono + step.end_mono) / 2
+        n = 0
+        for run in self.runs.values():
+            since = run.device_since.get(dev.uuid)
+            if since is not None and since <= mid and (run.end_mono is None or run.end_mono >= mid):
+                n += 1
+        return max(1, n)
+
+    # ---- run ends ---------------------------------------------------------------------------
+
+    def check_processes(self) -> None:
+        """Mark processes that are gone (pid absent, or reused by another process)."""
+        for run in self.runs.values():
+            if not run.live:
+                continue
+            for proc in run.processes.values():
+                if proc.said_bye or proc.gone:
+                    continue
+                if not _alive(proc.pid, proc.create_time):
+                    proc.gone = True
+                    run.dirty = True
+
+    def _end_runs(self) -> None:
+        horizon = min(
+            (d.curve.last.t_s for d in self.devices.values() if d.curve.last), default=None
+        )
+        for run in self.runs.values():
+            if not run.live or not run.all_processes_done():
+                continue
+            if run.end_mono is None:
+                run.end_mono = run.last_event_mono
+            # Wait until the energy curves reach the run's end, so its last steps get energy
+            # (bounded, in case a device stops answering).
+            waited = self.clock() - run.end_mono
+            if horizon is None or horizon >= run.end_mono or waited > STALE_PENDING_S:
+                self._finish(run)
+
+    def _finish(self, run: Run) -> None:
+        run.status = run.final_status()
+        run.ended_at = run.to_wall(run.end_mono or run.last_event_mono)
+        run.pending.clear()
+        run.dirty = True
+        self._finished_at[run.id] = self.clock()
+        self.health["runs_ended"] += 1
+        detach = getattr(self.gpu_sensor, "detach_process", None)
+        if detach is not None:
+            for pid in run.processes:
+                detach(pid)
+        self.flush()
+
+    def forget_finished(self) -> None:
+        """Finished runs leave /metrics after ``finished_run_ttl_s``; the ledger keeps them."""
+        now = self.clock()
+        for run_id, when in list(self._finished_at.items()):
+            if now - when >= self.config.finished_run_ttl_s and not self.runs[run_id].dirty:
+                del self.runs[run_id]
+                del self._finished_at[run_id]
+
+    # ---- ledger -----------------------------------------------------------------------------
+
+    def _rollup(self, run_id: str, unix_s: float) -> Rollup:
+        key = (run_id, _minute(unix_s))
+        rollup = self._rollups.get(key)
+        if rollup is None:
+            rollup = self._rollups[key] = Rollup(run_id, key[1])
+        return rollup
+
+    def open_ledger(self) -> None:
+        self.ledger = Ledger(self.config.ledger)
+        for row in self.ledger.runs(status="running"):
+            run = _run_from_row(row)
+            alive = {
+                int(pid): ct
+                for pid, ct in row["meta"].get("pids", {}).items()
+                if _alive(int(pid), ct)
+            }
+            for pid, ct in alive.items():
+                run.processes[pid] = ProcessInfo(pid=pid, create_time=ct)
+            if not alive:
+                run.status = "lost"
+                run.ended_at = run.to_wall(run.last_event_mono)
+                self._finished_at[run.id] = self.clock()
+            self.runs[run.id] = run
+
+    def _resume(self, run_id: str) -> Run | None:
+        """A run this daemon does not know: a previous daemon may have recorded it."""
+        if self.ledger is None:
+            return None
+        row = self.ledger.run(run_id)
+        if row is None or row["status"] != "running":
+            return None
+        run = _run_from_row(row)
+        self.runs[run_id] = run
+        return run
+
+    def flush(self) -> None:
+        """Write dirty runs and the rollups gathered since the last flush (one transaction).
+        On failure keep everything in memory and try again at the next flush."""
+        if self.ledger is None:
+            return
+        dirty = [r for r in self.runs.values() if r.dirty]
+        rows = [self._run_row(r) for r in dirty]
+        devices = [
+            (r.id, uuid, self.devices[uuid].model if uuid in self.devices else "", j,
+             r.gpu_seconds.get(uuid, 0.0))
+            for r in dirty
+            for uuid, j in r.gpu_energy_j.items()
+        ]  # fmt: skip
+        idle = [(uuid, minute, j) for (uuid, minute), j in self._idle.items()]
+        try:
+            self.ledger.write(rows, devices, self._rollups.values(), idle)
+        except (OSError, LedgerError, Exception) as e:  # noqa: BLE001 - sqlite3 errors vary
+            self.flush_failures += 1
+            if self.flush_failures == 1:
+                log.error("ledger write failed (%s); keeping data in memory and retrying", e)
+            self.health["ledger_write_errors"] += 1
+            return
+        if self.flush_failures:
+            log.warning("ledger writes work again after %d failures", self.flush_failures)
+        self.flush_failures = 0
+        for r in dirty:
+            r.dirty = False
+        self._rollups.clear()
+        self._idle.clear()
+
+    def _run_row(self, run: Run) -> dict[str, Any]:
+        row = {k: getattr(run, k) for k in (
+            "id", "name", "project", "user", "framework", "framework_version", "hook", "host",
+            "status", "started_at", "ended_at", "steps", "samples", "dropped_steps",
+            "step_time_sum_s", "step_energy_sum_j", "steps_with_energy", "gpu_power_peak_w",
+            "batch_size", "total_steps",
+        )}  # fmt: skip
+        row["step_time_p95_s"] = run.step_time_quantile_s(0.95)
+        row["gpu_energy_j"] = run.total_gpu_energy_j if run.gpu_energy_j else None
+        row["gpu_seconds"] = run.total_gpu_seconds
+        row["cpu_energy_j"] = run.cpu_energy_j
+        row["gpu_source"] = self.gpu_source
+        row["simulated"] = self.gpu_source == "simulated"
+        row["energy_source"] = ",".join(
+            sorted({d.latest.energy_source for d in self.devices.values() if d.latest})
+        )
+        row["meta"] = {
+            "pids": {str(p.pid): p.create_time for p in run.processes.values()},
+            "ranks": {
+                str(p.pid): [p.rank, p.local_rank, p.world_size] for p in run.processes.values()
+            },
+            "start_mono": run.start_mono,
+            "last_event_mono": run.last_event_mono,
+            "wall_offset_s": run.wall_offset_s,
+            "clock": run.clock,
+            "step_time_max_s": run.step_time_max_s,
+            "durations": run.reservoir[:512],
+        }
+        return row
+
+    # ---- status ------------------------------------------------------------------------------
+
+    def status(self, metrics_url: str) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "home": str(self.config.home),
+            "socket": str(self.config.socket),
+            "ledger": str(self.config.ledger),
+            "log": str(self.config.log_file),
+            "metrics_url": metrics_url,
+            "gpu_source": self.gpu_source,
+            "gpu": self.gpu_description,
+            "cpu": self.cpu_description,
+            "started_at": self.started_at,
+            "sample_interval_s": self.config.sample_interval_s,
+        }
+
+
+def _run_from_row(row: dict[str, Any]) -> Run:
+    meta = row["meta"]
+    run = Run(
+        id=row["id"],
+        name=row["name"],
+        started_at=row["started_at"],
+        start_mono=meta.get("start_mono", 0.0),
+        last_event_mono=meta.get("last_event_mono", 0.0),
+        wall_offset_s=meta.get("wall_offset_s", 0.0),
+    )
+    for key in ("project", "user", "framework", "framework_version", "hook", "host", "status",
+                "steps", "samples", "dropped_steps", "step_time_sum_s", "step_energy_sum_j",
+                "steps_with_energy", "gpu_power_peak_w", "batch_size", "total_steps"):  # fmt: skip
+        setattr(run, key, row[key])
+    run.step_time_max_s = meta.get("step_time_max_s", 0.0)
+    run.seed_durations(meta.get("durations", []))
+    for d in row["devices"]:
+        run.gpu_energy_j[d["uuid"]] = d["energy_j"]
+        run.gpu_seconds[d["uuid"]] = d["gpu_seconds"]
+    run.cpu_energy_j = row["cpu_energy_j"]
+    run.dirty = False
+    return run
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def _alive(pid: int, create_time: float | None) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(proc.create_time() - create_time) < 0.01
+    except (psutil.Error, OSError):
+        return False
+
+
+# ---- running it --------------------------------------------------------------------------------
+
+
+class Service:
+    """The daemon as a process: lock, socket, metrics server, main loop, signals."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.config = daemon.config
+        self.stop_event = threading.Event()
+        self._lock_fd: int | None = None
+        self.receiver: Receiver | None = None
+        self.http = None
+        self.metrics_url = ""
+
+    def acquire_lock(self) -> None:
+        """One daemon per home: hold an exclusive lock on ``daemon.lock`` for life."""
+        self.config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.config.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = _read_status(self.config.status_file).get("pid", "?")
+            raise DaemonError(
+                f"a daemon (pid {other}) already runs for {self.config.home}; "
+                "use `profiler status`, or `profiler stop` first"
+            ) from None
+        self._lock_fd = fd
+
+    def start(self) -> None:
+        from profiler.exporter import serve_metrics
+
+        self.acquire_lock()
+        self.daemon.open_ledger()
+        try:
+            self.http, port = serve_metrics(
+                self.daemon, self.config.metrics_host, self.config.metrics_port
+            )
+        except OSError as e:
+            raise DaemonError(
+                f"cannot serve /metrics on {self.config.metrics_host}:{self.config.metrics_port}"
+                f" ({e.strerror}): choose another port with PROFILER_METRICS_PORT (0 = any free)"
+            ) from e
+        host = self.config.metrics_host
+        shown = f"[{host}]" if ":" in host else host
+        self.metrics_url = f"http://{shown}:{port}/metrics"
+        self.receiver = Receiver(self.config.socket, self.daemon.message_counts)
+        tmp = self.config.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.daemon.status(self.metrics_url), indent=1))
+        tmp.replace(self.config.status_file)
+        log.info(
+            "daemon %s listening on %s, metrics at %s; %s",
+            __version__,
+            self.config.socket,
+            self.metrics_url,
+            self.daemon.gpu_description,
+        )
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+
+    def run(self) -> None:
+        """Main loop at a fixed rate on the monotonic clock until ``stop_event``."""
+        d, cfg = self.daemon, self.config
+        assert self.receiver is not None
+        now = time.monotonic()
+        next_sample = now
+        next_flush = now + cfg.flush_interval_s
+        next_check = now + cfg.process_check_interval_s
+        while not self.stop_event.is_set():
+            timeout = max(0.0, min(next_sample, next_flush, next_check) - time.monotonic())
+            try:
+                ready, _, _ = select.select([self.receiver], [], [], min(timeout, 0.25))
+            except InterruptedError:
+                continue
+            if ready:
+                messages = self.receiver.drain()
+                with d.lock:
+                    for m in messages:
+                        d.handle(m)
+            now = time.monotonic()
+            if now >= next_sample:
+                with d.lock:
+                    d.sample()
+                next_sample += cfg.sample_interval_s
+                if next_sample < now:
+                    next_sample = now + cfg.sample_interval_s
+            if now >= next_check:
+                with d.lock:
+                    d.check_processes()
+                    d.forget_finished()
+                next_check = now + cfg.process_check_interval_s
+            if now >= next_flush:
+                with d.lock:
+                    d.flush()
+                next_flush = now + cfg.flush_interval_s
+
+    def shutdown(self) -> None:
+        d = self.daemon
+        if self.receiver is not None:
+            for m in self.receiver.drain():
+                d.handle(m)
+            self.receiver.close()
+        with d.lock:
+            if d.gpu_sensor is not None:
+                d.sample()
+            d.flush()
+        if self.http is not None:
+            self.http.shutdown()
+        if d.ledger is not None:
+            d.ledger.close()
+        if d.gpu_sensor is not None:
+            d.gpu_sensor.close()
+        try:
+            self.config.status_file.unlink()
+        except FileNotFoundError:
+            pass
+        log.info("daemon stopped; ledger flushed to %s", self.config.ledger)
+
+
+def _read_status(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def build_daemon(config: Config) -> Daemon:
+    """Discover sensors per the config and make a daemon (raises DaemonError on a bad GPU spec)."""
+    from profiler.sensors import discover_gpu_sensor
+    from profiler.sensors.base import SensorUnavailable
+    from profiler.sensors.host import discover_cpu_sensor
+
+    try:
+        gpu, gpu_text = discover_gpu_sensor(config.gpu)
+    except (SensorUnavailable, ValueError) as e:
+        raise DaemonError(f"gpu = {config.gpu!r}: {e}") from e
+    cpu, cpu_text = discover_cpu_sensor(root=config.rapl_root, tdp_w=config.cpu_tdp_w)
+    return Daemon(
+        config, gpu_sensor=gpu, gpu_description=gpu_text, cpu_sensor=cpu, cpu_description=cpu_text
+    )
+
+
+def run_foreground(config: Config) -> None:
+    """``profiler daemon``: run until SIGTERM/SIGINT, then flush and exit."""
+    daemon = build_daemon(config)
+    service = Service(daemon)
+    service.start()
+    service.install_signals()
+    try:
+        service.run()
+    finally:
+        service.shutdown()

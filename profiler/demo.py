@@ -1,0 +1,97 @@
+"""``profiler demo``: a real small PyTorch training with the one-line hook, then its summary.
+
+The training process's hook finds no daemon and starts one (the embedded default), which samples
+the simulated GPU unless a daemon already runs for this home or ``--gpu`` says otherwise. The
+daemon keeps running afterwards (``profiler stop`` stops it), serving ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from hooks.runid import run_id_from_env
+from profiler.cli import CliError, daemon_status, read_runs
+from profiler.config import Config
+
+DEFAULT_DEMO_GPU = "simulated:A100-SXM4-40GB:1"
+FINISH_TIMEOUT_S = 30.0
+
+
+def run_demo(config: Config, *, seconds: float, gpu: str | None) -> int:
+    running = daemon_status(config)
+    env = dict(os.environ, PROFILER_HOME=str(config.home), PYTHONUNBUFFERED="1")
+    if running:
+        print(f"Using the daemon already running for {config.home} (pid {running.get('pid')}, "
+              f"GPU: {running.get('gpu')}).")  # fmt: skip
+    else:
+        env["PROFILER_GPU"] = gpu or os.environ.get("PROFILER_GPU") or DEFAULT_DEMO_GPU
+        if env["PROFILER_GPU"] == "auto" and not gpu:
+            env["PROFILER_GPU"] = DEFAULT_DEMO_GPU
+    run_id = run_id_from_env("demo-mlp", {})
+    env["PROFILER_RUN_ID"] = run_id
+    print(f"Training a small MLP on the CPU for {seconds:g} s, profiled by one added line:")
+    print('  from hooks.pytorch import track; track(name="demo-mlp", batch_size=64)')
+    code = subprocess.call(
+        [sys.executable, "-m", "profiler.demo_train", "--seconds", str(seconds)], env=env
+    )
+    if code != 0:
+        raise CliError(f"the demo training exited with status {code}")
+    print("Training done; waiting for the daemon to close the run ...", flush=True)
+    run = _wait_for_run(config, run_id)
+    status = daemon_status(config) or {}
+    print()
+    print(format_summary(run, status, config))
+    return 0
+
+
+def _wait_for_run(config: Config, run_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + FINISH_TIMEOUT_S
+    found = None
+    while time.monotonic() < deadline:
+        found = next((r for r in read_runs(config) if r["id"] == run_id), None)
+        if found and found["status"] != "running":
+            return found
+        time.sleep(0.25)
+    if found is None:
+        raise CliError(
+            f"run {run_id} never reached the daemon; see {config.log_file} and `profiler status`"
+        )
+    raise CliError(f"run {run_id} did not end within {FINISH_TIMEOUT_S:g} s; see {config.log_file}")
+
+
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+def format_summary(run: dict[str, Any], status: dict[str, Any], config: Config) -> str:
+    """The end-of-run summary as text."""
+    mean_ms = None if run["step_time_mean_s"] is None else run["step_time_mean_s"] * 1e3
+    p95_ms = None if run["step_time_p95_s"] is None else run["step_time_p95_s"] * 1e3
+    lines = [
+        f"Run {run['id']}  ({run['name']}, {run['framework']} {run['framework_version']})"
+        f"  {run['status']}",
+        f"  steps          {run['steps']:,}    samples {run['samples']:,}"
+        f"    dropped {run['dropped_steps']}",
+        f"  step time      mean {_fmt(mean_ms, '.2f', ' ms')}    p95 {_fmt(p95_ms, '.2f', ' ms')}",
+        f"  GPU energy     {_fmt(run['gpu_energy_j'], ',.1f', ' J')}"
+        f"  ({_fmt(run['gpu_energy_kwh'], '.6f', ' kWh')})",
+        f"  GPU power      mean {_fmt(run['gpu_power_mean_w'], '.1f', ' W')}"
+        f"    peak {_fmt(run['gpu_power_peak_w'], '.1f', ' W')}",
+        f"  GPU time       {run['gpu_seconds'] / 3600:.5f} GPU-hours"
+        f" ({run['gpu_seconds']:.1f} GPU-seconds)",
+        f"  metrics        {status.get('metrics_url', 'daemon not running')}",
+        f"  ledger         {config.ledger}",
+        f"  daemon         pid {status.get('pid')}, still running; `profiler stop` stops it",
+    ]
+    if run["simulated"]:
+        lines.append(
+            f"  NOTE: the GPU was SIMULATED ({status.get('gpu', 'simulated GPU')}): energy and "
+            "power come from its model, not from hardware."
+        )
+    elif run["gpu_energy_j"] is None:
+        lines.append("  NOTE: no GPU was sampled, so GPU energy is unsupported (not zero).")
+    return "\n".join(lines)

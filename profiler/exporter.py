@@ -1,0 +1,265 @@
+"""``/metrics``: a prometheus_client custom collector that reads the daemon's state on scrape.
+
+Names follow DESIGN.md: base units, ``_total`` on counters, prefix ``profiler_``. Device series
+carry dcgm-exporter's label spelling (``gpu``, ``UUID``, ``modelName``, ``hostname``) so PromQL
+can join them with a cluster's dcgm-exporter series; per-run series carry ``run`` (plus the device
+labels where per device); descriptive labels live on ``profiler_run_info`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from profiler import __version__
+
+if TYPE_CHECKING:
+    from profiler.daemon import Daemon
+
+DEVICE_LABELS = ["gpu", "UUID", "modelName", "hostname"]
+
+
+class DaemonCollector:
+    """Yields every series from a consistent snapshot of the daemon (taken under its lock)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        with self.daemon.lock:
+            families = list(self._families())
+        yield from families
+
+    def _families(self) -> Iterator[Metric]:
+        d = self.daemon
+        yield from self._devices()
+        yield from self._cpu()
+        yield from self._runs()
+        build = GaugeMetricFamily(
+            "profiler_build_info", "Profiler daemon version and GPU source.",
+            labels=["version", "gpu_source", "hostname"],
+        )  # fmt: skip
+        build.add_metric([__version__, d.gpu_source, d.hostname], 1)
+        yield build
+        start = GaugeMetricFamily(
+            "profiler_daemon_start_time_seconds", "When the daemon started (unix seconds)."
+        )
+        start.add_metric([], d.started_at)
+        yield start
+        received = CounterMetricFamily(
+            "profiler_messages_received", "Datagrams the daemon received from hooks."
+        )
+        malformed = CounterMetricFamily(
+            "profiler_messages_malformed",
+            "Datagrams rejected, by reason.",
+            labels=["reason"],
+        )
+        counts = dict(d.message_counts)
+        received.add_metric([], counts.get("received", 0))
+        for key, n in sorted(counts.items()):
+            if key.startswith("malformed:"):
+                malformed.add_metric([key.split(":", 1)[1]], n)
+        yield received
+        yield malformed
+        ignored = CounterMetricFamily(
+            "profiler_messages_ignored",
+            "Well-formed messages not applied, by reason (unknown run, run already ended).",
+            labels=["reason"],
+        )
+        for key in ("messages_unknown_run", "messages_for_ended_run"):
+            ignored.add_metric([key.removeprefix("messages_")], d.health.get(key, 0))
+        yield ignored
+        errors = CounterMetricFamily(
+            "profiler_sensor_errors", "Sensor read errors, by sensor and reason.",
+            labels=["sensor", "reason"],
+        )  # fmt: skip
+        for key, n in sorted(d.health.items()):
+            if key.startswith("sensor_error:"):
+                _, sensor, reason = key.split(":", 2)
+                errors.add_metric([sensor, reason], n)
+        yield errors
+        ledger_errors = CounterMetricFamily(
+            "profiler_ledger_write_errors", "Failed ledger flushes (data kept in memory)."
+        )
+        ledger_errors.add_metric([], d.health.get("ledger_write_errors", 0))
+        yield ledger_errors
+        latency = GaugeMetricFamily(
+            "profiler_sample_duration_seconds", "Time the last sampling pass took (seconds)."
+        )
+        latency.add_metric([], d.sample_seconds_last)
+        yield latency
+        interval = GaugeMetricFamily(
+            "profiler_sample_interval_seconds", "Configured sensor sampling interval (seconds)."
+        )
+        interval.add_metric([], d.config.sample_interval_s)
+        yield interval
+
+    def _devices(self) -> Iterator[Metric]:
+        d = self.daemon
+        info = GaugeMetricFamily(
+            "profiler_gpu_info",
+            "GPUs the daemon samples; source is nvml or simulated, energy_source is counter or "
+            "power_integration.",
+            labels=[*DEVICE_LABELS, "source", "energy_source"],
+        )
+        gauges = {
+            "power": GaugeMetricFamily(
+                "profiler_gpu_power_watts", "GPU power draw (watts).", labels=DEVICE_LABELS
+            ),
+            "limit": GaugeMetricFamily(
+                "profiler_gpu_power_limit_watts", "Enforced power limit (watts).",
+                labels=DEVICE_LABELS,
+            ),
+            "mem": GaugeMetricFamily(
+                "profiler_gpu_memory_used_bytes", "GPU memory in use (bytes).",
+                labels=DEVICE_LABELS,
+            ),
+            "memtotal": GaugeMetricFamily(
+                "profiler_gpu_memory_total_bytes", "GPU memory size (bytes).",
+                labels=DEVICE_LABELS,
+            ),
+            "util": GaugeMetricFamily(
+                "profiler_gpu_utilization_ratio", "GPU utilization (0-1).", labels=DEVICE_LABELS
+            ),
+        }  # fmt: skip
+        energy = CounterMetricFamily(
+            "profiler_gpu_energy_joules",
+            "GPU energy since the daemon started (joules).",
+            labels=DEVICE_LABELS,
+        )
+        idle = CounterMetricFamily(
+            "profiler_gpu_idle_energy_joules",
+            "GPU energy no run held (joules).",
+            labels=DEVICE_LABELS,
+        )
+        for dev in d.devices.values():
+            s = dev.latest
+            if s is None:
+                continue
+            labels = [str(dev.index), dev.uuid, dev.model, d.hostname]
+            info.add_metric([*labels, d.gpu_source, s.energy_source], 1)
+            values = {
+                "power": s.power_w,
+                "limit": s.power_limit_w,
+                "mem": s.memory_used_bytes,
+                "memtotal": s.memory_total_bytes,
+                "util": s.utilization_ratio,
+            }
+            for key, value in values.items():
+                if value is not None:  # unsupported is absent, never zero
+                    gauges[key].add_metric(labels, value)
+            if s.energy_j is not None:
+                energy.add_metric(labels, s.energy_j)
+                idle.add_metric(labels, dev.idle_j)
+        yield info
+        yield from gauges.values()
+        yield energy
+        yield idle
+
+    def _cpu(self) -> Iterator[Metric]:
+        cpu = CounterMetricFamily(
+            "profiler_cpu_energy_joules",
+            "CPU energy since the daemon started (joules); source rapl is measured, estimated is "
+            "TDP x load.",
+            labels=["zone", "source", "hostname"],
+        )
+        for zone, (joules, source) in sorted(self.daemon.cpu_energy_j.items()):
+            cpu.add_metric([zone, source, self.daemon.hostname], joules)
+        yield cpu
+
+    def _runs(self) -> Iterator[Metric]:
+        d = self.daemon
+        info = GaugeMetricFamily(
+            "profiler_run_info",
+            "Runs and their descriptive labels (value 1).",
+            labels=[
+                "run", "name", "project", "user", "framework", "framework_version", "hostname",
+                "status", "simulated",
+            ],
+        )  # fmt: skip
+        families: dict[str, Any] = {
+            "energy": CounterMetricFamily(
+                "profiler_run_energy_joules", "GPU energy attributed to the run (joules).",
+                labels=["run", "gpu", "UUID", "modelName", "hostname"],
+            ),
+            "gpu_seconds": CounterMetricFamily(
+                "profiler_run_gpu_seconds", "GPU time the run held (device-seconds).",
+                labels=["run"],
+            ),
+            "steps": CounterMetricFamily(
+                "profiler_run_steps", "Training steps finished.", labels=["run"]
+            ),
+            "samples": CounterMetricFamily(
+                "profiler_run_samples", "Samples processed.", labels=["run"]
+            ),
+            "dropped": CounterMetricFamily(
+                "profiler_run_dropped_steps", "Steps the hooks could not deliver.", labels=["run"]
+            ),
+            "start": GaugeMetricFamily(
+                "profiler_run_start_time_seconds", "Run start (unix seconds).", labels=["run"]
+            ),
+            "end": GaugeMetricFamily(
+                "profiler_run_end_time_seconds", "Run end (unix seconds); absent while running.",
+                labels=["run"],
+            ),
+            "total": GaugeMetricFamily(
+                "profiler_run_total_steps", "Steps the run expects in all, when known.",
+                labels=["run"],
+            ),
+        }  # fmt: skip
+        step_seconds = HistogramMetricFamily(
+            "profiler_step_duration_seconds", "Step duration (seconds).", labels=["run"]
+        )
+        step_joules = HistogramMetricFamily(
+            "profiler_step_energy_joules", "GPU energy per step (joules).", labels=["run"]
+        )
+        simulated = "true" if d.gpu_source == "simulated" else "false"
+        for run in d.runs.values():
+            info.add_metric(
+                [run.id, run.name, run.project, run.user, run.framework, run.framework_version,
+                 d.hostname, run.status, simulated],
+                1,
+            )  # fmt: skip
+            for uuid, joules in sorted(run.gpu_energy_j.items()):
+                dev = d.devices.get(uuid)
+                families["energy"].add_metric(
+                    [run.id, str(dev.index) if dev else "", uuid, dev.model if dev else "",
+                     d.hostname],
+                    joules,
+                )  # fmt: skip
+            families["gpu_seconds"].add_metric([run.id], run.total_gpu_seconds)
+            families["steps"].add_metric([run.id], run.steps)
+            families["samples"].add_metric([run.id], run.samples)
+            families["dropped"].add_metric([run.id], run.dropped_steps)
+            families["start"].add_metric([run.id], run.started_at)
+            if run.ended_at is not None:
+                families["end"].add_metric([run.id], run.ended_at)
+            if run.total_steps:
+                families["total"].add_metric([run.id], run.total_steps)
+            step_seconds.add_metric(
+                [run.id], run.step_seconds.cumulative(), sum_value=run.step_seconds.total
+            )
+            if run.step_joules.n:
+                step_joules.add_metric(
+                    [run.id], run.step_joules.cumulative(), sum_value=run.step_joules.total
+                )
+        yield info
+        yield from families.values()
+        yield step_seconds
+        yield step_joules
+
+
+def serve_metrics(daemon: Daemon, host: str, port: int) -> tuple[Any, int]:
+    """Start the HTTP server for ``/metrics``; returns (server, bound port)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(daemon))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server, server.server_port

@@ -1,0 +1,205 @@
+"""Receive and decode hook messages; every rejection is counted by reason, none is fatal."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hooks import wire
+
+MAX_STEPS_PER_MESSAGE = 10_000
+MAX_TEXT = 256
+
+
+class Malformed(ValueError):
+    """A message that cannot be used; ``reason`` is the counter label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Hello:
+    run: str
+    pid: int
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """Rows of ``(step, start_mono, end_mono, samples)``."""
+
+    run: str
+    pid: int
+    rows: tuple[tuple[int, float, float, int], ...]
+    dropped: int
+
+
+@dataclass(frozen=True)
+class Bye:
+    run: str
+    pid: int
+    status: str
+    mono: float | None
+
+
+Message = Hello | StepBatch | Bye
+
+
+def decode(data: bytes) -> Message:
+    """Parse one datagram into a message, or raise :class:`Malformed`."""
+    if len(data) > wire.MAX_DATAGRAM_BYTES:
+        raise Malformed("oversize", f"{len(data)} bytes")
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise Malformed("not_json", str(e)[:80]) from e
+    if not isinstance(body, dict):
+        raise Malformed("not_object")
+    if body.get("v") != wire.VERSION:
+        raise Malformed("bad_version", repr(body.get("v"))[:40])
+    kind = body.get("type")
+    run = _label(body, "run", required=True)
+    pid = _int(body, "pid", lo=1, hi=2**31)
+    if kind == "hello":
+        return Hello(run, pid, _hello_fields(body))
+    if kind == "step":
+        return StepBatch(
+            run, pid, _step_rows(body), _int(body, "dropped", lo=0, hi=2**62, default=0)
+        )
+    if kind == "bye":
+        status = body.get("status")
+        if status not in wire.BYE_STATUSES:
+            raise Malformed("bad_field", "status")
+        mono = body.get("mono")
+        return Bye(run, pid, status, _finite(mono, "mono") if mono is not None else None)
+    raise Malformed("bad_type", repr(kind)[:40])
+
+
+def _hello_fields(body: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in (
+        "name",
+        "project",
+        "user",
+        "framework",
+        "framework_version",
+        "hook",
+        "host",
+        "clock",
+    ):
+        out[key] = _label(body, key)
+    for key, lo, hi in (("rank", 0, 2**20), ("local_rank", 0, 2**20), ("world_size", 1, 2**20)):
+        out[key] = _int(body, key, lo=lo, hi=hi, default=lo)
+    for key in ("batch_size", "total_steps"):
+        out[key] = _int(body, key, lo=1, hi=2**62, default=None)
+    devices = body.get("devices") or []
+    if not isinstance(devices, list) or len(devices) > 64:
+        raise Malformed("bad_field", "devices")
+    out["devices"] = tuple(sanitize(str(d)) for d in devices)
+    out["mono"] = _finite(body.get("mono"), "mono")
+    out["wall"] = _finite(body.get("wall"), "wall")
+    return out
+
+
+def _step_rows(body: dict[str, Any]) -> tuple[tuple[int, float, float, int], ...]:
+    rows = body.get("steps")
+    if not isinstance(rows, list) or len(rows) > MAX_STEPS_PER_MESSAGE:
+        raise Malformed("bad_field", "steps")
+    out = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != 4:
+            raise Malformed("bad_field", "step row")
+        step, start, end, samples = row
+        if not _is_int(step) or not _is_int(samples) or samples < 0 or step < 0:
+            raise Malformed("bad_field", "step row")
+        start = _finite(start, "step start")
+        end = _finite(end, "step end")
+        if end < start:
+            raise Malformed("bad_field", "step ends before it starts")
+        out.append((int(step), start, end, int(samples)))
+    return tuple(out)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**62) < value < 2**62
+
+
+def _int(body: dict[str, Any], key: str, *, lo: int, hi: int, default: Any = ...) -> Any:
+    value = body.get(key)
+    if value is None and default is not ...:
+        return default
+    if not _is_int(value) or not lo <= value <= hi:
+        raise Malformed("bad_field", key)
+    return value
+
+
+def _finite(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Malformed("bad_field", key)
+    return float(value)
+
+
+def _label(body: dict[str, Any], key: str, *, required: bool = False) -> str:
+    value = body.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise Malformed("bad_field", key)
+    return sanitize(value)
+
+
+def sanitize(text: str) -> str:
+    """Bound a label value's length and drop control characters."""
+    return "".join(ch for ch in text[:MAX_TEXT] if ch.isprintable())
+
+
+class Receiver:
+    """The daemon's unix datagram socket (owner-only permissions)."""
+
+    def __init__(self, path: Path, counts: Counter[str] | None = None) -> None:
+        self.path = path
+        # "received", "malformed:<reason>"
+        self.counts: Counter[str] = counts if counts is not None else Counter()
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(str(path))
+        finally:
+            os.umask(old)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self, limit: int = 10_000) -> list[Message]:
+        """Read what is queued (up to ``limit`` datagrams) and decode it."""
+        out: list[Message] = []
+        for _ in range(limit):
+            try:
+                data = self.sock.recv(wire.MAX_DATAGRAM_BYTES + 1)
+            except BlockingIOError:
+                break
+            self.counts["received"] += 1
+            try:
+                out.append(decode(data))
+            except Malformed as e:
+                self.counts[f"malformed:{e.reason}"] += 1
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass

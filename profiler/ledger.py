@@ -1,0 +1,259 @@
+"""The SQLite ledger: runs with metadata and totals, per-device totals, per-minute rollups.
+
+WAL mode; SQL is parameterised; the schema version lives in ``PRAGMA user_version`` and
+migrations run in order on open. A file that is not a ledger is refused, never overwritten.
+Minute rollups are keyed by the minute's start in unix seconds and *added to*, so a run that
+spans a month boundary splits cleanly, and a restarted daemon continues where the last left off.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS = {
+    1: """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        project TEXT NOT NULL DEFAULT '',
+        user TEXT NOT NULL DEFAULT '',
+        framework TEXT NOT NULL DEFAULT '',
+        framework_version TEXT NOT NULL DEFAULT '',
+        hook TEXT NOT NULL DEFAULT '',
+        host TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        steps INTEGER NOT NULL DEFAULT 0,
+        samples INTEGER NOT NULL DEFAULT 0,
+        dropped_steps INTEGER NOT NULL DEFAULT 0,
+        step_time_sum_s REAL NOT NULL DEFAULT 0,
+        step_time_p95_s REAL,
+        step_energy_sum_j REAL NOT NULL DEFAULT 0,
+        steps_with_energy INTEGER NOT NULL DEFAULT 0,
+        gpu_energy_j REAL,
+        gpu_seconds REAL NOT NULL DEFAULT 0,
+        gpu_power_peak_w REAL,
+        cpu_energy_j REAL NOT NULL DEFAULT 0,
+        gpu_source TEXT NOT NULL DEFAULT '',
+        energy_source TEXT NOT NULL DEFAULT '',
+        simulated INTEGER NOT NULL DEFAULT 0,
+        batch_size INTEGER,
+        total_steps INTEGER,
+        meta TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX runs_started ON runs(started_at);
+    CREATE TABLE run_devices (
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        uuid TEXT NOT NULL,
+        model TEXT NOT NULL DEFAULT '',
+        energy_j REAL NOT NULL DEFAULT 0,
+        gpu_seconds REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, uuid)
+    );
+    CREATE TABLE rollups (
+        run_id TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        gpu_energy_j REAL NOT NULL DEFAULT 0,
+        cpu_energy_j REAL NOT NULL DEFAULT 0,
+        gpu_seconds REAL NOT NULL DEFAULT 0,
+        steps INTEGER NOT NULL DEFAULT 0,
+        samples INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, minute)
+    );
+    CREATE TABLE idle_rollups (
+        uuid TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        energy_j REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (uuid, minute)
+    );
+    """,
+}
+
+
+class LedgerError(Exception):
+    """The ledger cannot be used; the message says which file and what to do."""
+
+
+@dataclass
+class Rollup:
+    """Additions to one run's minute (unix seconds of the minute's start)."""
+
+    run_id: str
+    minute: int
+    gpu_energy_j: float = 0.0
+    cpu_energy_j: float = 0.0
+    gpu_seconds: float = 0.0
+    steps: int = 0
+    samples: int = 0
+
+
+RUN_COLUMNS = (
+    "id", "name", "project", "user", "framework", "framework_version", "hook", "host", "status",
+    "started_at", "ended_at", "steps", "samples", "dropped_steps", "step_time_sum_s",
+    "step_time_p95_s", "step_energy_sum_j", "steps_with_energy", "gpu_energy_j", "gpu_seconds",
+    "gpu_power_peak_w", "cpu_energy_j", "gpu_source", "energy_source", "simulated", "batch_size",
+    "total_steps", "meta",
+)  # fmt: skip
+
+
+class Ledger:
+    """One SQLite file. Not thread-safe: the daemon's main loop is its only writer."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly and not self.path.exists():
+            raise LedgerError(f"no ledger at {self.path}: start the daemon or run a job first")
+        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        try:
+            self.db = sqlite3.connect(uri, uri=True, timeout=10)
+            self.db.row_factory = sqlite3.Row
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(readonly)
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(
+                f"{self.path} is not a usable ledger ({e}); move it aside to start a new one"
+            ) from e
+
+    def _migrate(self, readonly: bool) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path} has ledger schema {version}, newer than this profiler "
+                f"({SCHEMA_VERSION}): upgrade the profiler"
+            )
+        if version == SCHEMA_VERSION or readonly:
+            return
+        if version == 0:
+            tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables:
+                raise LedgerError(
+                    f"{self.path} is an SQLite file but not a profiler ledger; "
+                    "move it aside or set PROFILER_HOME elsewhere"
+                )
+        with self.db:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                self.db.executescript(_MIGRATIONS[step])
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def write(
+        self,
+        runs: Iterable[dict[str, Any]],
+        devices: Iterable[tuple[str, str, str, float, float]],
+        rollups: Iterable[Rollup],
+        idle: Iterable[tuple[str, int, float]],
+    ) -> None:
+        """Write run rows (the columns each row has replace the stored ones), per-device run
+        totals (replacing) and add rollups, all in one transaction. ``devices`` rows are
+        (run_id, uuid, model, joules, seconds); ``idle`` rows are (uuid, minute, joules)."""
+        with self.db:
+            for run in runs:
+                columns = [c for c in RUN_COLUMNS if c in run]
+                updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c != "id")
+                self.db.execute(
+                    f"INSERT INTO runs ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' for _ in columns)}) "
+                    f"ON CONFLICT(id) DO UPDATE SET {updates}",
+                    [_column(run, c) for c in columns],
+                )
+            self.db.executemany(
+                "INSERT INTO run_devices (run_id, uuid, model, energy_j, gpu_seconds) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(run_id, uuid) DO UPDATE SET "
+                "model=excluded.model, energy_j=excluded.energy_j, "
+                "gpu_seconds=excluded.gpu_seconds",
+                list(devices),
+            )
+            self.db.executemany(
+                "INSERT INTO rollups (run_id, minute, gpu_energy_j, cpu_energy_j, gpu_seconds, "
+                "steps, samples) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(run_id, minute) DO UPDATE SET "
+                "gpu_energy_j=gpu_energy_j+excluded.gpu_energy_j, "
+                "cpu_energy_j=cpu_energy_j+excluded.cpu_energy_j, "
+                "gpu_seconds=gpu_seconds+excluded.gpu_seconds, steps=steps+excluded.steps, "
+                "samples=samples+excluded.samples",
+                [
+                    (
+                        r.run_id,
+                        r.minute,
+                        r.gpu_energy_j,
+                        r.cpu_energy_j,
+                        r.gpu_seconds,
+                        r.steps,
+                        r.samples,
+                    )
+                    for r in rollups
+                ],  # fmt: skip
+            )
+            self.db.executemany(
+                "INSERT INTO idle_rollups (uuid, minute, energy_j) VALUES (?, ?, ?) "
+                "ON CONFLICT(uuid, minute) DO UPDATE SET energy_j=energy_j+excluded.energy_j",
+                list(idle),
+            )
+
+    def runs(
+        self, *, status: str | None = None, run_id: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Runs, newest first, as dicts (``meta`` decoded, per-device totals under ``devices``)."""
+        where, args = [], []
+        for column, value in (("status", status), ("id", run_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY started_at DESC"
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = [dict(r) for r in self.db.execute(sql, args)]
+        for row in rows:
+            row["meta"] = json.loads(row["meta"] or "{}")
+            row["devices"] = [
+                dict(d)
+                for d in self.db.execute(
+                    "SELECT uuid, model, energy_j, gpu_seconds FROM run_devices WHERE run_id = ? "
+                    "ORDER BY uuid",
+                    (row["id"],),
+                )
+            ]
+        return rows
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        found = self.runs(run_id=run_id)
+        return found[0] if found else None
+
+    def rollups(self, run_id: str) -> list[dict[str, Any]]:
+        return [
+            dict(r)
+            for r in self.db.execute(
+                "SELECT * FROM rollups WHERE run_id = ? ORDER BY minute", (run_id,)
+            )
+        ]
+
+    def idle_energy_j(self) -> dict[str, float]:
+        return {
+            r["uuid"]: r["total"]
+            for r in self.db.execute(
+                "SELECT uuid, sum(energy_j) AS total FROM idle_rollups GROUP BY uuid"
+            )
+        }
+
+
+def _column(row: dict[str, Any], column: str) -> Any:
+    value = row.get(column)
+    if column == "meta":
+        return json.dumps(value or {}, sort_keys=True)
+    if column == "simulated":
+        return int(bool(value))
+    return value

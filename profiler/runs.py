@@ -1,0 +1,193 @@
+"""Live runs: which processes, ranks and devices belong to which run, their step statistics,
+and end detection (every process said ``bye``, or every process is gone).
+
+Times ending in ``_mono`` are seconds on CLOCK_MONOTONIC (the clock hooks send); times ending in
+``_at`` are unix seconds.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from dataclasses import dataclass, field
+
+from profiler.energy import percentile
+
+# Histogram bucket upper bounds.
+STEP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+STEP_JOULES_BUCKETS = (0.1, 0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+RESERVOIR_SIZE = 4096
+
+
+@dataclass
+class Histogram:
+    """Cumulative-bucket histogram (Prometheus style): ``counts[i]`` counts values <= bounds[i]."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * len(self.bounds)
+
+    def observe(self, value: float) -> None:
+        i = bisect.bisect_left(self.bounds, value)
+        if i < len(self.counts):
+            self.counts[i] += 1
+        self.total += value
+        self.n += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, count)`` pairs including ``+Inf``, as exposition wants them."""
+        out, running = [], 0
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            running += count
+            out.append((_fmt_bound(bound), running))
+        out.append(("+Inf", self.n))
+        return out
+
+
+def _fmt_bound(bound: float) -> str:
+    return repr(float(bound))
+
+
+@dataclass
+class ProcessInfo:
+    """One training process of a run. ``create_time`` (unix seconds) guards against pid reuse."""
+
+    pid: int
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    devices: tuple[str, ...] = ()
+    create_time: float | None = None
+    said_bye: bool = False
+    gone: bool = False
+
+
+@dataclass
+class PendingStep:
+    """A step whose energy is not known yet (the energy curve does not reach its end)."""
+
+    start_mono: float
+    end_mono: float
+
+
+@dataclass
+class Run:
+    """A run as the daemon knows it; totals include what a previous daemon recorded."""
+
+    id: str
+    name: str
+    project: str = ""
+    user: str = ""
+    framework: str = ""
+    framework_version: str = ""
+    hook: str = ""
+    host: str = ""
+    batch_size: int | None = None
+    total_steps: int | None = None
+    clock: str = "monotonic"
+    status: str = "running"
+    started_at: float = 0.0
+    ended_at: float | None = None
+    start_mono: float = 0.0
+    last_event_mono: float = 0.0
+    end_mono: float | None = None
+    # A wall-clock anchor: unix seconds = mono + wall_offset_s.
+    wall_offset_s: float = 0.0
+    processes: dict[int, ProcessInfo] = field(default_factory=dict)
+    steps: int = 0
+    samples: int = 0
+    last_step: int | None = None
+    step_time_sum_s: float = 0.0
+    step_time_max_s: float = 0.0
+    dropped_steps: int = 0
+    gpu_energy_j: dict[str, float] = field(default_factory=dict)  # by device UUID
+    gpu_seconds: dict[str, float] = field(default_factory=dict)  # by device UUID
+    cpu_energy_j: float = 0.0
+    gpu_power_peak_w: float | None = None
+    step_energy_sum_j: float = 0.0
+    steps_with_energy: int = 0
+    step_seconds: Histogram = field(default_factory=lambda: Histogram(STEP_SECONDS_BUCKETS))
+    step_joules: Histogram = field(default_factory=lambda: Histogram(STEP_JOULES_BUCKETS))
+    pending: list[PendingStep] = field(default_factory=list)
+    # Device UUID -> monotonic time from which the run holds it.
+    device_since: dict[str, float] = field(default_factory=dict)
+    bye_status: str | None = None
+    _reservoir: list[float] = field(default_factory=list)
+    _seen_durations: int = 0
+    _rng: random.Random = field(default_factory=lambda: random.Random(0))
+    dirty: bool = True
+
+    @property
+    def live(self) -> bool:
+        return self.status == "running"
+
+    @property
+    def total_gpu_energy_j(self) -> float:
+        return sum(self.gpu_energy_j.values())
+
+    @property
+    def total_gpu_seconds(self) -> float:
+        return sum(self.gpu_seconds.values())
+
+    def to_wall(self, mono: float) -> float:
+        return mono + self.wall_offset_s
+
+    def record_step(self, step: int, start_mono: float, end_mono: float, samples: int) -> float:
+        """Count one finished step; returns its duration in seconds."""
+        duration = max(0.0, end_mono - start_mono)
+        self.steps += 1
+        self.samples += samples
+        self.last_step = step
+        self.step_time_sum_s += duration
+        self.step_time_max_s = max(self.step_time_max_s, duration)
+        self.step_seconds.observe(duration)
+        self._keep_duration(duration)
+        self.last_event_mono = max(self.last_event_mono, end_mono)
+        self.pending.append(PendingStep(start_mono, end_mono))
+        self.dirty = True
+        return duration
+
+    def _keep_duration(self, duration: float) -> None:
+        """Reservoir sample of step durations for quantiles (memory stays bounded)."""
+        self._seen_durations += 1
+        if len(self._reservoir) < RESERVOIR_SIZE:
+            self._reservoir.append(duration)
+            return
+        j = self._rng.randrange(self._seen_durations)
+        if j < RESERVOIR_SIZE:
+            self._reservoir[j] = duration
+
+    @property
+    def step_time_mean_s(self) -> float | None:
+        return self.step_time_sum_s / self.steps if self.steps else None
+
+    def step_time_quantile_s(self, q: float) -> float | None:
+        return percentile(sorted(self._reservoir), q)
+
+    def seed_durations(self, durations: list[float]) -> None:
+        """Restore the quantile reservoir from the ledger after a daemon restart."""
+        self._reservoir = list(durations[:RESERVOIR_SIZE])
+        self._seen_durations = max(self.steps, len(self._reservoir))
+
+    @property
+    def reservoir(self) -> list[float]:
+        return list(self._reservoir)
+
+    def all_processes_done(self) -> bool:
+        return bool(self.processes) and all(p.said_bye or p.gone for p in self.processes.values())
+
+    def final_status(self) -> str:
+        """How the run ended: the worst ``bye`` status, or ``lost`` if a process vanished."""
+        if any(p.gone and not p.said_bye for p in self.processes.values()):
+            return "lost"
+        return self.bye_status or "finished"
+
+
+def finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

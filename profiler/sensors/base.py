@@ -1,0 +1,79 @@
+"""The one interface every sensor implements, and the records they return.
+
+Sensors measure devices; they know nothing of runs or money. A figure a sensor cannot measure is
+``None`` (reported as unsupported), never zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class SensorError(Exception):
+    """A sensor could not be read; the message says which device and why."""
+
+
+class SensorUnavailable(SensorError):
+    """The source does not exist on this machine (no driver, no sysfs tree, no permission)."""
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process using a GPU. ``used_memory_bytes`` is None when the driver does not say."""
+
+    pid: int
+    used_memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One reading of one GPU at monotonic time ``t_s`` (seconds, CLOCK_MONOTONIC).
+
+    ``energy_j`` is cumulative energy in joules since the sensor started (monotone non-decreasing),
+    from the driver's counter when ``energy_source == "counter"`` or from integrating power when
+    ``"power_integration"``. ``power_w`` is the power reading in watts at ``t_s``.
+    """
+
+    index: int
+    uuid: str
+    name: str
+    t_s: float
+    energy_j: float | None
+    energy_source: str
+    power_w: float | None
+    power_limit_w: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    utilization_ratio: float | None
+    processes: tuple[GpuProcess, ...] = field(default_factory=tuple)
+    simulated: bool = False
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Cumulative CPU-side energy of one zone at monotonic time ``t_s``.
+
+    ``source`` is ``"rapl"`` (measured) or ``"estimated"`` (TDP x load model).
+    """
+
+    zone: str
+    t_s: float
+    energy_j: float
+    source: str
+
+
+class GpuSensor(Protocol):
+    """A source of GPU samples. ``sample()`` reads every device once."""
+
+    source: str  # "nvml" or "simulated"
+
+    def sample(self) -> list[GpuSample]: ...
+
+    def close(self) -> None: ...
+
+
+class CpuSensor(Protocol):
+    """A source of cumulative CPU energy per zone."""
+
+    def sample(self) -> list[CpuSample]: ...

@@ -1,0 +1,191 @@
+"""Host-side figures from psutil: an estimated CPU energy when RAPL is missing, process-tree
+memory and CPU time, and the choice between RAPL and the estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from profiler.sensors.base import CpuSample, CpuSensor, SensorUnavailable
+from profiler.sensors.rapl import RaplSensor
+
+SOURCE = "estimated"
+IDLE_FRACTION = 0.12
+"""Share of TDP drawn at 0 % load (an assumption: idle package power of current server and desktop
+parts is roughly 10-15 % of TDP)."""
+TDP_W_PER_LOGICAL_CPU = 10.0
+"""Assumed watts of TDP per logical CPU when the TDP is not given."""
+TDP_MIN_W = 15.0
+TDP_MAX_W = 250.0
+"""Bounds of the assumed TDP in watts (a laptop part ... a large server socket)."""
+
+_PROCESS_GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
+
+
+def default_tdp_w(logical_cpus: int | None = None) -> float:
+    """Assumed TDP in watts: 10 W per logical CPU, clamped to [15, 250] W.
+
+    An assumption, not a measurement: pass ``tdp_w`` (config ``cpu_tdp_w``) to set the real
+    figure from the CPU's datasheet.
+    """
+    n = logical_cpus if logical_cpus is not None else (psutil.cpu_count(logical=True) or 1)
+    return min(TDP_MAX_W, max(TDP_MIN_W, TDP_W_PER_LOGICAL_CPU * n))
+
+
+class HostSensor:
+    """Estimated cumulative CPU energy in joules from TDP x load, for machines without RAPL.
+
+    Power model (watts): ``P = tdp_w * (IDLE_FRACTION + (1 - IDLE_FRACTION) * load)``, with
+    ``load`` the system-wide CPU utilization (0..1) since the previous sample, from
+    ``cpu_percent(interval=None)`` (non-blocking; primed once here, since its first call says
+    0.0). Integration: rectangle rule, ``E += P(load) * dt``. Because the model is linear in load
+    and ``load`` is already the mean utilization over the interval, this is the exact integral of
+    the model over the interval (a trapezoid between point powers would not be).
+
+    ``psutil.cpu_percent(interval=None)`` keeps one reference point per thread: another caller
+    on the sampling thread shortens this sensor's interval (the figure stays a fair estimate).
+    """
+
+    source = SOURCE
+
+    def __init__(
+        self,
+        *,
+        tdp_w: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_percent: Callable[..., float] = psutil.cpu_percent,
+    ) -> None:
+        if tdp_w is not None and tdp_w <= 0:
+            raise ValueError(f"tdp_w must be positive watts, got {tdp_w}")
+        self.tdp_assumed = tdp_w is None
+        self.tdp_w = float(tdp_w) if tdp_w is not None else default_tdp_w()
+        self.idle_fraction = IDLE_FRACTION
+        self.clock = clock
+        self._cpu_percent = cpu_percent
+        self.errors: Counter[str] = Counter()
+        self.energy_j = 0.0
+        self.last_utilization_ratio: float | None = None
+        self.last_power_w: float | None = None
+        self._cpu_percent(interval=None)  # prime: the next call measures from here
+        self._last_t = clock()
+
+    def power_w(self, load: float) -> float:
+        """Modelled power in watts at a utilization ratio ``load`` (clamped to 0..1)."""
+        load = min(1.0, max(0.0, load))
+        return self.tdp_w * (self.idle_fraction + (1.0 - self.idle_fraction) * load)
+
+    def sample(self) -> list[CpuSample]:
+        """Cumulative estimated joules since the sensor was made, as one zone ``"cpu"``."""
+        t_s = self.clock()
+        load = min(1.0, max(0.0, float(self._cpu_percent(interval=None)) / 100.0))
+        dt = t_s - self._last_t
+        power = self.power_w(load)
+        if dt > 0:
+            self.energy_j += power * dt
+            self._last_t = t_s
+        self.last_utilization_ratio = load
+        self.last_power_w = power
+        return [CpuSample(zone="cpu", t_s=t_s, energy_j=self.energy_j, source=SOURCE)]
+
+    def describe(self) -> str:
+        """The model in words, e.g. ``estimated from TDP 20 W x load``."""
+        how = (
+            f"assumed {TDP_W_PER_LOGICAL_CPU:g} W per logical CPU, clamped to "
+            f"{TDP_MIN_W:g}-{TDP_MAX_W:g} W; set cpu_tdp_w"
+            if self.tdp_assumed
+            else "configured"
+        )
+        return (
+            f"estimated from TDP {self.tdp_w:g} W ({how}) x load, "
+            f"idle {self.idle_fraction:.0%} of TDP"
+        )
+
+
+# ---- process trees
+
+
+def _tree(pid: int) -> tuple[psutil.Process, list[psutil.Process]] | None:
+    """The process and its living descendants, or None if the process cannot be seen."""
+    try:
+        proc = psutil.Process(pid)
+        return proc, proc.children(recursive=True)
+    except _PROCESS_GONE:
+        return None
+
+
+def process_tree_rss_bytes(pid: int) -> int | None:
+    """Resident memory in bytes of ``pid`` plus all its living descendants.
+
+    None when ``pid`` itself is gone or not readable; descendants that vanish or deny access are
+    skipped. Shared pages count once per process (RSS, not PSS), so this can overstate.
+    """
+    tree = _tree(pid)
+    if tree is None:
+        return None
+    root, children = tree
+    try:
+        total = root.memory_info().rss
+    except _PROCESS_GONE:
+        return None
+    for child in children:
+        try:
+            total += child.memory_info().rss
+        except _PROCESS_GONE:
+            continue
+    return total
+
+
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time in seconds (user + system) used by ``pid`` and its descendants.
+
+    ``cpu_times().children_*`` counts only children that have exited and been reaped, so the
+    living descendants are summed one by one (``children(recursive=True)``). Each living
+    process's ``children_*`` is added too: that keeps the time of reaped workers (a DataLoader
+    worker that exited) in the total without counting anyone twice, since a process appears in
+    its parent's ``children_*`` only once it is no longer alive. Time of orphans reparented away
+    from the tree, and of exited but not yet reaped children, is missed.
+
+    None when ``pid`` itself is gone or not readable; descendants that vanish are skipped.
+    """
+    tree = _tree(pid)
+    if tree is None:
+        return None
+    root, children = tree
+    try:
+        total = _cpu_seconds(root)
+    except _PROCESS_GONE:
+        return None
+    for child in children:
+        try:
+            total += _cpu_seconds(child)
+        except _PROCESS_GONE:
+            continue
+    return total
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+# ---- discovery
+
+
+def discover_cpu_sensor(
+    *,
+    root: str | Path = "/sys/class/powercap",
+    tdp_w: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[CpuSensor, str]:
+    """RAPL if it can be read, else the TDP x load estimate; with one line saying which and why."""
+    try:
+        rapl = RaplSensor(root, clock=clock)
+    except SensorUnavailable as e:
+        host = HostSensor(tdp_w=tdp_w, clock=clock)
+        return host, f"CPU energy: {host.describe()} (RAPL unavailable: {e})"
+    return rapl, rapl.describe()

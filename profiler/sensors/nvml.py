@@ -1,0 +1,349 @@
+"""GPU samples from NVML (module ``pynvml`` of the ``nvidia-ml-py`` distribution), or from the
+simulated GPU through the very same calls.
+
+Energy: NVML's total-energy counter (``nvmlDeviceGetTotalEnergyConsumption``, millijoules, Volta
+and newer) is used where the device supports it (probed once per device at start); otherwise
+``nvmlDeviceGetPowerUsage`` (milliwatts) is integrated with the trapezoidal rule between
+consecutive samples, so sample at 10 Hz or faster. On Ampere (not GA100) and newer parts
+``GetPowerUsage`` is a 1 s average, which smooths short peaks in the integrated figure. Each
+sample says which source its energy came from.
+
+NVML errors are mapped once, here: a field a device does not support is ``None``; a device that
+fails a core read (energy or power; ``GpuIsLost`` on any read) is left out of that sample and
+counted in ``errors`` as ``"gpu<index>:<NVML error name>"``. ``sample()`` never raises NVMLError.
+
+``pynvml`` is imported only when a real NVML sensor is built, never at module import.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from profiler.sensors.base import GpuProcess, GpuSample, SensorUnavailable
+
+log = logging.getLogger(__name__)
+
+COUNTER = "counter"
+POWER_INTEGRATION = "power_integration"
+NO_ENERGY = "none"
+"""``energy_source`` of a device that reports neither an energy counter nor power."""
+SIMULATED_HINT = "set PROFILER_GPU=simulated to use the simulated GPU"
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    """A GPU as enumerated at start: power limit in watts, memory in bytes (None: unsupported)."""
+
+    index: int
+    uuid: str
+    name: str
+    power_limit_w: float | None
+    memory_total_bytes: int | None
+    energy_source: str
+
+
+@dataclass
+class _DeviceState:
+    """A device and its running energy figure (joules since the sensor started)."""
+
+    info: GpuDevice
+    handle: Any
+    counter_supported: bool
+    energy_j: float = 0.0
+    last_counter_mj: int | None = None
+    last_power_w: float | None = None
+    last_t_s: float | None = None
+
+
+class _SkipDevice(Exception):
+    """Internal: the device cannot be read in this sample (already counted in ``errors``)."""
+
+
+def nvml_error_name(error: BaseException) -> str:
+    """``NVMLError_GpuIsLost`` -> ``"GpuIsLost"``; an unmapped code -> ``"NVMLError<code>"``."""
+    name = type(error).__name__
+    if name.startswith("NVMLError_"):
+        return name[len("NVMLError_") :]
+    return f"NVMLError{getattr(error, 'value', '')}"
+
+
+class NvmlSensor:
+    """Samples every GPU that ``nvml`` (the ``pynvml`` module or a ``SimulatedNVML``) lists.
+
+    ``clock`` gives monotonic seconds. Raises SensorUnavailable when NVML does not initialise.
+    """
+
+    def __init__(self, nvml: Any = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._nvml = _import_pynvml() if nvml is None else nvml
+        self._clock = clock
+        self.source = "simulated" if getattr(self._nvml, "SIMULATED", False) else "nvml"
+        self.errors: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._closed = False
+        _init_nvml(self._nvml)
+        try:
+            self.driver_version = str(_text(self._nvml.nvmlSystemGetDriverVersion()))
+            count = self._nvml.nvmlDeviceGetCount()
+        except self._nvml.NVMLError as e:
+            self.close()
+            raise SensorUnavailable(f"NVML initialised but could not list GPUs ({e})") from e
+        self._devices = [d for d in (self._open_device(i) for i in range(count)) if d is not None]
+
+    @property
+    def simulated(self) -> bool:
+        return self.source == "simulated"
+
+    @property
+    def devices(self) -> list[GpuDevice]:
+        """The GPUs this sensor reads, as enumerated at start."""
+        return [d.info for d in self._devices]
+
+    def describe(self) -> str:
+        """One line for logs and status, e.g. ``NVML 550.54.15: 2 x NVIDIA A100-SXM4-40GB ...``."""
+        if not self._devices:
+            return f"{self._label()}: no GPU"
+        names = Counter(d.info.name for d in self._devices)
+        models = ", ".join(f"{n} x {name}" for name, n in names.items())
+        sources = ", ".join(sorted({d.info.energy_source for d in self._devices}))
+        return f"{self._label()}: {models}; energy from {sources}"
+
+    def _label(self) -> str:
+        if self.simulated:
+            return "SIMULATED GPU (a power model, not hardware)"
+        return f"NVML, driver {self.driver_version}"
+
+    # ---- start
+
+    def _open_device(self, index: int) -> _DeviceState | None:
+        """Enumerate one device and take its energy baseline; None (logged, counted) if it fails."""
+        nv = self._nvml
+        try:
+            handle = nv.nvmlDeviceGetHandleByIndex(index)
+            uuid = str(_text(nv.nvmlDeviceGetUUID(handle)))
+            name = str(_text(nv.nvmlDeviceGetName(handle)))
+        except nv.NVMLError as e:
+            self.errors[f"gpu{index}:{nvml_error_name(e)}"] += 1
+            log.warning("GPU %d left out: NVML could not open it (%s)", index, e)
+            return None
+        limit_mw = self._optional(nv.nvmlDeviceGetEnforcedPowerLimit, handle)
+        memory = self._optional(nv.nvmlDeviceGetMemoryInfo, handle)
+        counter_mj = self._optional(nv.nvmlDeviceGetTotalEnergyConsumption, handle)
+        power_mw = self._optional(nv.nvmlDeviceGetPowerUsage, handle)
+        t_s = self._clock()
+        supported = counter_mj is not None
+        source = COUNTER if supported else POWER_INTEGRATION if power_mw is not None else NO_ENERGY
+        info = GpuDevice(
+            index=index,
+            uuid=uuid,
+            name=name,
+            power_limit_w=None if limit_mw is None else limit_mw / 1000,
+            memory_total_bytes=None if memory is None else int(memory.total),
+            energy_source=source,
+        )
+        return _DeviceState(
+            info,
+            handle,
+            counter_supported=supported,
+            last_counter_mj=counter_mj,
+            last_power_w=None if power_mw is None else power_mw / 1000,
+            last_t_s=t_s,
+        )
+
+    def _optional(self, fn: Callable[[Any], Any], handle: Any) -> Any:
+        """A read at start: None when it fails for any NVML reason."""
+        try:
+            return fn(handle)
+        except self._nvml.NVMLError:
+            return None
+
+    # ---- sampling
+
+    def sample(self) -> list[GpuSample]:
+        """Read every device once; a device that cannot be read is left out (see ``errors``)."""
+        with self._lock:
+            if self._closed:
+                return []
+            out = []
+            for dev in self._devices:
+                try:
+                    out.append(self._sample_device(dev))
+                except _SkipDevice:
+                    continue
+            return out
+
+    def _sample_device(self, dev: _DeviceState) -> GpuSample:
+        nv = self._nvml
+        counter_mj = None
+        if dev.counter_supported:
+            counter_mj = self._read(dev, nv.nvmlDeviceGetTotalEnergyConsumption, core=True)
+        power_mw = self._read(dev, nv.nvmlDeviceGetPowerUsage, core=True)
+        t_s = self._clock()
+        power_w = None if power_mw is None else power_mw / 1000
+        energy_j, source = self._advance_energy(dev, counter_mj, power_w, t_s)
+        memory = self._read(dev, nv.nvmlDeviceGetMemoryInfo)
+        rates = self._read(dev, nv.nvmlDeviceGetUtilizationRates)
+        procs = self._read(dev, nv.nvmlDeviceGetComputeRunningProcesses) or []
+        info = dev.info
+        return GpuSample(
+            index=info.index,
+            uuid=info.uuid,
+            name=info.name,
+            t_s=t_s,
+            energy_j=energy_j,
+            energy_source=source,
+            power_w=power_w,
+            power_limit_w=info.power_limit_w,
+            memory_used_bytes=None if memory is None else int(memory.used),
+            memory_total_bytes=info.memory_total_bytes if memory is None else int(memory.total),
+            utilization_ratio=None if rates is None else rates.gpu / 100,
+            processes=tuple(GpuProcess(int(p.pid), p.usedGpuMemory) for p in procs),
+            simulated=self.simulated,
+        )
+
+    def _read(self, dev: _DeviceState, fn: Callable[[Any], Any], *, core: bool = False) -> Any:
+        """Call one NVML read on ``dev``: NotSupported -> None; other errors are counted, and
+        skip the device when ``core`` or when the GPU is lost, else give None."""
+        nv = self._nvml
+        try:
+            return fn(dev.handle)
+        except nv.NVMLError_NotSupported:
+            return None
+        except nv.NVMLError as e:
+            key = f"gpu{dev.info.index}:{nvml_error_name(e)}"
+            self.errors[key] += 1
+            if core or isinstance(e, nv.NVMLError_GpuIsLost):
+                raise _SkipDevice(key) from e
+            return None
+
+    def _advance_energy(
+        self, dev: _DeviceState, counter_mj: int | None, power_w: float | None, t_s: float
+    ) -> tuple[float | None, str]:
+        """Add this interval's joules to ``dev.energy_j``; return (cumulative joules, source)."""
+        if dev.counter_supported and counter_mj is None:  # the counter stopped being supported
+            dev.counter_supported = False
+            self.errors[f"gpu{dev.info.index}:CounterNotSupported"] += 1
+        if dev.counter_supported:
+            assert counter_mj is not None and dev.last_counter_mj is not None
+            if counter_mj >= dev.last_counter_mj:
+                dev.energy_j += (counter_mj - dev.last_counter_mj) / 1000
+            else:  # driver reload: re-base; estimate this interval from power instead
+                self.errors[f"gpu{dev.info.index}:CounterReset"] += 1
+                dev.energy_j += self._trapezoid_j(dev, power_w, t_s)
+            dev.last_counter_mj = counter_mj
+            source = COUNTER
+        elif power_w is not None:
+            dev.energy_j += self._trapezoid_j(dev, power_w, t_s)
+            source = POWER_INTEGRATION
+        else:
+            source = NO_ENERGY
+        if power_w is not None:
+            dev.last_power_w, dev.last_t_s = power_w, t_s
+        return (dev.energy_j if source != NO_ENERGY else None), source
+
+    @staticmethod
+    def _trapezoid_j(dev: _DeviceState, power_w: float | None, t_s: float) -> float:
+        """Joules between the last power reading and this one (0 without both readings)."""
+        if power_w is None or dev.last_power_w is None or dev.last_t_s is None:
+            return 0.0
+        return (dev.last_power_w + power_w) / 2 * max(0.0, t_s - dev.last_t_s)
+
+    # ---- processes and shutdown
+
+    def attach_process(self, pid: int, devices: list[int]) -> None:
+        """Tell a simulated GPU that ``pid`` runs on ``devices`` (indexes); no-op on real NVML,
+        which lists compute processes itself."""
+        attach = getattr(self._nvml, "attach_process", None)
+        if self.simulated and attach is not None:
+            for index in devices:
+                attach(pid, index)
+
+    def detach_process(self, pid: int) -> None:
+        """Undo ``attach_process`` on a simulated GPU; no-op on real NVML."""
+        detach = getattr(self._nvml, "detach_process", None)
+        if self.simulated and detach is not None:
+            detach(pid)
+
+    def close(self) -> None:
+        """Shut NVML down (once; later calls do nothing)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._nvml.nvmlShutdown()
+        except self._nvml.NVMLError as e:
+            log.debug("nvmlShutdown failed: %s", e)
+
+
+def _import_pynvml() -> Any:
+    try:
+        import pynvml
+    except ImportError as e:
+        raise SensorUnavailable(
+            f"NVML did not initialise (module pynvml not importable: {e}); "
+            "install the nvidia-ml-py package"
+        ) from e
+    return pynvml
+
+
+def _init_nvml(nvml: Any) -> None:
+    """``nvmlInit``, or SensorUnavailable naming NVML's reason."""
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as e:
+        if isinstance(e, nvml.NVMLError_NoPermission):
+            consequence = "no permission to use the NVIDIA driver"
+        else:
+            consequence = "no NVIDIA driver found"
+        raise SensorUnavailable(f"NVML did not initialise ({e}): {consequence}") from e
+
+
+def _text(value: str | bytes) -> str:
+    """NVML strings are ``str`` in nvidia-ml-py 12+, ``bytes`` in old releases."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def discover_gpu_sensor(
+    spec: str, *, clock: Callable[[], float] = time.monotonic
+) -> tuple[NvmlSensor | None, str]:
+    """The GPU sensor a spec asks for, and one line describing it for logs and status.
+
+    ``"none"``: no GPU sampling. ``"nvml"``: real NVML, else SensorUnavailable. ``"auto"``: real
+    NVML if it initialises and lists a GPU, else None. ``"simulated[:MODEL[:COUNT]]"``: the
+    simulated GPU (default one A100-SXM4-40GB). A bad spec raises ValueError.
+    """
+    text = spec.strip()
+    head = text.split(":", 1)[0].lower()
+    if head == "simulated":
+        from profiler.sensors.simulated import SimulatedNVML, parse_simulated_spec
+
+        model, count = parse_simulated_spec(text)
+        sensor = NvmlSensor(SimulatedNVML(model, count, clock=clock), clock=clock)
+        return sensor, sensor.describe()
+    if ":" in text or head not in ("none", "nvml", "auto"):
+        raise ValueError(
+            f"gpu spec {spec!r}: expected auto, nvml, none or simulated[:MODEL[:COUNT]]"
+        )
+    if head == "none":
+        return None, "GPU sampling off (gpu = none)"
+    if head == "nvml":
+        sensor = NvmlSensor(clock=clock)
+        if not sensor.devices:
+            sensor.close()
+            raise SensorUnavailable("NVML initialised but lists no GPU (gpu = nvml)")
+        return sensor, sensor.describe()
+    try:
+        sensor = NvmlSensor(clock=clock)
+    except SensorUnavailable as e:
+        reason = str(e.__cause__) if e.__cause__ is not None else str(e)
+        return None, f"no GPU found: NVML did not initialise ({reason}); {SIMULATED_HINT}"
+    if not sensor.devices:
+        sensor.close()
+        return None, f"no GPU found: NVML lists no GPU; {SIMULATED_HINT}"
+    return sensor, sensor.describe()

@@ -1,0 +1,602 @@
+"""A simulated NVIDIA GPU with the ``pynvml`` API, so the real NVML sensor code runs without one.
+
+``SimulatedNVML`` is used exactly like the ``pynvml`` module: the same function names and argument
+shapes, the same units (power in milliwatts, energy in millijoules, memory in bytes, utilization in
+integer percent) and the real ``pynvml`` error classes, so ``except nvml.NVMLError_NotSupported``
+works on either. Every device's power is piecewise constant in time and its energy counter is the
+exact integral of that power, so tests know the ground truth (``exact_energy_j``).
+
+Power models, chosen per device:
+
+- **scripted** (``traces`` given): a list of ``(duration_s, watts)`` phases starting when the
+  simulator is built; with ``repeat=True`` the trace loops, otherwise the device sits at the
+  model's idle watts once the trace ends. Scripted power has no noise: the trace is the truth.
+- **load** (no trace): ``idle_w + (power_limit_w - idle_w) * utilization``, where utilization is
+  the CPU activity of the processes attached to the device (CPU seconds of each process and its
+  descendants over wall seconds, summed, capped at 1.0) as a stand-in for GPU work. It is
+  recomputed when a query arrives and at least ``load_period_s`` has passed since the last
+  recompute, from the CPU used since then; the new level holds from that moment on, so power
+  follows load one period late and stays piecewise constant. Multiplicative noise
+  ``N(0, noise)`` from a seeded ``random.Random`` is applied while at least one attached process
+  is alive, clamped to ``[idle_w, power_limit_w]``. With no living attached process the device
+  draws exactly ``idle_w``.
+
+Everything this module produces is simulated: callers label it so (``SIMULATED = True``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import pynvml
+
+from profiler.sensors.host import process_tree_cpu_seconds
+
+MIB = 1024**2
+GIB = 1024**3
+BASE_MEMORY_BYTES = 400 * MIB
+"""GPU memory in bytes a device reports used with no process on it (driver and context)."""
+RETENTION_S = 3600.0
+"""Seconds of load-mode power history kept for ``exact_energy_j`` (older energy stays in totals)."""
+DRIVER_VERSION = "550.54.15"
+DEFAULT_MODEL = "A100-SXM4-40GB"
+MAX_COUNT = 64
+_COMPACT_AT = 1024  # drop expired load-mode segments in batches of at least this many
+_NOT_MIG = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId of a process on a non-MIG GPU
+
+Phase = tuple[float, float]
+"""One phase of a scripted trace: ``(duration_s, watts)``."""
+
+
+@dataclass(frozen=True)
+class GpuModel:
+    """A GPU model's power envelope (watts) and memory size (bytes)."""
+
+    name: str
+    power_limit_w: float
+    idle_w: float
+    memory_bytes: int
+
+    @property
+    def nvml_name(self) -> str:
+        """The name as ``nvmlDeviceGetName`` prints it."""
+        return f"NVIDIA {self.name}"
+
+
+GPU_MODELS: dict[str, GpuModel] = {
+    m.name: m
+    for m in (
+        GpuModel("A100-SXM4-40GB", power_limit_w=400.0, idle_w=55.0, memory_bytes=40 * GIB),
+        GpuModel("A100-SXM4-80GB", power_limit_w=400.0, idle_w=60.0, memory_bytes=80 * GIB),
+        GpuModel("H100-SXM5-80GB", power_limit_w=700.0, idle_w=70.0, memory_bytes=80 * GIB),
+        GpuModel("H100-PCIe-80GB", power_limit_w=350.0, idle_w=50.0, memory_bytes=80 * GIB),
+        GpuModel("L4", power_limit_w=72.0, idle_w=16.0, memory_bytes=24 * GIB),
+        GpuModel("T4", power_limit_w=70.0, idle_w=10.0, memory_bytes=16 * GIB),
+        GpuModel("V100-SXM2-32GB", power_limit_w=300.0, idle_w=40.0, memory_bytes=32 * GIB),
+    )
+}
+
+
+def parse_simulated_spec(spec: str) -> tuple[str, int]:
+    """``"simulated[:MODEL[:COUNT]]"`` -> ``(model name, device count)``; ValueError if invalid.
+
+    The model is matched case-insensitively; an empty model means the default A100-SXM4-40GB.
+    """
+    parts = spec.strip().split(":")
+    allowed = ", ".join(GPU_MODELS)
+    if parts[0].lower() != "simulated" or len(parts) > 3:
+        raise ValueError(
+            f"gpu spec {spec!r}: expected simulated[:MODEL[:COUNT]] (models: {allowed})"
+        )
+    model = _model_named(parts[1]) if len(parts) > 1 and parts[1] else DEFAULT_MODEL
+    if model is None:
+        raise ValueError(
+            f"gpu spec {spec!r}: unknown simulated GPU model {parts[1]!r}; "
+            f"allowed models: {allowed}"
+        )
+    count = 1
+    if len(parts) == 3:
+        try:
+            count = int(parts[2])
+        except ValueError:
+            count = 0
+        if not 1 <= count <= MAX_COUNT:
+            raise ValueError(
+                f"gpu spec {spec!r}: COUNT must be an integer from 1 to {MAX_COUNT}, "
+                f"got {parts[2]!r}"
+            )
+    return model, count
+
+
+def _model_named(text: str) -> str | None:
+    wanted = text.strip().lower()
+    return next((name for name in GPU_MODELS if name.lower() == wanted), None)
+
+
+# ---- power timelines: power_at(t_s) in watts, energy_at(t_s) in joules since the start
+
+
+class _ScriptedPower:
+    """Power from a trace of ``(duration_s, watts)`` phases starting at ``t0_s``; energy in
+    closed form, so memory stays the size of the trace however long the simulator lives."""
+
+    def __init__(self, t0_s: float, phases: Sequence[Phase], idle_w: float, repeat: bool) -> None:
+        if not phases:
+            raise ValueError("a scripted trace needs at least one (duration_s, watts) phase")
+        self.t0_s, self.idle_w, self.repeat = t0_s, idle_w, repeat
+        self._starts: list[float] = []
+        self._watts: list[float] = []
+        self._energies: list[float] = []  # joules at the start of each phase
+        t = e = 0.0
+        for duration_s, watts in phases:
+            duration_s, watts = float(duration_s), float(watts)
+            if not (math.isfinite(duration_s) and duration_s >= 0):
+                raise ValueError(f"phase duration must be >= 0 seconds, got {duration_s!r}")
+            if not (math.isfinite(watts) and watts >= 0):
+                raise ValueError(f"phase power must be >= 0 watts, got {watts!r}")
+            self._starts.append(t)
+            self._watts.append(watts)
+            self._energies.append(e)
+            t += duration_s
+            e += duration_s * watts
+        if t <= 0:
+            raise ValueError("a scripted trace must last longer than 0 seconds")
+        self.period_s, self.period_j = t, e
+
+    def power_at(self, t_s: float) -> float:
+        tau = max(0.0, t_s - self.t0_s)
+        if not self.repeat and tau >= self.period_s:
+            return self.idle_w
+        return self._watts[self._phase(tau % self.period_s)]
+
+    def energy_at(self, t_s: float) -> float:
+        tau = max(0.0, t_s - self.t0_s)
+        if self.repeat:
+            cycles, rest = divmod(tau, self.period_s)
+            return cycles * self.period_j + self._partial(rest)
+        if tau >= self.period_s:
+            return self.period_j + self.idle_w * (tau - self.period_s)
+        return self._partial(tau)
+
+    def _phase(self, tau: float) -> int:
+        return bisect.bisect_right(self._starts, tau) - 1
+
+    def _partial(self, tau: float) -> float:
+        i = self._phase(tau)
+        return self._energies[i] + self._watts[i] * (tau - self._starts[i])
+
+
+class _RecordedPower:
+    """Piecewise-constant power recorded as it is set (load mode).
+
+    Segments ``(start_s, watts, joules at start)``; the last one runs to now. Segments that ended
+    more than ``RETENTION_S`` ago are dropped, their energy stays in the next segment's total.
+    """
+
+    def __init__(self, t0_s: float, watts: float) -> None:
+        self._starts = [t0_s]
+        self._watts = [watts]
+        self._energies = [0.0]
+
+    @property
+    def oldest_s(self) -> float:
+        """The earliest time (seconds) ``energy_at`` can still answer for."""
+        return self._starts[0]
+
+    def set(self, t_s: float, watts: float) -> None:
+        """Power is ``watts`` from ``t_s`` on (``t_s`` not before the last change)."""
+        t_s = max(t_s, self._starts[-1])
+        if watts == self._watts[-1]:
+            return
+        energy = self.energy_at(t_s)
+        if t_s == self._starts[-1]:
+            self._watts[-1] = watts
+        else:
+            self._starts.append(t_s)
+            self._watts.append(watts)
+            self._energies.append(energy)
+        self._expire(t_s - RETENTION_S)
+
+    def power_at(self, t_s: float) -> float:
+        return self._watts[self._segment(t_s)]
+
+    def energy_at(self, t_s: float) -> float:
+        i = self._segment(t_s)
+        return self._energies[i] + self._watts[i] * max(0.0, t_s - self._starts[i])
+
+    def _segment(self, t_s: float) -> int:
+        return max(0, bisect.bisect_right(self._starts, t_s) - 1)
+
+    def _expire(self, cutoff_s: float) -> None:
+        k = self._segment(cutoff_s)
+        if k >= _COMPACT_AT:
+            del self._starts[:k], self._watts[:k], self._energies[:k]
+
+
+# ---- records shaped like pynvml's return values
+
+
+@dataclass(frozen=True)
+class SimulatedHandle:
+    """An opaque device handle, like pynvml's ``c_nvmlDevice_t``."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """``nvmlDeviceGetMemoryInfo`` result, bytes."""
+
+    total: int
+    free: int
+    used: int
+
+
+@dataclass(frozen=True)
+class Utilization:
+    """``nvmlDeviceGetUtilizationRates`` result, integer percent."""
+
+    gpu: int
+    memory: int
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One ``nvmlDeviceGetComputeRunningProcesses`` entry; ``usedGpuMemory`` in bytes or None."""
+
+    pid: int
+    usedGpuMemory: int | None
+    gpuInstanceId: int = _NOT_MIG
+    computeInstanceId: int = _NOT_MIG
+
+
+@dataclass
+class _Device:
+    index: int
+    model: GpuModel
+    uuid: str
+    power: _ScriptedPower | _RecordedPower
+    processes: dict[int, int | None] = field(default_factory=dict)  # pid -> given bytes or None
+    cpu_prev_s: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds at last look
+    last_recompute_s: float = 0.0
+    utilization: float = 0.0  # load mode: ratio 0..1 from attached processes' CPU
+    counter_supported: bool = True
+    lost: bool = False
+    counter_base_j: float = 0.0  # energy at the last simulated driver reload
+    counter_offset_mj: int = 0
+
+    @property
+    def load_mode(self) -> bool:
+        return isinstance(self.power, _RecordedPower)
+
+
+def _error(code: int) -> pynvml.NVMLError:
+    """The real pynvml exception for an NVML return code (the matching subclass)."""
+    return pynvml.NVMLError(code)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return psutil.pid_exists(pid)
+
+
+def _rss_bytes(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+class SimulatedNVML:
+    """A drop-in stand-in for the ``pynvml`` module driving ``count`` simulated GPUs of ``model``.
+
+    ``clock`` gives monotonic seconds (a fake clock makes tests exact). ``traces`` selects the
+    scripted power model (one trace per device, or a single trace for all; a ``None`` entry puts
+    that device in load mode); ``noise`` is the load-mode relative standard deviation;
+    ``energy_offset_mj`` is added to every energy counter, as a real counter counts from driver
+    load. Thread-safe.
+    """
+
+    SIMULATED = True
+
+    NVMLError = pynvml.NVMLError
+    NVMLError_NotSupported = pynvml.NVMLError_NotSupported
+    NVMLError_GpuIsLost = pynvml.NVMLError_GpuIsLost
+    NVMLError_NoPermission = pynvml.NVMLError_NoPermission
+    NVMLError_LibraryNotFound = pynvml.NVMLError_LibraryNotFound
+    NVMLError_DriverNotLoaded = pynvml.NVMLError_DriverNotLoaded
+    NVMLError_Uninitialized = pynvml.NVMLError_Uninitialized
+    NVMLError_InvalidArgument = pynvml.NVMLError_InvalidArgument
+    NVMLError_NotFound = pynvml.NVMLError_NotFound
+    NVML_SUCCESS = pynvml.NVML_SUCCESS
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        count: int = 1,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        traces: Sequence[Any] | None = None,
+        repeat: bool = False,
+        noise: float = 0.015,
+        seed: int = 0,
+        load_period_s: float = 0.05,
+        energy_offset_mj: int = 0,
+    ) -> None:
+        name = _model_named(model)
+        if name is None:
+            raise ValueError(
+                f"unknown GPU model {model!r}; allowed models: {', '.join(GPU_MODELS)}"
+            )
+        if not 1 <= count <= MAX_COUNT:
+            raise ValueError(f"count must be from 1 to {MAX_COUNT}, got {count!r}")
+        if noise < 0 or load_period_s < 0:
+            raise ValueError("noise and load_period_s must be >= 0")
+        self.model = GPU_MODELS[name]
+        self.noise, self.load_period_s = float(noise), float(load_period_s)
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._lock = threading.RLock()
+        self._init_count = 0
+        self.t0_s = clock()
+        per_device = _per_device_traces(traces, count)
+        self._devices = [
+            self._new_device(i, per_device[i], repeat, int(energy_offset_mj)) for i in range(count)
+        ]
+
+    def _new_device(
+        self, index: int, trace: Sequence[Phase] | None, repeat: bool, offset_mj: int
+    ) -> _Device:
+        m = self.model
+        if trace is None:
+            power: _ScriptedPower | _RecordedPower = _RecordedPower(self.t0_s, m.idle_w)
+        else:
+            power = _ScriptedPower(self.t0_s, trace, m.idle_w, repeat)
+        uuid = f"GPU-5137a7ed-0000-4000-8000-{index:012x}"
+        return _Device(
+            index, m, uuid, power, last_recompute_s=self.t0_s, counter_offset_mj=offset_mj
+        )
+
+    # ---- library
+
+    def nvmlInit(self) -> None:
+        with self._lock:
+            self._init_count += 1
+
+    def nvmlShutdown(self) -> None:
+        with self._lock:
+            if self._init_count == 0:
+                raise _error(pynvml.NVML_ERROR_UNINITIALIZED)
+            self._init_count -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        with self._lock:
+            self._check_init()
+            return DRIVER_VERSION
+
+    def nvmlDeviceGetCount(self) -> int:
+        with self._lock:
+            self._check_init()
+            return len(self._devices)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> SimulatedHandle:
+        with self._lock:
+            self._check_init()
+            if not (isinstance(index, int) and 0 <= index < len(self._devices)):
+                raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+            return SimulatedHandle(index)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> SimulatedHandle:
+        with self._lock:
+            self._check_init()
+            text = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+            for dev in self._devices:
+                if dev.uuid == text:
+                    return SimulatedHandle(dev.index)
+            raise _error(pynvml.NVML_ERROR_NOT_FOUND)
+
+    # ---- device queries (pynvml units)
+
+    def nvmlDeviceGetName(self, handle: SimulatedHandle) -> str:
+        with self._lock:
+            return self._device(handle).model.nvml_name
+
+    def nvmlDeviceGetUUID(self, handle: SimulatedHandle) -> str:
+        with self._lock:
+            return self._device(handle).uuid
+
+    def nvmlDeviceGetIndex(self, handle: SimulatedHandle) -> int:
+        with self._lock:
+            return self._device(handle).index
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: SimulatedHandle) -> int:
+        """Power limit in milliwatts."""
+        with self._lock:
+            return round(self._device(handle).model.power_limit_w * 1000)
+
+    def nvmlDeviceGetPowerUsage(self, handle: SimulatedHandle) -> int:
+        """Power now in milliwatts (instantaneous: the model's level at this clock time)."""
+        with self._lock:
+            dev, now = self._device_now(handle)
+            return round(dev.power.power_at(now) * 1000)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: SimulatedHandle) -> int:
+        """Energy in millijoules since the (simulated) driver loaded: the floor of the exact
+        integral plus ``energy_offset_mj``."""
+        with self._lock:
+            dev, now = self._device_now(handle)
+            if not dev.counter_supported:
+                raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            joules = dev.power.energy_at(now) - dev.counter_base_j
+            return math.floor(joules * 1000) + dev.counter_offset_mj
+
+    def nvmlDeviceGetMemoryInfo(self, handle: SimulatedHandle) -> MemoryInfo:
+        """Memory in bytes: a small base plus the listed processes' memory, capped at total."""
+        with self._lock:
+            dev = self._device(handle)
+            total = dev.model.memory_bytes
+            procs = self._living_processes(dev)
+            used = min(total, BASE_MEMORY_BYTES + sum(p.usedGpuMemory or 0 for p in procs))
+            return MemoryInfo(total=total, free=total - used, used=used)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: SimulatedHandle) -> Utilization:
+        """Percent of time busy. Load mode: the attached processes' CPU ratio; scripted mode:
+        where power sits between idle and the limit. Memory utilization is modelled as half."""
+        with self._lock:
+            dev, now = self._device_now(handle)
+            if dev.load_mode:
+                ratio = dev.utilization if dev.processes else 0.0
+            else:
+                m = dev.model
+                ratio = (dev.power.power_at(now) - m.idle_w) / (m.power_limit_w - m.idle_w)
+            percent = round(100 * min(1.0, max(0.0, ratio)))
+            return Utilization(gpu=percent, memory=percent // 2)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: SimulatedHandle) -> list[ProcessInfo]:
+        """Attached processes still alive; ``usedGpuMemory`` is the figure given to
+        ``attach_process`` (bytes), else the process's resident memory as a stand-in."""
+        with self._lock:
+            return self._living_processes(self._device(handle))
+
+    # ---- simulator controls (not part of pynvml)
+
+    def attach_process(self, pid: int, index: int, used_memory_bytes: int | None = None) -> None:
+        """Tell the simulator that process ``pid`` runs on device ``index``."""
+        with self._lock:
+            dev = self._devices[index]
+            dev.processes[pid] = used_memory_bytes
+            cpu_s = process_tree_cpu_seconds(pid)
+            if cpu_s is not None:
+                dev.cpu_prev_s[pid] = cpu_s
+
+    def detach_process(self, pid: int) -> None:
+        """Forget process ``pid`` on every device."""
+        with self._lock:
+            for dev in self._devices:
+                dev.processes.pop(pid, None)
+                dev.cpu_prev_s.pop(pid, None)
+
+    def set_energy_counter_supported(self, index: int, supported: bool) -> None:
+        """False: ``nvmlDeviceGetTotalEnergyConsumption`` raises NVMLError_NotSupported."""
+        with self._lock:
+            self._devices[index].counter_supported = supported
+
+    def set_lost(self, index: int, lost: bool) -> None:
+        """True: every call on that device's handle raises NVMLError_GpuIsLost."""
+        with self._lock:
+            self._devices[index].lost = lost
+
+    def reset_energy_counter(self, index: int) -> None:
+        """Simulate a driver reload: the energy counter restarts from 0 mJ (the exact integral
+        from ``exact_energy_j`` is unaffected)."""
+        with self._lock:
+            dev = self._devices[index]
+            dev.counter_base_j = dev.power.energy_at(self._clock())
+            dev.counter_offset_mj = 0
+
+    def exact_energy_j(self, index: int, t0_s: float, t1_s: float) -> float:
+        """Ground truth: joules drawn by device ``index`` between clock times ``t0_s <= t1_s``.
+
+        Both times must lie within the simulator's life (not before it was built, not after the
+        clock's current reading) and, in load mode, within the last ``RETENTION_S`` seconds.
+        """
+        with self._lock:
+            dev = self._devices[index]
+            now = self._clock()
+            oldest = dev.power.oldest_s if dev.load_mode else self.t0_s
+            if not oldest <= t0_s <= t1_s <= now:
+                raise ValueError(
+                    f"need {oldest} <= t0_s <= t1_s <= {now} (clock seconds), "
+                    f"got t0_s={t0_s}, t1_s={t1_s}"
+                )
+            return dev.power.energy_at(t1_s) - dev.power.energy_at(t0_s)
+
+    def exact_power_w(self, index: int, t_s: float) -> float:
+        """Ground truth: watts of device ``index`` at clock time ``t_s`` (as modelled so far)."""
+        with self._lock:
+            return self._devices[index].power.power_at(t_s)
+
+    # ---- internals
+
+    def _check_init(self) -> None:
+        if self._init_count == 0:
+            raise _error(pynvml.NVML_ERROR_UNINITIALIZED)
+
+    def _device(self, handle: SimulatedHandle) -> _Device:
+        self._check_init()
+        if not isinstance(handle, SimulatedHandle) or not 0 <= handle.index < len(self._devices):
+            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        dev = self._devices[handle.index]
+        if dev.lost:
+            raise _error(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return dev
+
+    def _device_now(self, handle: SimulatedHandle) -> tuple[_Device, float]:
+        """The device, the clock now, and the load-mode power brought up to date."""
+        dev = self._device(handle)
+        now = self._clock()
+        if dev.load_mode and now - dev.last_recompute_s >= self.load_period_s:
+            self._recompute_load(dev, now)
+        return dev, now
+
+    def _recompute_load(self, dev: _Device, now: float) -> None:
+        wall_s = now - dev.last_recompute_s
+        busy_s, alive = 0.0, 0
+        for pid in list(dev.processes):
+            cpu_s = process_tree_cpu_seconds(pid)
+            if cpu_s is None:
+                dev.cpu_prev_s.pop(pid, None)
+                continue
+            alive += 1
+            busy_s += max(0.0, cpu_s - dev.cpu_prev_s.get(pid, cpu_s))
+            dev.cpu_prev_s[pid] = cpu_s
+        dev.utilization = min(1.0, busy_s / wall_s) if wall_s > 0 else 0.0
+        dev.last_recompute_s = now
+        watts = self._load_watts(dev.model, dev.utilization) if alive else dev.model.idle_w
+        power = dev.power
+        assert isinstance(power, _RecordedPower)  # load mode
+        power.set(now, watts)
+
+    def _load_watts(self, m: GpuModel, utilization: float) -> float:
+        watts = m.idle_w + (m.power_limit_w - m.idle_w) * utilization
+        if self.noise > 0:
+            watts *= 1.0 + self._rng.gauss(0.0, self.noise)
+        return min(m.power_limit_w, max(m.idle_w, watts))
+
+    def _living_processes(self, dev: _Device) -> list[ProcessInfo]:
+        out = []
+        for pid, given in list(dev.processes.items()):
+            if not _alive(pid):  # ended: forget it, so a reused pid is not listed
+                dev.processes.pop(pid)
+                dev.cpu_prev_s.pop(pid, None)
+                continue
+            out.append(ProcessInfo(pid, given if given is not None else _rss_bytes(pid)))
+        return out
+
+
+def _per_device_traces(traces: Sequence[Any] | None, count: int) -> list[Sequence[Phase] | None]:
+    """One trace (or None for load mode) per device: a single trace applies to all devices."""
+    if traces is None:
+        return [None] * count
+    if not traces:
+        raise ValueError("traces must be None, one trace, or one trace per device")
+    first = traces[0]
+    if isinstance(first, Sequence) and len(first) == 2 and all(_is_number(x) for x in first):
+        return [traces] * count
+    if len(traces) != count:
+        raise ValueError(f"got {len(traces)} traces for {count} devices: give one or one each")
+    return list(traces)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

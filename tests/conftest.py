@@ -1,0 +1,112 @@
+"""Fixtures for tests with real processes: a daemon on a private home and a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def profiler_env(home: Path, **extra: str) -> dict[str, str]:
+    """An environment for a daemon or hook on ``home``, with its own free metrics port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILER_")}
+    env.update(
+        PROFILER_HOME=str(home),
+        PROFILER_METRICS_PORT="0",
+        PROFILER_GPU="simulated:A100-SXM4-40GB:1",
+        PROFILER_SAMPLE_INTERVAL="0.05",
+        PROFILER_FLUSH_INTERVAL="0.5",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "profiler", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class DaemonProcess:
+    """A ``profiler daemon`` subprocess and where it serves."""
+
+    home: Path
+    env: dict[str, str]
+    proc: subprocess.Popen
+    status: dict
+
+    @property
+    def metrics_url(self) -> str:
+        return self.status["metrics_url"]
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+            return r.read().decode()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def runs(self) -> list[dict]:
+        out = run_cli(self.env, "runs", "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+
+def start_daemon(home: Path, **extra: str) -> DaemonProcess:
+    env = profiler_env(home, **extra)
+    home.mkdir(parents=True, exist_ok=True)
+    log = open(home / "test-daemon.log", "ab")  # noqa: SIM115 - lives as long as the daemon
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "profiler", "daemon"], env=env, stdout=log, stderr=log
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError((home / "test-daemon.log").read_text())
+        try:
+            status = json.loads((home / "daemon.json").read_text())
+            if status.get("pid") == proc.pid:
+                return DaemonProcess(home, env, proc, status)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("daemon did not start: " + (home / "test-daemon.log").read_text())
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    d = start_daemon(tmp_path / "home")
+    yield d
+    if d.proc.poll() is None:
+        d.stop()
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; that value is returned."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,27 @@
+"""Heavy dependencies are imported only where used."""
+
+import json
+import subprocess
+import sys
+
+HEAVY = ["torch", "tensorflow", "keras", "prometheus_client", "codecarbon", "pandas"]
+
+
+def loaded_after(statement: str) -> list[str]:
+    listing = f"[m for m in {HEAVY!r} if m in sys.modules]"
+    code = f"import sys, json; {statement}; print(json.dumps({listing}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_import_hooks_and_client_is_light():
+    assert loaded_after("import hooks, hooks.wire, hooks.client, hooks.runid") == []
+
+
+def test_daemon_side_never_imports_frameworks():
+    loaded = loaded_after(
+        "import profiler.cli, profiler.daemon, profiler.exporter, profiler.sensors.nvml, "
+        "profiler.sensors.simulated, profiler.demo; "
+        "from profiler.daemon import build_daemon; from profiler.config import load_config"
+    )
+    assert "torch" not in loaded and "tensorflow" not in loaded and "keras" not in loaded

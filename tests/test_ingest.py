@@ -1,0 +1,72 @@
+"""Decoding hook messages: valid ones exactly, bad ones rejected with a counted reason."""
+
+import os
+import socket
+import time
+
+import pytest
+
+from hooks import wire
+from profiler.ingest import Bye, Hello, Malformed, Receiver, StepBatch, decode
+
+
+def test_round_trip_of_each_message_type():
+    h = decode(
+        wire.encode(wire.hello("r1", 42, name="n", rank=1, world_size=2, mono=1.5, wall=9.0))
+    )
+    assert isinstance(h, Hello) and h.run == "r1" and h.pid == 42
+    assert h.fields["rank"] == 1 and h.fields["world_size"] == 2 and h.fields["mono"] == 1.5
+    s = decode(wire.encode(wire.steps("r1", 42, [[1, 1.0, 1.5, 64], [2, 1.5, 2.0, 64]], 3)))
+    assert isinstance(s, StepBatch) and s.rows == ((1, 1.0, 1.5, 64), (2, 1.5, 2.0, 64))
+    assert s.dropped == 3
+    b = decode(wire.encode(wire.bye("r1", 42, "failed", 3.0)))
+    assert isinstance(b, Bye) and b.status == "failed"
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"\x00\xff", "not_json"),
+        (b"[1, 2]", "not_object"),
+        (b'{"v": 2, "type": "step", "run": "r", "pid": 1}', "bad_version"),
+        (b'{"v": 1, "type": "ping", "run": "r", "pid": 1}', "bad_type"),
+        (b'{"v": 1, "type": "bye", "run": "", "pid": 1, "status": "finished"}', "bad_field"),
+        (b'{"v": 1, "type": "bye", "run": "r", "pid": -5, "status": "finished"}', "bad_field"),
+        (b'{"v": 1, "type": "bye", "run": "r", "pid": 1, "status": "meh"}', "bad_field"),
+        (b'{"v": 1, "type": "step", "run": "r", "pid": 1, "steps": [[1, 2, 1, 8]]}', "bad_field"),
+        (b'{"v": 1, "type": "step", "run": "r", "pid": 1, "steps": [[1, 1, 2, -8]]}', "bad_field"),
+        (
+            b'{"v": 1, "type": "step", "run": "r", "pid": 1, "steps": [[1, 1, 1e999, 8]]}',
+            "bad_field",
+        ),
+        (b'{"v": 1, "type": "step", "run": "r", "pid": 1, "steps": "many"}', "bad_field"),
+        (b'{"v": 1, "type": "hello", "run": "r", "pid": 1, "mono": "x", "wall": 1}', "bad_field"),
+        (b"[" * 100_000, "oversize"),
+    ],
+)
+def test_malformed_reasons(data, reason):
+    with pytest.raises(Malformed) as e:
+        decode(data)
+    assert e.value.reason == reason
+
+
+def test_labels_are_bounded_and_stripped_of_control_characters():
+    h = decode(wire.encode(wire.hello("r", 1, name="a\nb\x00c" + "z" * 1000, mono=1, wall=1)))
+    assert h.fields["name"].startswith("abc") and len(h.fields["name"]) <= 256
+
+
+def test_receiver_counts_over_a_real_socket(tmp_path):
+    r = Receiver(tmp_path / "d.sock")
+    try:
+        assert oct((tmp_path / "d.sock").stat().st_mode & 0o777) == "0o600"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.sendto(b"junk", str(tmp_path / "d.sock"))
+        s.sendto(wire.encode(wire.bye("r", os.getpid(), "finished", time.monotonic())),
+                 str(tmp_path / "d.sock"))  # fmt: skip
+        time.sleep(0.05)
+        messages = r.drain()
+        assert len(messages) == 1 and isinstance(messages[0], Bye)
+        assert r.counts["received"] == 2 and r.counts["malformed:not_json"] == 1
+    finally:
+        r.close()
+    assert not (tmp_path / "d.sock").exists()
