@@ -33,6 +33,7 @@ from profiler.sensors.base import CpuSample, GpuSample
 log = logging.getLogger(__name__)
 
 STALE_PENDING_S = 30.0
+ATTRIBUTION_LAG_S = 0.5  # more than the hooks' flush interval (0.25 s)
 
 
 class DaemonError(Exception):
@@ -49,6 +50,8 @@ class DeviceState:
     curve: EnergyCurve = field(default_factory=EnergyCurve)
     latest: GpuSample | None = None
     idle_j: float = 0.0
+    attributed_to: float | None = None  # monotonic seconds: energy before this is split
+    pids_seen: set[int] = field(default_factory=set)
 
 
 def _minute(unix_s: float) -> int:
@@ -182,7 +185,15 @@ class Daemon:
             run.last_event_mono = max(run.last_event_mono, msg.mono)
         if msg.status != "finished":
             run.bye_status = msg.status
+        self._close_if_done(run)
         run.dirty = True
+
+    @staticmethod
+    def _close_if_done(run: Run) -> None:
+        """Once every process said ``bye`` or is gone, the run's end is its last event; from
+        then on no interval gives it energy past that time."""
+        if run.end_mono is None and run.all_processes_done():
+            run.end_mono = run.last_event_mono
 
     # ---- sampling and attribution ---------------------------------------------------------
 
@@ -209,32 +220,52 @@ class Daemon:
         dev.latest = s
         if s.energy_j is None:
             return
-        prev = dev.curve.last
         dev.curve.append(s.t_s, s.energy_j, s.power_w)
-        if prev is None or s.t_s <= prev.t_s:
+        for pid in (p.pid for p in s.processes):
+            dev.pids_seen.add(pid)
+        self._attribute(dev, s.t_s - ATTRIBUTION_LAG_S)
+
+    def _attribute(self, dev: DeviceState, upto: float) -> None:
+        """Split the device's energy from where the last split stopped up to ``upto`` among the
+        runs holding it. Runs ``ATTRIBUTION_LAG_S`` behind the newest sample, so the hooks' step
+        and ``bye`` messages for that span have arrived and runs end where their last event is."""
+        first = dev.curve.first
+        if first is None:
             return
-        holders = self._holders(dev, s, prev.t_s)
-        share = split_interval(dev.curve, prev.t_s, s.t_s, holders)
-        minute_wall = self.wall() - (self.clock() - s.t_s)
+        start = dev.attributed_to if dev.attributed_to is not None else first.t_s
+        upto = min(upto, dev.curve.last.t_s)
+        if upto <= start:
+            return
+        share = split_interval(dev.curve, start, upto, self._holders(dev, start))
+        dev.attributed_to = upto
+        dev.pids_seen.clear()
+        minute_wall = self.wall() - (self.clock() - upto)
+        power = dev.curve.power_peak_w(start, upto)
         for run_id, joules in share.energy_j.items():
             run = self.runs[run_id]
-            run.gpu_energy_j[s.uuid] = run.gpu_energy_j.get(s.uuid, 0.0) + joules
-            run.gpu_seconds[s.uuid] = run.gpu_seconds.get(s.uuid, 0.0) + share.seconds[run_id]
-            if s.power_w is not None:
-                run.gpu_power_peak_w = max(run.gpu_power_peak_w or 0.0, s.power_w)
+            run.gpu_energy_j[dev.uuid] = run.gpu_energy_j.get(dev.uuid, 0.0) + joules
+            run.gpu_seconds[dev.uuid] = run.gpu_seconds.get(dev.uuid, 0.0) + share.seconds[run_id]
+            if power is not None:
+                run.gpu_power_peak_w = max(run.gpu_power_peak_w or 0.0, power)
             rollup = self._rollup(run_id, minute_wall)
             rollup.gpu_energy_j += joules
             rollup.gpu_seconds += share.seconds[run_id]
             run.dirty = True
         dev.idle_j += share.idle_j
-        key = (s.uuid, _minute(minute_wall))
+        key = (dev.uuid, _minute(minute_wall))
         self._idle[key] = self._idle.get(key, 0.0) + share.idle_j
 
-    def _holders(self, dev: DeviceState, s: GpuSample, t0: float) -> list[Holder]:
-        """Runs holding the device: NVML lists one of their processes, or a hook declared it.
-        A run holds a device from the later of its start and the interval in which it was first
-        seen there, to its end."""
-        on_device = {p.pid for p in s.processes}
+    def attribute_all(self) -> None:
+        """Attribute up to the newest sample (at shutdown)."""
+        for dev in self.devices.values():
+            if dev.curve.last is not None:
+                self._attribute(dev, dev.curve.last.t_s)
+
+    def _holders(self, dev: DeviceState, t0: float) -> list[Holder]:
+        """Runs holding the device: NVML listed one of their processes since the last split, or
+        a hook declared it. A run holds a device from the later of its start and the span in
+        which it was first seen there, to its end."""
+        on_device = dev.pids_seen
         holders = []
         for run in self.runs.values():
             if run.end_mono is not None and run.end_mono <= t0:
@@ -305,18 +336,21 @@ class Daemon:
                 if not _alive(proc.pid, proc.create_time):
                     proc.gone = True
                     run.dirty = True
+            self._close_if_done(run)
 
     def _end_runs(self) -> None:
+        # A run is closed once energy is attributed past its end on every device.
         horizon = min(
-            (d.curve.last.t_s for d in self.devices.values() if d.curve.last), default=None
+            (d.attributed_to for d in self.devices.values() if d.attributed_to is not None),
+            default=None,
         )
         for run in self.runs.values():
             if not run.live or not run.all_processes_done():
                 continue
-            if run.end_mono is None:
-                run.end_mono = run.last_event_mono
-            # Wait until the energy curves reach the run's end, so its last steps get energy
-            # (bounded, in case a device stops answering).
+            self._close_if_done(run)
+            assert run.end_mono is not None
+            # Wait until attribution passes the run's end, so its whole energy and its last
+            # steps' energy are in (bounded, in case a device stops answering).
             waited = self.clock() - run.end_mono
             if horizon is None or horizon >= run.end_mono or waited > STALE_PENDING_S:
                 self._finish(run)
@@ -611,6 +645,7 @@ class Service:
         with d.lock:
             if d.gpu_sensor is not None:
                 d.sample()
+                d.attribute_all()
             d.flush()
         if self.http is not None:
             self.http.shutdown()

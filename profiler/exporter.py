@@ -1,9 +1,11 @@
 """``/metrics``: a prometheus_client custom collector that reads the daemon's state on scrape.
 
 Names follow DESIGN.md: base units, ``_total`` on counters, prefix ``profiler_``. Device series
-carry dcgm-exporter's label spelling (``gpu``, ``UUID``, ``modelName``, ``hostname``) so PromQL
-can join them with a cluster's dcgm-exporter series; per-run series carry ``run`` (plus the device
-labels where per device); descriptive labels live on ``profiler_run_info`` only.
+carry ``gpu``, ``uuid``, ``model_name``, ``hostname``: dcgm-exporter's labels in snake_case,
+because ``promtool check metrics`` rejects camelCase label names (``UUID``, ``modelName``); join
+with dcgm-exporter through ``label_replace(DCGM_..., "uuid", "$1", "UUID", "(.*)")``. Per-run
+series carry ``run`` (plus the device labels where per device); descriptive labels live on
+``profiler_run_info`` only.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from profiler import __version__
 if TYPE_CHECKING:
     from profiler.daemon import Daemon
 
-DEVICE_LABELS = ["gpu", "UUID", "modelName", "hostname"]
+DEVICE_LABELS = ["gpu", "uuid", "model_name", "hostname"]
 
 
 class DaemonCollector:
@@ -188,7 +190,7 @@ class DaemonCollector:
         families: dict[str, Any] = {
             "energy": CounterMetricFamily(
                 "profiler_run_energy_joules", "GPU energy attributed to the run (joules).",
-                labels=["run", "gpu", "UUID", "modelName", "hostname"],
+                labels=["run", *DEVICE_LABELS],
             ),
             "gpu_seconds": CounterMetricFamily(
                 "profiler_run_gpu_seconds", "GPU time the run held (device-seconds).",
