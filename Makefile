@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing torch 2.13.0 (CPU) and the project"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 numpy
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 

@@ -248,6 +248,8 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "gpu_seconds": row["gpu_seconds"],
         "gpu_power_mean_w": energy / duration if energy is not None and duration else None,
         "gpu_power_peak_w": row["gpu_power_peak_w"],
+        "cpu_energy_j": row["cpu_energy_j"] if row["meta"].get("cpu_energy_source") else None,
+        "cpu_energy_source": row["meta"].get("cpu_energy_source") or None,
         "gpu_source": row["gpu_source"],
         "energy_source": row["energy_source"],
         "simulated": bool(row["simulated"]),

@@ -24,7 +24,7 @@ from typing import Any
 
 from profiler import __version__
 from profiler.config import Config
-from profiler.energy import EnergyCurve, Holder, split_interval
+from profiler.energy import EnergyCurve, Holder, split_cpu_energy, split_interval
 from profiler.ingest import Bye, Hello, Message, Receiver, StepBatch
 from profiler.ledger import Ledger, LedgerError, Rollup
 from profiler.runs import ProcessInfo, Run
@@ -95,9 +95,10 @@ class Daemon:
         self._rollups: dict[tuple[str, int], Rollup] = {}
         self._idle: dict[tuple[str, int], float] = {}
         self._finished_at: dict[str, float] = {}
-        self._last_sample_t: dict[str, float] = {}
-        self._last_cpu: dict[str, float] = {}
-        self._cpu_busy: tuple[float, dict[str, float]] | None = None
+        self.cpu_total_j: float | None = None  # host CPU joules since start (all zones)
+        self.cpu_source = ""
+        self._cpu_mark: tuple[float, float] | None = None  # (cpu joules, busy cpu seconds)
+        self._proc_cpu: dict[int, float] = {}  # pid -> CPU seconds at the last check
         self.flush_failures = 0
 
     # ---- messages -------------------------------------------------------------------------
@@ -284,8 +285,53 @@ class Daemon:
         return holders
 
     def _cpu_samples(self, samples: list[CpuSample]) -> None:
+        from profiler.sensors.rapl import cpu_total_j
+
         for s in samples:
             self.cpu_energy_j[s.zone] = (s.energy_j, s.source)
+        total = cpu_total_j(samples)
+        if total is not None and samples:
+            self.cpu_total_j = total
+            self.cpu_source = samples[0].source
+
+    def account_cpu(self) -> None:
+        """Give runs their share of host CPU energy since the last call, by CPU time (run at
+        the process-check rate), and refresh each run's resident memory."""
+        import psutil
+
+        from profiler.sensors.host import process_tree_cpu_seconds, process_tree_rss_bytes
+
+        times = psutil.cpu_times()
+        busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        run_cpu: dict[str, float] = {}
+        for run in self.runs.values():
+            if not run.live:
+                continue
+            seconds, rss = 0.0, 0
+            for proc in run.processes.values():
+                if proc.said_bye or proc.gone:
+                    continue
+                cpu = process_tree_cpu_seconds(proc.pid)
+                prev = self._proc_cpu.get(proc.pid)
+                if cpu is not None:
+                    if prev is not None and cpu >= prev:
+                        seconds += cpu - prev
+                    self._proc_cpu[proc.pid] = cpu
+                rss += process_tree_rss_bytes(proc.pid) or 0
+            run.host_rss_bytes = rss
+            run_cpu[run.id] = seconds
+        if self._cpu_mark is not None and self.cpu_total_j is not None:
+            energy_j = self.cpu_total_j - self._cpu_mark[0]
+            shares = split_cpu_energy(energy_j, busy - self._cpu_mark[1], run_cpu)
+            minute_wall = self.wall()
+            for run_id, joules in shares.items():
+                run = self.runs[run_id]
+                run.cpu_energy_j += joules
+                run.cpu_energy_source = self.cpu_source
+                self._rollup(run_id, minute_wall).cpu_energy_j += joules
+                run.dirty = True
+        if self.cpu_total_j is not None:
+            self._cpu_mark = (self.cpu_total_j, busy)
 
     def _resolve_steps(self) -> None:
         """Give each finished step its energy once every device curve reaches its end."""
@@ -468,6 +514,7 @@ class Daemon:
             "last_event_mono": run.last_event_mono,
             "wall_offset_s": run.wall_offset_s,
             "clock": run.clock,
+            "cpu_energy_source": run.cpu_energy_source,
             "step_time_max_s": run.step_time_max_s,
             "durations": run.reservoir[:512],
         }
@@ -512,6 +559,7 @@ def _run_from_row(row: dict[str, Any]) -> Run:
         run.gpu_energy_j[d["uuid"]] = d["energy_j"]
         run.gpu_seconds[d["uuid"]] = d["gpu_seconds"]
     run.cpu_energy_j = row["cpu_energy_j"]
+    run.cpu_energy_source = meta.get("cpu_energy_source", "")
     run.dirty = False
     return run
 
@@ -629,6 +677,7 @@ class Service:
             if now >= next_check:
                 with d.lock:
                     d.check_processes()
+                    d.account_cpu()
                     d.forget_finished()
                 next_check = now + cfg.process_check_interval_s
             if now >= next_flush:

@@ -83,14 +83,16 @@ def format_summary(run: dict[str, Any], status: dict[str, Any], config: Config) 
         f"    peak {_fmt(run['gpu_power_peak_w'], '.1f', ' W')}",
         f"  GPU time       {run['gpu_seconds'] / 3600:.5f} GPU-hours"
         f" ({run['gpu_seconds']:.1f} GPU-seconds)",
+        f"  CPU energy     {_fmt(run['cpu_energy_j'], ',.1f', ' J')}"
+        f" ({run['cpu_energy_source'] or 'unsupported'}, by CPU-time share)",
         f"  metrics        {status.get('metrics_url', 'daemon not running')}",
         f"  ledger         {config.ledger}",
         f"  daemon         pid {status.get('pid')}, still running; `profiler stop` stops it",
     ]
     if run["simulated"]:
         lines.append(
-            f"  NOTE: the GPU was SIMULATED ({status.get('gpu', 'simulated GPU')}): energy and "
-            "power come from its model, not from hardware."
+            "  NOTE: the GPU was SIMULATED: its energy and power come from a power model, not "
+            f"hardware ({status.get('gpu', 'simulated GPU')})."
         )
     elif run["gpu_energy_j"] is None:
         lines.append("  NOTE: no GPU was sampled, so GPU energy is unsupported (not zero).")

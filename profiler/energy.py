@@ -172,3 +172,16 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     lo = int(pos)
     hi = min(lo + 1, len(sorted_values) - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def split_cpu_energy(
+    energy_j: float, busy_cpu_s: float, run_cpu_s: dict[str, float]
+) -> dict[str, float]:
+    """Split host CPU energy (joules) over one window among runs by their share of the busy CPU
+    time (seconds, all cores) in that window. Shares are capped so they never exceed the whole;
+    what is left is other work and idle, not any run's."""
+    used = sum(run_cpu_s.values())
+    if energy_j <= 0 or used <= 0:
+        return {run: 0.0 for run in run_cpu_s}
+    denominator = max(busy_cpu_s, used)
+    return {run: energy_j * seconds / denominator for run, seconds in run_cpu_s.items()}

@@ -212,6 +212,16 @@ class DaemonCollector:
                 "profiler_run_end_time_seconds", "Run end (unix seconds); absent while running.",
                 labels=["run"],
             ),
+            "cpu": CounterMetricFamily(
+                "profiler_run_cpu_energy_joules",
+                "Host CPU energy attributed to the run by CPU-time share (joules).",
+                labels=["run", "source"],
+            ),
+            "rss": GaugeMetricFamily(
+                "profiler_run_host_memory_bytes",
+                "Resident memory of the run's processes on this host (bytes).",
+                labels=["run"],
+            ),
             "total": GaugeMetricFamily(
                 "profiler_run_total_steps", "Steps the run expects in all, when known.",
                 labels=["run"],
@@ -244,6 +254,10 @@ class DaemonCollector:
             families["start"].add_metric([run.id], run.started_at)
             if run.ended_at is not None:
                 families["end"].add_metric([run.id], run.ended_at)
+            if run.cpu_energy_source:
+                families["cpu"].add_metric([run.id, run.cpu_energy_source], run.cpu_energy_j)
+            if run.host_rss_bytes is not None:
+                families["rss"].add_metric([run.id], run.host_rss_bytes)
             if run.total_steps:
                 families["total"].add_metric([run.id], run.total_steps)
             step_seconds.add_metric(

@@ -108,7 +108,9 @@ class Run:
     dropped_steps: int = 0
     gpu_energy_j: dict[str, float] = field(default_factory=dict)  # by device UUID
     gpu_seconds: dict[str, float] = field(default_factory=dict)  # by device UUID
-    cpu_energy_j: float = 0.0
+    cpu_energy_j: float = 0.0  # host CPU energy by CPU-time share (joules)
+    cpu_energy_source: str = ""  # "rapl" or "estimated"
+    host_rss_bytes: int | None = None  # resident memory of the run's process trees
     gpu_power_peak_w: float | None = None
     step_energy_sum_j: float = 0.0
     steps_with_energy: int = 0

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from profiler.energy import EnergyCurve, Holder, percentile, split_interval
+from profiler.energy import EnergyCurve, Holder, percentile, split_cpu_energy, split_interval
 
 
 def piecewise(phases: list[tuple[float, float]]):
@@ -130,3 +130,11 @@ def test_percentile():
     assert percentile([], 0.5) is None
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
     assert percentile([float(i) for i in range(101)], 0.95) == 95.0
+
+
+def test_cpu_energy_split_by_cpu_time_share():
+    shares = split_cpu_energy(100.0, 4.0, {"a": 1.0, "b": 2.0})
+    assert shares == {"a": pytest.approx(25.0), "b": pytest.approx(50.0)}  # 25 J stays unowned
+    # runs never get more than the whole, even when CPU accounting disagrees
+    assert sum(split_cpu_energy(100.0, 1.0, {"a": 2.0, "b": 2.0}).values()) == pytest.approx(100)
+    assert split_cpu_energy(0.0, 4.0, {"a": 1.0}) == {"a": 0.0}

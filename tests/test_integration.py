@@ -63,9 +63,11 @@ def test_torch_training_is_recorded_with_exact_steps_and_energy(daemon):
     # the simulated A100 idles at tens of watts and never exceeds its 400 W limit
     assert 20 < run["gpu_power_mean_w"] <= 400
     assert run["step_time_mean_s"] >= 0.005
+    assert run["cpu_energy_source"] in ("rapl", "estimated") and run["cpu_energy_j"] > 0
     metrics = daemon.metrics()
     assert sample_value(metrics, "profiler_run_steps_total", run="it-torch-1") == 150
     assert sample_value(metrics, "profiler_run_info", run="it-torch-1", status="finished") == 1
+    assert sample_value(metrics, "profiler_run_cpu_energy_joules_total", run="it-torch-1") > 0
 
 
 def test_failing_training_is_recorded_as_failed(daemon):
