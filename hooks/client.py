@@ -33,6 +33,22 @@ STEPS_PER_DATAGRAM = 512
 AUTOSTART_TIMEOUT_S = 20.0
 
 
+def spawn_daemon(home: Path) -> subprocess.Popen:
+    """Start ``python -m profiler daemon`` for ``home`` in its own session (it outlives the
+    caller), with its output appended to ``<home>/daemon.log``."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = dict(os.environ, PROFILER_HOME=str(home))
+    with open(home / "daemon.log", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "profiler", "daemon"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
 class Client:
     """One process's connection to the daemon, for one run."""
 
@@ -166,16 +182,7 @@ class Client:
             if self._send_hello():  # another process started it while we waited
                 return True
             log_path = self.home / "daemon.log"
-            env = dict(os.environ, PROFILER_HOME=str(self.home))
-            with open(log_path, "ab") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "profiler", "daemon"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
+            proc = spawn_daemon(self.home)
             deadline = time.monotonic() + AUTOSTART_TIMEOUT_S
             while time.monotonic() < deadline:
                 if self._send_hello():

@@ -12,12 +12,12 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from hooks.client import spawn_daemon
 from profiler import __version__
 from profiler.config import Config, ConfigError, load_config
 from profiler.ledger import Ledger, LedgerError
@@ -136,18 +136,7 @@ def cmd_daemon(config: Config, args: argparse.Namespace) -> int:
 
 def start_background(config: Config, timeout_s: float = 20.0) -> dict[str, Any]:
     """Start ``profiler daemon`` detached (log in ``<home>/daemon.log``); wait until it serves."""
-    config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    env = dict(os.environ, PROFILER_HOME=str(config.home))
-    cmd = [sys.executable, "-m", "profiler"]
-    with open(config.log_file, "ab") as log:
-        proc = subprocess.Popen(
-            [*cmd, "daemon"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+    proc = spawn_daemon(config.home)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
