@@ -409,8 +409,9 @@ class Daemon:
         self._finished_at[run.id] = self.clock()
         self.health["runs_ended"] += 1
         detach = getattr(self.gpu_sensor, "detach_process", None)
-        if detach is not None:
-            for pid in run.processes:
+        for pid in run.processes:
+            self._proc_cpu.pop(pid, None)
+            if detach is not None:
                 detach(pid)
         self.flush()
 

@@ -91,9 +91,8 @@ def format_summary(run: dict[str, Any], status: dict[str, Any], config: Config) 
     ]
     if run["simulated"]:
         lines.append(
-            "  NOTE: the GPU was SIMULATED"
-            f" ({str(status.get('gpu', '')).rsplit('): ', 1)[-1] or 'simulated GPU'}): its "
-            "energy and power come from a power model, not hardware."
+            f"  NOTE: {status.get('gpu') or 'SIMULATED GPU (a power model, not hardware)'}; "
+            "the figures above are not hardware measurements."
         )
     elif run["gpu_energy_j"] is None:
         lines.append("  NOTE: no GPU was sampled, so GPU energy is unsupported (not zero).")
