@@ -60,7 +60,7 @@ class Client:
         home: Path | None = None,
         autostart: bool | None = None,
         flush_every: int = 64,
-        flush_interval_s: float = 0.25,
+        flush_interval_s: float = 0.1,
     ) -> None:
         self.run_id = run_id
         self.pid = os.getpid()
@@ -72,7 +72,7 @@ class Client:
         self.autostart = autostart
         self.flush_every = flush_every
         self.flush_interval_s = flush_interval_s
-        self.queue: list[list[float]] = []
+        self.queue: list[list[Any]] = []
         self.dropped = 0  # steps not delivered, not yet reported
         self.dropped_total = 0
         self.errors = 0  # exceptions swallowed at the hook boundary
@@ -89,9 +89,18 @@ class Client:
 
     # ---- the hot path -------------------------------------------------------------------------
 
-    def step(self, step: int, start_s: float, end_s: float, samples: int) -> None:
-        """Queue one finished step (times on CLOCK_MONOTONIC, seconds)."""
-        self.queue.append([step, start_s, end_s, samples])
+    def step(
+        self,
+        step: int,
+        start_s: float,
+        end_s: float,
+        samples: int,
+        extras: dict[str, Any] | None = None,
+    ) -> None:
+        """Queue one finished step (times on CLOCK_MONOTONIC, seconds; ``extras`` as in
+        :mod:`hooks.wire`)."""
+        row = [step, start_s, end_s, samples, extras] if extras else [step, start_s, end_s, samples]
+        self.queue.append(row)
         if len(self.queue) >= self.flush_every or end_s - self._last_flush >= self.flush_interval_s:
             self.flush()
 
@@ -122,6 +131,7 @@ class Client:
                     self.dropped = 0
                 else:
                     self._count_dropped(len(chunk))
+                    self._warn(f"cannot reach the profiler daemon at {self.path}; dropping steps")
 
     def _count_dropped(self, n: int) -> None:
         self.dropped += n
@@ -156,7 +166,16 @@ class Client:
             self._flush()
             if self.ready.is_set():
                 self._send(wire.bye(self.run_id, self.pid, status, time.monotonic()))
+            else:
+                self._count_dropped(len(self.queue))
+                self.queue = []
             self._sock.close()
+            if self.dropped_total:
+                log.warning(
+                    "profiler: %d steps of run %s were not delivered to the daemon",
+                    self.dropped_total,
+                    self.run_id,
+                )
         except Exception:  # noqa: BLE001 - the hook boundary
             self.errors += 1
 
@@ -197,4 +216,4 @@ class Client:
     def _warn(self, text: str) -> None:
         if not self._warned:
             self._warned = True
-            log.warning("profiler: %s; training goes on without profiling", text)
+            log.warning("profiler: %s; training goes on", text)

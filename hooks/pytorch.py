@@ -2,10 +2,23 @@
 
 ``track()`` registers torch's *global* optimizer-step hooks, so every ``optimizer.step()`` in the
 process is seen without touching the training loop. A step is the time from the end of the
-previous ``step()`` (or, for the first, the start of its ``step()`` call) to the end of this one,
-read on the host's monotonic clock (``clock = "host_monotonic"``): no CUDA synchronisation. When
-several optimizers step per iteration (a GAN, say), the first optimizer that steps defines the
-training step and the others are not counted.
+previous ``step()`` (or, for the first, the start of its ``step()`` call) to the end of this one.
+When several optimizers step per iteration (a GAN, say), the first optimizer that steps defines
+the training step and the others are not counted.
+
+For loops without an optimizer (inference, evaluation), :class:`StepTimer` times explicit steps::
+
+    timer = StepTimer(name="eval", batch_size=32)
+    for batch in loader:
+        with timer.step(samples=len(batch)):
+            model(batch)
+    timer.stop()
+
+Clocks: on CPU, steps are timed on the host's monotonic clock (``clock = "host_monotonic"``).
+Once CUDA is in use (initialised by the training, never by the hook), each step end records a
+CUDA event and the step's duration is read later from the events, polled with ``query()``
+(``clock = "cuda_event"``): the hook never synchronises the GPU. Framework memory
+(``torch.cuda`` allocated, peak allocated and reserved bytes) is read at most every 0.1 s.
 
 The run ends when the handle is stopped (``.stop()`` or leaving its ``with`` block) or at
 interpreter exit (status ``failed`` when an uncaught exception ended the program,
@@ -16,11 +29,9 @@ interpreter exit (status ``failed`` when an uncaught exception ended the program
 from __future__ import annotations
 
 import atexit
-import getpass
-import os
-import socket
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -30,24 +41,57 @@ from torch.optim.optimizer import (
 )
 
 from hooks.client import Client
-from hooks.runid import run_id_from_env
+from hooks.recorder import StepRecorder
+from hooks.runid import hello_fields, job_run_id
 
 
-class TrackHandle:
-    """A tracked run in this process. Use as a context manager or call :meth:`stop`."""
+class CudaEventClock:
+    """:class:`hooks.recorder.DeviceClock` on CUDA events of the current stream."""
+
+    def mark(self) -> Any:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def done(self, token: Any) -> bool:
+        return token.query()
+
+    def elapsed_s(self, earlier: Any, later: Any) -> float:
+        return earlier.elapsed_time(later) / 1000.0
+
+    def wait(self, token: Any) -> None:
+        token.synchronize()
+
+
+def torch_cuda_memory() -> tuple[int | None, int | None, int | None] | None:
+    """This process's CUDA caching-allocator memory on the current device, in bytes:
+    ``(allocated, peak allocated, reserved)``; None before CUDA is initialised."""
+    if not torch.cuda.is_initialized():
+        return None
+    stats = torch.cuda.memory_stats()
+    return (
+        stats.get("allocated_bytes.all.current"),
+        stats.get("allocated_bytes.all.peak"),
+        stats.get("reserved_bytes.all.current"),
+    )
+
+
+def cuda_device_uuid() -> str | None:
+    """The NVML-style UUID (``GPU-...``) of the current CUDA device, if CUDA is initialised."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+
+
+class _Tracked:
+    """A run in this process: the recorder, the CUDA switch-over and the run's end."""
 
     def __init__(self, client: Client, batch_size: int | None) -> None:
         self.client = client
-        self.batch_size = batch_size or 0
-        self.steps = 0
-        self._hook_errors = 0
-        self._optimizer: int | None = None
-        self._start: float | None = None
-        self._devices_sent = False
-        self._handles = [
-            register_optimizer_step_pre_hook(self._pre),
-            register_optimizer_step_post_hook(self._post),
-        ]
+        self.recorder = StepRecorder(client, batch_size=batch_size)
+        self._cuda_checked = False
+        self._stopped = False
         atexit.register(self._at_exit)
 
     @property
@@ -55,47 +99,41 @@ class TrackHandle:
         return self.client.run_id
 
     @property
+    def steps(self) -> int:
+        return self.recorder.steps
+
+    @property
     def errors(self) -> int:
-        return self._hook_errors + self.client.errors
+        return self.recorder.errors
 
-    def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        try:
-            if self._start is None and self._optimizer in (None, id(optimizer)):
-                self._start = time.monotonic()
-        except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
-            self._hook_errors += 1
+    @property
+    def dropped_total(self) -> int:
+        return self.client.dropped_total
 
-    def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        try:
-            end = time.monotonic()
-            if self._optimizer is None:
-                self._optimizer = id(optimizer)
-            elif self._optimizer != id(optimizer):
-                return
-            self.steps += 1
-            start = self._start if self._start is not None else end
-            self.client.step(self.steps, start, end, self.batch_size)
-            self._start = end
-            if not self._devices_sent:
-                self._declare_devices()
-        except Exception:  # noqa: BLE001 - the hook boundary
-            self._hook_errors += 1
+    def _check_cuda(self) -> None:
+        """Once, after the first step: if the training uses CUDA, time steps with CUDA events,
+        read framework memory and declare the device."""
+        self._cuda_checked = True
+        uuid = cuda_device_uuid()
+        if uuid is None:
+            return
+        self.recorder.device_clock = CudaEventClock()
+        self.recorder.memory_probe = torch_cuda_memory
+        self.client.update_hello(devices=[uuid], clock="cuda_event", memory_source="torch.cuda")
 
-    def _declare_devices(self) -> None:
-        """Tell the daemon which GPU this process uses, once CUDA is already initialised
-        (never initialises CUDA itself)."""
-        self._devices_sent = True
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            index = torch.cuda.current_device()
-            uuid = str(torch.cuda.get_device_properties(index).uuid)
-            device = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
-            self.client.update_hello(devices=[device])
+    def _remove_hooks(self) -> None:
+        pass
 
     def stop(self, status: str = "finished") -> None:
-        """Stop tracking: remove the hooks, send the remaining steps and ``bye``."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        """Stop tracking: send the remaining steps and ``bye``."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._remove_hooks()
+        try:
+            self.recorder.finish()
+        except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
+            self.recorder.hook_errors += 1
         self.client.close(status)
 
     def _at_exit(self) -> None:
@@ -105,7 +143,7 @@ class TrackHandle:
         else:
             self.stop("failed" if failure is not None else "finished")
 
-    def __enter__(self) -> TrackHandle:
+    def __enter__(self) -> Any:
         return self
 
     def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
@@ -113,6 +151,78 @@ class TrackHandle:
             self.stop("finished")
         else:
             self.stop("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
+
+
+class TrackHandle(_Tracked):
+    """A run tracked through the optimizer's steps. Use as a context manager or call
+    :meth:`stop`."""
+
+    def __init__(self, client: Client, batch_size: int | None) -> None:
+        super().__init__(client, batch_size)
+        self._optimizer: int | None = None
+        self._started = False
+        self._handles = [
+            register_optimizer_step_pre_hook(self._pre),
+            register_optimizer_step_post_hook(self._post),
+        ]
+
+    def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        try:
+            if not self._started and self._optimizer in (None, id(optimizer)):
+                self._started = True
+                self.recorder.begin()
+        except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
+            self.recorder.hook_errors += 1
+
+    def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        try:
+            if self._optimizer is None:
+                self._optimizer = id(optimizer)
+            elif self._optimizer != id(optimizer):
+                return
+            self.recorder.end()
+            if not self._cuda_checked:
+                self._check_cuda()
+        except Exception:  # noqa: BLE001 - the hook boundary
+            self.recorder.hook_errors += 1
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+class StepTimer(_Tracked):
+    """A run whose steps the code marks itself: ``with timer.step(samples=n): ...``."""
+
+    @contextmanager
+    def step(self, samples: int | None = None, loss: Any = None) -> Iterator[None]:
+        """Time one step; ``samples`` defaults to the timer's ``batch_size``. The step counts
+        only if its block finishes without an exception."""
+        try:
+            if not self._cuda_checked and self.recorder.steps == 0:
+                self._check_cuda()
+            self.recorder.begin()
+        except Exception:  # noqa: BLE001 - the hook boundary
+            self.recorder.hook_errors += 1
+        yield
+        try:
+            self.recorder.end(samples=samples, loss=loss)
+        except Exception:  # noqa: BLE001 - the hook boundary
+            self.recorder.hook_errors += 1
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        project: str = "",
+        batch_size: int | None = None,
+        total_steps: int | None = None,
+        run_id: str | None = None,
+        user: str | None = None,
+    ) -> None:
+        fields = _fields(name, project, user, batch_size, total_steps, "pytorch.StepTimer")
+        super().__init__(Client(job_run_id(fields["name"], run_id), fields), batch_size)
 
 
 def track(
@@ -126,40 +236,30 @@ def track(
 ) -> TrackHandle:
     """Start streaming this process's optimizer steps to the profiler daemon.
 
-    ``batch_size`` is samples per optimizer step (0/None: samples are not counted);
+    ``batch_size`` is samples per optimizer step on this rank (0/None: samples are not counted);
     ``total_steps`` lets dashboards project the end. The run id is ``run_id``, else
     ``PROFILER_RUN_ID``, ``TORCHELASTIC_RUN_ID`` or ``SLURM_JOB_ID``, else generated from the name.
     """
-    name = name or os.path.basename(sys.argv[0] or "python") or "run"
-    rid = run_id or run_id_from_env(name)
-    fields = {
-        "name": name,
-        "project": project,
-        "user": user or _user(),
-        "framework": "pytorch",
-        "framework_version": torch.__version__,
-        "hook": "pytorch.track",
-        "rank": _env_int("RANK", 0),
-        "local_rank": _env_int("LOCAL_RANK", 0),
-        "world_size": _env_int("WORLD_SIZE", 1),
-        "devices": [],
-        "host": socket.gethostname(),
-        "batch_size": batch_size or None,
-        "total_steps": total_steps or None,
-        "clock": "host_monotonic",
-    }
-    return TrackHandle(Client(rid, fields), batch_size)
+    fields = _fields(name, project, user, batch_size, total_steps, "pytorch.track")
+    return TrackHandle(Client(job_run_id(fields["name"], run_id), fields), batch_size)
 
 
-def _env_int(key: str, default: int) -> int:
-    try:
-        return int(os.environ.get(key, default))
-    except ValueError:
-        return default
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
+def _fields(
+    name: str | None,
+    project: str,
+    user: str | None,
+    batch_size: int | None,
+    total_steps: int | None,
+    hook: str,
+) -> dict[str, Any]:
+    return hello_fields(
+        name=name,
+        project=project,
+        user=user,
+        framework="pytorch",
+        framework_version=torch.__version__,
+        hook=hook,
+        batch_size=batch_size,
+        total_steps=total_steps,
+        samples_source="argument" if batch_size else "none",
+    )

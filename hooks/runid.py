@@ -1,11 +1,16 @@
-"""Run ids: every rank of one job must name the same run."""
+"""Who a run is: its id (every rank of one job must name the same run), ranks, user and the
+``hello`` fields every hook sends."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import secrets
+import socket
+import sys
 import time
+from typing import Any
 
 
 def run_id_from_env(name: str, env: dict[str, str] | None = None) -> str:
@@ -21,3 +26,99 @@ def run_id_from_env(name: str, env: dict[str, str] | None = None) -> str:
         return f"slurm-{env['SLURM_JOB_ID']}" + (f".{step}" if step else "")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "run"
     return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+# Ids this process generated and exported for the ranks it launches (not to be reused by a second
+# run in this same process).
+_generated_here: set[str] = set()
+
+
+def job_run_id(name: str, explicit: str | None = None) -> str:
+    """The run id for a hook starting in this process: ``explicit``, else
+    :func:`run_id_from_env`. A generated id is exported as ``PROFILER_RUN_ID`` so processes this
+    one launches afterwards (Lightning's and Accelerate's per-rank re-runs of the script) join the
+    same run; a later run in this process still gets a new id."""
+    if explicit:
+        return explicit
+    inherited = os.environ.get("PROFILER_RUN_ID")
+    if inherited and inherited not in _generated_here:
+        return inherited
+    env = {k: v for k, v in os.environ.items() if k != "PROFILER_RUN_ID"}
+    rid = run_id_from_env(name, env)
+    if rid.startswith(("torchelastic-", "slurm-")):
+        return rid
+    _generated_here.add(rid)
+    os.environ["PROFILER_RUN_ID"] = rid
+    return rid
+
+
+def ranks_from_env(env: dict[str, str] | None = None) -> tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` from the launcher's variables (torchrun's ``RANK``,
+    ``LOCAL_RANK``, ``WORLD_SIZE``, else Slurm's ``SLURM_PROCID``, ``SLURM_LOCALID``,
+    ``SLURM_NTASKS``), else a single process ``(0, 0, 1)``."""
+    env = dict(os.environ) if env is None else env
+
+    def first(*keys: str, default: int) -> int:
+        for key in keys:
+            try:
+                return int(env[key])
+            except (KeyError, ValueError):
+                continue
+        return default
+
+    return (
+        first("RANK", "SLURM_PROCID", default=0),
+        first("LOCAL_RANK", "SLURM_LOCALID", default=0),
+        first("WORLD_SIZE", "SLURM_NTASKS", default=1),
+    )
+
+
+def default_name() -> str:
+    """The script's file name, for runs not given a name."""
+    return os.path.basename(sys.argv[0] or "python") or "run"
+
+
+def user_name() -> str:
+    """Who runs this process (login name, else the numeric uid)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def hello_fields(
+    *,
+    name: str | None,
+    project: str,
+    user: str | None,
+    framework: str,
+    framework_version: str,
+    hook: str,
+    batch_size: int | None,
+    total_steps: int | None,
+    samples_source: str,
+    clock: str = "host_monotonic",
+    memory_source: str = "",
+    ranks: tuple[int, int, int] | None = None,
+    devices: list[str] | None = None,
+) -> dict[str, Any]:
+    """The ``hello`` fields every hook sends (see :mod:`hooks.wire`)."""
+    rank, local_rank, world_size = ranks or ranks_from_env()
+    return {
+        "name": name or default_name(),
+        "project": project,
+        "user": user or user_name(),
+        "framework": framework,
+        "framework_version": framework_version,
+        "hook": hook,
+        "rank": rank,
+        "local_rank": local_rank,
+        "world_size": world_size,
+        "devices": devices or [],
+        "host": socket.gethostname(),
+        "batch_size": batch_size or None,
+        "total_steps": total_steps or None,
+        "clock": clock,
+        "samples_source": samples_source,
+        "memory_source": memory_source,
+    }

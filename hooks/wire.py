@@ -10,13 +10,21 @@ run id) and ``pid`` (the sender's process id).
 ``hello``
     Who is speaking: ``name``, ``project``, ``user``, ``framework``, ``framework_version``,
     ``hook``, ``rank``, ``local_rank``, ``world_size``, ``devices`` (list of GPU UUIDs or indexes
-    as strings), ``host``, ``batch_size``, ``total_steps``, ``clock`` and the clock anchors
-    ``mono`` (seconds on CLOCK_MONOTONIC) and ``wall`` (unix seconds) taken together. Sent at start
-    and again every :data:`HELLO_EVERY_S` seconds, so a restarted daemon learns the run again.
+    as strings), ``host``, ``batch_size``, ``total_steps``, ``clock`` (where step durations come
+    from: ``host_monotonic`` or ``cuda_event``), ``samples_source`` (how samples per step are
+    known: ``batch`` seen by the hook, ``argument`` given by the user, ``config`` read from the
+    trainer's settings, or ``none``), ``memory_source`` (``torch.cuda``, ``tf.config`` or empty)
+    and the clock anchors ``mono`` (seconds on CLOCK_MONOTONIC) and ``wall`` (unix seconds) taken
+    together. Sent at start and again every :data:`HELLO_EVERY_S` seconds, so a restarted daemon
+    learns the run again.
 ``step``
     A batch of finished steps: ``steps`` is a list of ``[step, start_s, end_s, samples]`` with
     times on CLOCK_MONOTONIC in seconds (system-wide on Linux, so the daemon reads the same
-    clock); ``dropped`` counts steps the sender had to discard since the last batch.
+    clock), optionally followed by a fifth element, an object of extras: ``dev_s`` (the step's
+    duration on the device's own clock, seconds), ``loss`` (a finite loss), ``nonfinite`` (1 when
+    the loss was NaN or infinite), ``mem`` (framework memory ``[allocated, peak_allocated,
+    reserved]`` in bytes, any of them null when unknown). ``dropped`` counts steps the sender had
+    to discard since the last batch.
 ``bye``
     The process is done with the run: ``status`` is ``finished``, ``failed`` or ``interrupted``;
     ``mono`` is when.
@@ -35,6 +43,8 @@ HELLO_EVERY_S = 5.0
 SOCKET_NAME = "daemon.sock"
 MESSAGE_TYPES = ("hello", "step", "bye")
 BYE_STATUSES = ("finished", "failed", "interrupted")
+CLOCKS = ("host_monotonic", "cuda_event")
+SAMPLES_SOURCES = ("batch", "argument", "config", "none")
 
 
 def default_home() -> Path:
@@ -63,8 +73,8 @@ def hello(run: str, pid: int, **fields: Any) -> dict[str, Any]:
     return {"type": "hello", "run": run, "pid": pid, **fields}
 
 
-def steps(run: str, pid: int, batch: list[list[float]], dropped: int = 0) -> dict[str, Any]:
-    """A ``step`` message carrying ``[step, start_s, end_s, samples]`` rows."""
+def steps(run: str, pid: int, batch: list[list[Any]], dropped: int = 0) -> dict[str, Any]:
+    """A ``step`` message carrying ``[step, start_s, end_s, samples(, extras)]`` rows."""
     return {"type": "step", "run": run, "pid": pid, "steps": batch, "dropped": dropped}
 
 

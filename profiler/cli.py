@@ -215,6 +215,8 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
     ended = row["ended_at"]
     duration = (ended - row["started_at"]) if ended else None
     energy = row["gpu_energy_j"]
+    meta = row["meta"]
+    timed = meta.get("timed_steps", steps)
     return {
         "id": row["id"],
         "name": row["name"],
@@ -230,7 +232,7 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "steps": steps,
         "samples": row["samples"],
         "dropped_steps": row["dropped_steps"],
-        "step_time_mean_s": row["step_time_sum_s"] / steps if steps else None,
+        "step_time_mean_s": row["step_time_sum_s"] / timed if timed else None,
         "step_time_p95_s": row["step_time_p95_s"],
         "gpu_energy_j": energy,
         "gpu_energy_kwh": energy / 3.6e6 if energy is not None else None,
@@ -243,7 +245,34 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "energy_source": row["energy_source"],
         "simulated": bool(row["simulated"]),
         "devices": row["devices"],
+        "clock": meta.get("clock"),
+        "samples_source": meta.get("samples_source") or None,
+        "memory_source": meta.get("memory_source") or None,
+        "ranks": _ranks(meta),
+        "last_loss": meta.get("last_loss"),
+        "nonfinite_loss_steps": meta.get("nonfinite_loss_steps", 0),
+        "first_nonfinite_step": meta.get("first_nonfinite_step"),
     }
+
+
+def _ranks(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-rank counts: steps, samples, peak framework memory (bytes), pids."""
+    pids: dict[int, list[int]] = {}
+    for pid, (rank, _local, _world) in meta.get("ranks", {}).items():
+        pids.setdefault(rank, []).append(int(pid))
+    peaks = meta.get("rank_memory_peak", {})
+    out = []
+    for key, n in sorted(meta.get("rank_steps", {}).items(), key=lambda kv: int(kv[0])):
+        peak = peaks.get(key)
+        out.append({
+            "rank": int(key),
+            "steps": n,
+            "samples": meta.get("rank_samples", {}).get(key, 0),
+            "pids": sorted(pids.get(int(key), [])),
+            "memory_peak_allocated_bytes": peak[0] if peak else None,
+            "memory_peak_reserved_bytes": peak[1] if peak else None,
+        })  # fmt: skip
+    return out
 
 
 def read_runs(config: Config, limit: int | None = None) -> list[dict[str, Any]]:

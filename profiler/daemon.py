@@ -129,8 +129,9 @@ class Daemon:
         elif not run.live:
             self.health["messages_for_ended_run"] += 1
             return
-        for key in ("project", "user", "framework", "framework_version", "hook", "host", "clock"):
-            if f[key]:
+        for key in ("project", "user", "framework", "framework_version", "hook", "host", "clock",
+                    "samples_source", "memory_source"):  # fmt: skip
+            if f.get(key):
                 setattr(run, key, f[key])
         run.batch_size = f["batch_size"] or run.batch_size
         run.total_steps = f["total_steps"] or run.total_steps
@@ -170,10 +171,11 @@ class Daemon:
         if run is None:
             return
         run.dropped_steps += msg.dropped
-        for step, start, end, samples in msg.rows:
-            run.record_step(step, start, end, samples)
+        proc = run.processes[msg.pid]
+        for step, start, end, samples, extras in msg.rows:
+            timed = run.record_step(proc, step, start, end, samples, extras)
             rollup = self._rollup(run.id, run.to_wall(end))
-            rollup.steps += 1
+            rollup.steps += timed is not None
             rollup.samples += samples
 
     def _bye(self, msg: Bye) -> None:
@@ -515,6 +517,15 @@ class Daemon:
             "last_event_mono": run.last_event_mono,
             "wall_offset_s": run.wall_offset_s,
             "clock": run.clock,
+            "samples_source": run.samples_source,
+            "memory_source": run.memory_source,
+            "timed_steps": run.timed_steps,
+            "rank_steps": {str(k): v for k, v in run.rank_steps.items()},
+            "rank_samples": {str(k): v for k, v in run.rank_samples.items()},
+            "rank_memory_peak": {str(k): list(v) for k, v in run.rank_memory_peak.items()},
+            "last_loss": run.last_loss,
+            "nonfinite_loss_steps": run.nonfinite_loss_steps,
+            "first_nonfinite_step": run.first_nonfinite_step,
             "cpu_energy_source": run.cpu_energy_source,
             "step_time_max_s": run.step_time_max_s,
             "durations": run.reservoir[:512],
@@ -555,6 +566,16 @@ def _run_from_row(row: dict[str, Any]) -> Run:
                 "steps_with_energy", "gpu_power_peak_w", "batch_size", "total_steps"):  # fmt: skip
         setattr(run, key, row[key])
     run.step_time_max_s = meta.get("step_time_max_s", 0.0)
+    run.timed_steps = meta.get("timed_steps", row["steps"])
+    for key in ("clock", "samples_source", "memory_source", "last_loss", "nonfinite_loss_steps",
+                "first_nonfinite_step"):  # fmt: skip
+        if meta.get(key) is not None:
+            setattr(run, key, meta[key])
+    run.rank_steps = {int(k): v for k, v in meta.get("rank_steps", {}).items()}
+    run.rank_samples = {int(k): v for k, v in meta.get("rank_samples", {}).items()}
+    run.rank_memory_peak = {
+        int(k): (v[0], v[1]) for k, v in meta.get("rank_memory_peak", {}).items()
+    }
     run.seed_durations(meta.get("durations", []))
     for d in row["devices"]:
         run.gpu_energy_j[d["uuid"]] = d["energy_j"]

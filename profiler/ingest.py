@@ -33,12 +33,26 @@ class Hello:
 
 
 @dataclass(frozen=True)
+class StepExtras:
+    """What a step row may carry besides its times: device-clock duration (seconds), loss,
+    whether the loss was NaN/inf, framework memory ``(allocated, peak, reserved)`` bytes."""
+
+    dev_s: float | None = None
+    loss: float | None = None
+    nonfinite: bool = False
+    memory: tuple[int | None, int | None, int | None] | None = None
+
+
+StepRow = tuple[int, float, float, int, StepExtras | None]
+
+
+@dataclass(frozen=True)
 class StepBatch:
-    """Rows of ``(step, start_mono, end_mono, samples)``."""
+    """Rows of ``(step, start_mono, end_mono, samples, extras)``."""
 
     run: str
     pid: int
-    rows: tuple[tuple[int, float, float, int], ...]
+    rows: tuple[StepRow, ...]
     dropped: int
 
 
@@ -94,6 +108,8 @@ def _hello_fields(body: dict[str, Any]) -> dict[str, Any]:
         "hook",
         "host",
         "clock",
+        "samples_source",
+        "memory_source",
     ):
         out[key] = _label(body, key)
     for key, lo, hi in (("rank", 0, 2**20), ("local_rank", 0, 2**20), ("world_size", 1, 2**20)):
@@ -109,23 +125,48 @@ def _hello_fields(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _step_rows(body: dict[str, Any]) -> tuple[tuple[int, float, float, int], ...]:
+def _step_rows(body: dict[str, Any]) -> tuple[StepRow, ...]:
     rows = body.get("steps")
     if not isinstance(rows, list) or len(rows) > MAX_STEPS_PER_MESSAGE:
         raise Malformed("bad_field", "steps")
     out = []
     for row in rows:
-        if not isinstance(row, list) or len(row) != 4:
+        if not isinstance(row, list) or len(row) not in (4, 5):
             raise Malformed("bad_field", "step row")
-        step, start, end, samples = row
+        step, start, end, samples = row[:4]
+        extras = _extras(row[4]) if len(row) == 5 else None
         if not _is_int(step) or not _is_int(samples) or samples < 0 or step < 0:
             raise Malformed("bad_field", "step row")
         start = _finite(start, "step start")
         end = _finite(end, "step end")
         if end < start:
             raise Malformed("bad_field", "step ends before it starts")
-        out.append((int(step), start, end, int(samples)))
+        out.append((int(step), start, end, int(samples), extras))
     return tuple(out)
+
+
+def _extras(value: Any) -> StepExtras | None:
+    """Decode a step row's extras; unknown keys are ignored (newer hooks), bad values refused."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Malformed("bad_field", "step extras")
+    dev_s = value.get("dev_s")
+    if dev_s is not None:
+        dev_s = _finite(dev_s, "dev_s")
+        if dev_s < 0:
+            raise Malformed("bad_field", "dev_s")
+    loss = value.get("loss")
+    if loss is not None:
+        loss = _finite(loss, "loss")
+    memory = value.get("mem")
+    if memory is not None:
+        if not isinstance(memory, list) or len(memory) != 3:
+            raise Malformed("bad_field", "mem")
+        if any(m is not None and (not _is_int(m) or m < 0) for m in memory):
+            raise Malformed("bad_field", "mem")
+        memory = tuple(memory)
+    return StepExtras(dev_s, loss, bool(value.get("nonfinite")), memory)
 
 
 def _is_int(value: Any) -> bool:

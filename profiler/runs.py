@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 
 from profiler.energy import percentile
+from profiler.ingest import StepExtras
 
 # Histogram bucket upper bounds.
 STEP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -66,6 +67,10 @@ class ProcessInfo:
     create_time: float | None = None
     said_bye: bool = False
     gone: bool = False
+    steps: int = 0
+    samples: int = 0
+    # Framework memory, latest reading: (allocated, peak allocated, reserved) bytes.
+    memory: tuple[int | None, int | None, int | None] | None = None
 
 
 @dataclass
@@ -90,7 +95,9 @@ class Run:
     host: str = ""
     batch_size: int | None = None
     total_steps: int | None = None
-    clock: str = "monotonic"
+    clock: str = "host_monotonic"
+    samples_source: str = ""
+    memory_source: str = ""
     status: str = "running"
     started_at: float = 0.0
     ended_at: float | None = None
@@ -100,9 +107,19 @@ class Run:
     # A wall-clock anchor: unix seconds = mono + wall_offset_s.
     wall_offset_s: float = 0.0
     processes: dict[int, ProcessInfo] = field(default_factory=dict)
+    # The run's steps are the job's steps: the largest count any rank reported (ranks of a
+    # data-parallel job step together); samples add up over ranks.
     steps: int = 0
     samples: int = 0
+    rank_steps: dict[int, int] = field(default_factory=dict)
+    rank_samples: dict[int, int] = field(default_factory=dict)
+    timed_steps: int = 0  # steps in the step-time statistics (the lead rank's)
     last_step: int | None = None
+    last_loss: float | None = None
+    nonfinite_loss_steps: int = 0
+    first_nonfinite_step: int | None = None
+    # Peak framework memory per rank: (allocated peak, reserved) bytes.
+    rank_memory_peak: dict[int, tuple[int, int]] = field(default_factory=dict)
     step_time_sum_s: float = 0.0
     step_time_max_s: float = 0.0
     dropped_steps: int = 0
@@ -140,19 +157,56 @@ class Run:
     def to_wall(self, mono: float) -> float:
         return mono + self.wall_offset_s
 
-    def record_step(self, step: int, start_mono: float, end_mono: float, samples: int) -> float:
-        """Count one finished step; returns its duration in seconds."""
-        duration = max(0.0, end_mono - start_mono)
-        self.steps += 1
+    def lead_rank(self) -> int:
+        """The rank whose steps time the run (the lowest rank known)."""
+        return min((p.rank for p in self.processes.values()), default=0)
+
+    def record_step(
+        self,
+        proc: ProcessInfo,
+        step: int,
+        start_mono: float,
+        end_mono: float,
+        samples: int,
+        extras: StepExtras | None = None,
+    ) -> float | None:
+        """Count one finished step of one process. Every rank's steps and samples are counted;
+        step timing, step energy and the loss come from the lead rank only (its step stands for
+        the job's step). Returns the step's duration in seconds (the device's clock when the hook
+        sent it), or None for a non-lead rank's step."""
+        proc.steps += 1
+        proc.samples += samples
+        rank = proc.rank
+        self.rank_steps[rank] = self.rank_steps.get(rank, 0) + 1
+        self.rank_samples[rank] = self.rank_samples.get(rank, 0) + samples
+        self.steps = max(self.steps, self.rank_steps[rank])
         self.samples += samples
+        self.last_event_mono = max(self.last_event_mono, end_mono)
+        self.dirty = True
+        if extras is not None and extras.memory is not None:
+            proc.memory = extras.memory
+            alloc_peak, reserved = extras.memory[1] or 0, extras.memory[2] or 0
+            old = self.rank_memory_peak.get(rank, (0, 0))
+            self.rank_memory_peak[rank] = (max(old[0], alloc_peak), max(old[1], reserved))
+        if rank != self.lead_rank():
+            return None
+        duration = max(0.0, end_mono - start_mono)
+        if extras is not None:
+            if extras.dev_s is not None:
+                duration = extras.dev_s
+            if extras.loss is not None:
+                self.last_loss = extras.loss
+            if extras.nonfinite:
+                self.nonfinite_loss_steps += 1
+                if self.first_nonfinite_step is None:
+                    self.first_nonfinite_step = self.steps
         self.last_step = step
+        self.timed_steps += 1
         self.step_time_sum_s += duration
         self.step_time_max_s = max(self.step_time_max_s, duration)
         self.step_seconds.observe(duration)
         self._keep_duration(duration)
-        self.last_event_mono = max(self.last_event_mono, end_mono)
         self.pending.append(PendingStep(start_mono, end_mono))
-        self.dirty = True
         return duration
 
     def _keep_duration(self, duration: float) -> None:
@@ -167,7 +221,7 @@ class Run:
 
     @property
     def step_time_mean_s(self) -> float | None:
-        return self.step_time_sum_s / self.steps if self.steps else None
+        return self.step_time_sum_s / self.timed_steps if self.timed_steps else None
 
     def step_time_quantile_s(self, q: float) -> float | None:
         return percentile(sorted(self._reservoir), q)

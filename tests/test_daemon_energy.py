@@ -72,7 +72,7 @@ def test_run_energy_within_half_percent_and_steps_within_two_percent(tmp_path):
         d.sample()
         done = [s for s in steps[sent:] if t0 + s[1] <= clock.now]
         if done:  # the hook sends batches of finished steps
-            rows = tuple((sent + i + 1, t0 + a, t0 + b, 32) for i, (a, b) in enumerate(done))
+            rows = tuple((sent + i + 1, t0 + a, t0 + b, 32, None) for i, (a, b) in enumerate(done))
             d.handle(StepBatch("acc", pid, rows, 0))
             sent += len(done)
         if sent == len(steps) and d.runs["acc"].processes[pid].said_bye is False:

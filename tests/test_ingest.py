@@ -7,7 +7,7 @@ import time
 import pytest
 
 from hooks import wire
-from profiler.ingest import Bye, Hello, Malformed, Receiver, StepBatch, decode
+from profiler.ingest import Bye, Hello, Malformed, Receiver, StepBatch, StepExtras, decode
 
 
 def test_round_trip_of_each_message_type():
@@ -17,10 +17,28 @@ def test_round_trip_of_each_message_type():
     assert isinstance(h, Hello) and h.run == "r1" and h.pid == 42
     assert h.fields["rank"] == 1 and h.fields["world_size"] == 2 and h.fields["mono"] == 1.5
     s = decode(wire.encode(wire.steps("r1", 42, [[1, 1.0, 1.5, 64], [2, 1.5, 2.0, 64]], 3)))
-    assert isinstance(s, StepBatch) and s.rows == ((1, 1.0, 1.5, 64), (2, 1.5, 2.0, 64))
+    assert isinstance(s, StepBatch) and s.rows == ((1, 1.0, 1.5, 64, None), (2, 1.5, 2.0, 64, None))
     assert s.dropped == 3
     b = decode(wire.encode(wire.bye("r1", 42, "failed", 3.0)))
     assert isinstance(b, Bye) and b.status == "failed"
+
+
+def test_step_extras_round_trip_and_unknown_keys_are_ignored():
+    extras = {"dev_s": 0.25, "loss": 1.5, "mem": [10, 20, None], "future": "x"}
+    rows = [[1, 1.0, 1.5, 64, extras], [2, 1.5, 2.0, 64, {"nonfinite": 1}]]
+    s = decode(wire.encode(wire.steps("r1", 42, rows)))
+    assert s.rows[0][4] == StepExtras(dev_s=0.25, loss=1.5, nonfinite=False, memory=(10, 20, None))
+    assert s.rows[1][4] == StepExtras(nonfinite=True)
+
+
+@pytest.mark.parametrize(
+    "extras",
+    [[1], {"dev_s": -1}, {"dev_s": "x"}, {"loss": "nan"}, {"mem": [1, 2]}, {"mem": [1, -2, 3]}],
+)
+def test_bad_step_extras_are_refused(extras):
+    with pytest.raises(Malformed) as e:
+        decode(wire.encode(wire.steps("r", 1, [[1, 1.0, 2.0, 8, extras]])))
+    assert e.value.reason == "bad_field"
 
 
 @pytest.mark.parametrize(
