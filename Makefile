@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint format prometheus clean
 
@@ -12,6 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 numpy
 	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+# The frameworks the hook tests train with (TensorFlow CPU, Keras, Lightning, transformers).
+$(TEST_STAMP): $(STAMP)
+	@echo ">> installing the training frameworks the hook tests use (CPU builds)"
+	$(BIN)/pip install -q -e '.[dev,test-frameworks]'
 	@touch $@
 
 # Debian's prometheus package gives the real `prometheus` and `promtool` the tests run.
@@ -24,7 +31,7 @@ prometheus:
 demo: $(STAMP)
 	$(BIN)/profiler demo
 
-test: $(STAMP) prometheus
+test: $(TEST_STAMP) prometheus
 	PROFILER_REQUIRE_PROMTOOL=1 $(BIN)/pytest
 
 lint: $(STAMP)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,10 @@ from hooks import wire
 log = logging.getLogger("hooks")
 
 MAX_QUEUED_STEPS = 100_000
-STEPS_PER_DATAGRAM = 512
+# 1024 packed rows are about 44 kB of base64, under wire.MAX_DATAGRAM_BYTES. Linux queues only
+# net.unix.max_dgram_qlen (often 10) datagrams per socket, so big datagrams carry bursts.
+STEPS_PER_DATAGRAM = 1024
+SEND_BUFFER_BYTES = 1 << 20
 AUTOSTART_TIMEOUT_S = 20.0
 
 
@@ -59,7 +63,7 @@ class Client:
         *,
         home: Path | None = None,
         autostart: bool | None = None,
-        flush_every: int = 64,
+        flush_every: int = STEPS_PER_DATAGRAM,
         flush_interval_s: float = 0.1,
     ) -> None:
         self.run_id = run_id
@@ -72,7 +76,10 @@ class Client:
         self.autostart = autostart
         self.flush_every = flush_every
         self.flush_interval_s = flush_interval_s
-        self.queue: list[list[Any]] = []
+        # Queued rows: step, start_s, end_s, samples per row, flat; extras by row index.
+        self._values = array("d")
+        self._extras: dict[int, dict[str, Any]] = {}
+        self._n = 0
         self.dropped = 0  # steps not delivered, not yet reported
         self.dropped_total = 0
         self.errors = 0  # exceptions swallowed at the hook boundary
@@ -81,6 +88,10 @@ class Client:
         self._lock = threading.Lock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        except OSError:
+            pass
         self._warned = False
         self.ready = threading.Event()
         self.closed = False
@@ -99,10 +110,21 @@ class Client:
     ) -> None:
         """Queue one finished step (times on CLOCK_MONOTONIC, seconds; ``extras`` as in
         :mod:`hooks.wire`)."""
-        row = [step, start_s, end_s, samples, extras] if extras else [step, start_s, end_s, samples]
-        self.queue.append(row)
-        if len(self.queue) >= self.flush_every or end_s - self._last_flush >= self.flush_interval_s:
+        self._values.extend((step, start_s, end_s, samples))
+        if extras:
+            self._extras[self._n] = extras
+        self._n += 1
+        if self._n >= self.flush_every or end_s - self._last_flush >= self.flush_interval_s:
             self.flush()
+
+    @property
+    def queue(self) -> list[list[Any]]:
+        """The queued rows as ``[step, start_s, end_s, samples(, extras)]`` (for inspection)."""
+        v = self._values
+        rows = [[int(v[i]), v[i + 1], v[i + 2], int(v[i + 3])] for i in range(0, len(v), 4)]
+        for i, extras in self._extras.items():
+            rows[i].append(extras)
+        return rows
 
     def flush(self) -> None:
         """Send what is queued, if the daemon is reachable; never raises."""
@@ -111,27 +133,40 @@ class Client:
         except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
             self.errors += 1
 
+    def _take(self, keep: int = 0) -> tuple[array, dict[int, dict[str, Any]]]:
+        """Remove and return the queued rows but the newest ``keep``."""
+        cut = self._n - keep
+        values, extras = self._values[: 4 * cut], self._extras
+        self._values = self._values[4 * cut :]
+        self._extras = {i - cut: e for i, e in extras.items() if i >= cut}
+        self._n = keep
+        return values, {i: e for i, e in extras.items() if i < cut}
+
     def _flush(self) -> None:
         now = time.monotonic()
         self._last_flush = now
         if not self.ready.is_set():
-            overflow = len(self.queue) - MAX_QUEUED_STEPS
-            if overflow > 0:
-                del self.queue[:overflow]
+            if self._n > MAX_QUEUED_STEPS:  # drop the older half at once (amortised)
+                overflow = self._n - MAX_QUEUED_STEPS // 2
+                self._take(keep=MAX_QUEUED_STEPS // 2)
                 self._count_dropped(overflow)
             return
         with self._lock:
             if now - self._last_hello >= wire.HELLO_EVERY_S:
                 self._send_hello()
-            batch, self.queue = self.queue, []
-            for i in range(0, len(batch), STEPS_PER_DATAGRAM):
-                chunk = batch[i : i + STEPS_PER_DATAGRAM]
-                message = wire.steps(self.run_id, self.pid, chunk, self.dropped)
+            values, extras = self._take()
+            n = len(values) // 4
+            for first in range(0, n, STEPS_PER_DATAGRAM):
+                last = min(n, first + STEPS_PER_DATAGRAM)
+                chunk = values[4 * first : 4 * last]
+                chunk_extras = {i - first: e for i, e in extras.items() if first <= i < last}
+                message = wire.packed_steps(
+                    self.run_id, self.pid, chunk, chunk_extras, self.dropped
+                )
                 if self._send(message):
                     self.dropped = 0
                 else:
-                    self._count_dropped(len(chunk))
-                    self._warn(f"cannot reach the profiler daemon at {self.path}; dropping steps")
+                    self._count_dropped(last - first)
 
     def _count_dropped(self, n: int) -> None:
         self.dropped += n
@@ -143,7 +178,13 @@ class Client:
         try:
             self._sock.sendto(wire.encode(message), self.path)
             return True
-        except OSError:  # no daemon, queue full (EAGAIN), socket gone
+        except BlockingIOError:  # the daemon's receive queue is full
+            if self.ready.is_set():
+                self._warn("the profiler daemon is not keeping up; dropping steps")
+            return False
+        except OSError:  # no daemon, socket gone
+            if self.ready.is_set():
+                self._warn(f"cannot reach the profiler daemon at {self.path}; dropping steps")
             return False
 
     def _send_hello(self) -> bool:
@@ -167,8 +208,8 @@ class Client:
             if self.ready.is_set():
                 self._send(wire.bye(self.run_id, self.pid, status, time.monotonic()))
             else:
-                self._count_dropped(len(self.queue))
-                self.queue = []
+                self._count_dropped(self._n)
+                self._take()
             self._sock.close()
             if self.dropped_total:
                 log.warning(

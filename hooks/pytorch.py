@@ -10,8 +10,8 @@ For loops without an optimizer (inference, evaluation), :class:`StepTimer` times
 
     timer = StepTimer(name="eval", batch_size=32)
     for batch in loader:
-        with timer.step(samples=len(batch)):
-            model(batch)
+        with timer.step(samples=len(batch)) as step:
+            step.loss = criterion(model(batch), target)  # optional
     timer.stop()
 
 Clocks: on CPU, steps are timed on the host's monotonic clock (``clock = "host_monotonic"``).
@@ -32,6 +32,7 @@ import atexit
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -192,22 +193,36 @@ class TrackHandle(_Tracked):
         self._handles = []
 
 
+@dataclass
+class StepMark:
+    """The step being timed; set ``samples`` or ``loss`` inside the ``with`` block."""
+
+    samples: int | None = None
+    loss: Any = None
+
+
 class StepTimer(_Tracked):
-    """A run whose steps the code marks itself: ``with timer.step(samples=n): ...``."""
+    """A run whose steps the code marks itself::
+
+    with timer.step(samples=len(batch)) as step:
+        loss = model(batch)
+        step.loss = loss  # optional: a NaN or inf loss is flagged
+    """
 
     @contextmanager
-    def step(self, samples: int | None = None, loss: Any = None) -> Iterator[None]:
+    def step(self, samples: int | None = None, loss: Any = None) -> Iterator[StepMark]:
         """Time one step; ``samples`` defaults to the timer's ``batch_size``. The step counts
         only if its block finishes without an exception."""
+        mark = StepMark(samples, loss)
         try:
             if not self._cuda_checked and self.recorder.steps == 0:
                 self._check_cuda()
             self.recorder.begin()
         except Exception:  # noqa: BLE001 - the hook boundary
             self.recorder.hook_errors += 1
-        yield
+        yield mark
         try:
-            self.recorder.end(samples=samples, loss=loss)
+            self.recorder.end(samples=mark.samples, loss=mark.loss)
         except Exception:  # noqa: BLE001 - the hook boundary
             self.recorder.hook_errors += 1
 

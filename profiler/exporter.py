@@ -184,7 +184,7 @@ class DaemonCollector:
             "Runs and their descriptive labels (value 1).",
             labels=[
                 "run", "name", "project", "user", "framework", "framework_version", "hostname",
-                "status", "simulated",
+                "status", "simulated", "clock",
             ],
         )  # fmt: skip
         families: dict[str, Any] = {
@@ -226,6 +226,24 @@ class DaemonCollector:
                 "profiler_run_total_steps", "Steps the run expects in all, when known.",
                 labels=["run"],
             ),
+            "rank_steps": CounterMetricFamily(
+                "profiler_run_rank_steps", "Steps finished by each rank of the run.",
+                labels=["run", "rank"],
+            ),
+            "memory": GaugeMetricFamily(
+                "profiler_run_framework_memory_bytes",
+                "The framework's own device memory per rank, latest reading (bytes): "
+                "allocated, peak_allocated, reserved.",
+                labels=["run", "rank", "kind"],
+            ),
+            "loss": GaugeMetricFamily(
+                "profiler_run_loss", "Latest finite training loss the hook reported.",
+                labels=["run"],
+            ),
+            "nonfinite": CounterMetricFamily(
+                "profiler_run_nonfinite_loss_steps", "Steps whose loss was NaN or infinite.",
+                labels=["run"],
+            ),
         }  # fmt: skip
         step_seconds = HistogramMetricFamily(
             "profiler_step_duration_seconds", "Step duration (seconds).", labels=["run"]
@@ -237,9 +255,20 @@ class DaemonCollector:
         for run in d.runs.values():
             info.add_metric(
                 [run.id, run.name, run.project, run.user, run.framework, run.framework_version,
-                 d.hostname, run.status, simulated],
+                 d.hostname, run.status, simulated, run.clock],
                 1,
             )  # fmt: skip
+            for rank, n in sorted(run.rank_steps.items()):
+                families["rank_steps"].add_metric([run.id, str(rank)], n)
+            for proc in run.processes.values():
+                if proc.memory is None or proc.said_bye or proc.gone:
+                    continue
+                for kind, value in zip(MEMORY_KINDS, proc.memory, strict=True):
+                    if value is not None:
+                        families["memory"].add_metric([run.id, str(proc.rank), kind], value)
+            if run.last_loss is not None:
+                families["loss"].add_metric([run.id], run.last_loss)
+            families["nonfinite"].add_metric([run.id], run.nonfinite_loss_steps)
             for uuid, joules in sorted(run.gpu_energy_j.items()):
                 dev = d.devices.get(uuid)
                 families["energy"].add_metric(
@@ -271,6 +300,9 @@ class DaemonCollector:
         yield from families.values()
         yield step_seconds
         yield step_joules
+
+
+MEMORY_KINDS = ("allocated", "peak_allocated", "reserved")
 
 
 def serve_metrics(daemon: Daemon, host: str, port: int) -> tuple[Any, int]:

@@ -126,6 +126,8 @@ def _hello_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _step_rows(body: dict[str, Any]) -> tuple[StepRow, ...]:
+    if "packed" in body:
+        return _packed_rows(body)
     rows = body.get("steps")
     if not isinstance(rows, list) or len(rows) > MAX_STEPS_PER_MESSAGE:
         raise Malformed("bad_field", "steps")
@@ -133,16 +135,38 @@ def _step_rows(body: dict[str, Any]) -> tuple[StepRow, ...]:
     for row in rows:
         if not isinstance(row, list) or len(row) not in (4, 5):
             raise Malformed("bad_field", "step row")
-        step, start, end, samples = row[:4]
         extras = _extras(row[4]) if len(row) == 5 else None
-        if not _is_int(step) or not _is_int(samples) or samples < 0 or step < 0:
-            raise Malformed("bad_field", "step row")
-        start = _finite(start, "step start")
-        end = _finite(end, "step end")
-        if end < start:
-            raise Malformed("bad_field", "step ends before it starts")
-        out.append((int(step), start, end, int(samples), extras))
+        out.append(_row(*row[:4], extras))
     return tuple(out)
+
+
+def _packed_rows(body: dict[str, Any]) -> tuple[StepRow, ...]:
+    packed, extras = body.get("packed"), body.get("extras") or {}
+    if not isinstance(packed, str) or not isinstance(extras, dict):
+        raise Malformed("bad_field", "packed steps")
+    try:
+        values = wire.unpack(packed)
+    except (ValueError, UnicodeEncodeError) as e:
+        raise Malformed("bad_field", "packed steps") from e
+    if len(values) % 4 or len(values) // 4 > MAX_STEPS_PER_MESSAGE:
+        raise Malformed("bad_field", "packed steps")
+    out = []
+    for i in range(0, len(values), 4):
+        step, start, end, samples = values[i : i + 4]
+        if not (step.is_integer() and samples.is_integer()):
+            raise Malformed("bad_field", "step row")
+        out.append(_row(int(step), start, end, int(samples), _extras(extras.get(str(i // 4)))))
+    return tuple(out)
+
+
+def _row(step: Any, start: Any, end: Any, samples: Any, extras: StepExtras | None) -> StepRow:
+    if not _is_int(step) or not _is_int(samples) or samples < 0 or step < 0:
+        raise Malformed("bad_field", "step row")
+    start = _finite(start, "step start")
+    end = _finite(end, "step end")
+    if end < start:
+        raise Malformed("bad_field", "step ends before it starts")
+    return (int(step), start, end, int(samples), extras)
 
 
 def _extras(value: Any) -> StepExtras | None:

@@ -11,7 +11,7 @@ import pytest
 
 from profiler.config import Config
 from profiler.daemon import Daemon
-from profiler.ingest import Bye, Hello, StepBatch
+from profiler.ingest import Bye, Hello, StepBatch, StepExtras
 from profiler.sensors.nvml import NvmlSensor
 from profiler.sensors.simulated import SimulatedNVML
 
@@ -24,10 +24,10 @@ class FakeClock:
         return self.now
 
 
-def hello(run: str, pid: int, mono: float, devices=("0",)) -> Hello:
+def hello(run: str, pid: int, mono: float, devices=("0",), rank: int = 0, world: int = 1) -> Hello:
     fields = {k: "" for k in ("name", "project", "user", "framework", "framework_version", "hook",
                               "host", "clock")}  # fmt: skip
-    fields.update(rank=0, local_rank=0, world_size=1, batch_size=32, total_steps=None,
+    fields.update(rank=rank, local_rank=rank, world_size=world, batch_size=32, total_steps=None,
                   devices=tuple(devices), mono=mono, wall=1.7e9 + mono)  # fmt: skip
     fields["name"] = run
     return Hello(run, pid, fields)
@@ -117,6 +117,52 @@ def test_two_runs_on_one_device_split_it_and_never_double_count(tmp_path):
     assert a.total_gpu_seconds + b.total_gpu_seconds == pytest.approx(span - 1.0, rel=1e-6)
     dev = next(iter(d.devices.values()))
     assert dev.idle_j == pytest.approx(300 * 1.0, rel=1e-6)
+
+
+def test_ranks_of_one_run_count_steps_per_rank_and_each_device_once(tmp_path):
+    """Three ranks of one job: ranks 0 and 1 share GPU 0, rank 2 has GPU 1. The run's steps are
+    the job's steps, samples add up, step timing comes from rank 0, and each device's energy is
+    counted once."""
+    d, sim, clock = make_daemon(tmp_path, [[(100.0, 250.0)], [(100.0, 150.0)]], count=2)
+    t0 = clock.now
+    pids = [os.getpid(), os.getppid(), 1]
+    d.sample()
+    for rank, (pid, dev) in enumerate(zip(pids, ("0", "0", "1"), strict=True)):
+        d.handle(hello("job", pid, t0 + 1.0, devices=(dev,), rank=rank, world=3))
+    n = 0
+    while clock.now < t0 + 6.0:
+        clock.now += 0.1
+        d.sample()
+        n += 1
+        for rank, pid in enumerate(pids):  # every rank finishes step n now
+            extras = StepExtras(loss=2.0 - n / 100) if rank == 0 else None
+            row = (n, clock.now - 0.1, clock.now - 0.001 * rank, 32, extras)
+            d.handle(StepBatch("job", pid, (row,), 0))
+    for pid in pids:
+        d.handle(Bye("job", pid, "finished", clock.now))
+    d.attribute_all()
+    run = d.runs["job"]
+    assert run.steps == n and run.rank_steps == {0: n, 1: n, 2: n}
+    assert run.samples == 3 * n * 32 and run.timed_steps == n
+    assert run.step_seconds.n == n and run.last_loss == pytest.approx(2.0 - n / 100)
+    assert sum(r.steps for r in d._rollups.values()) == n
+    end = clock.now
+    exact = sim.exact_energy_j(0, t0 + 1.0, end) + sim.exact_energy_j(1, t0 + 1.0, end)
+    assert run.total_gpu_energy_j == pytest.approx(exact, rel=1e-6)
+    assert run.gpu_seconds == pytest.approx({u: end - t0 - 1.0 for u in d.devices}, rel=1e-6)
+
+
+def test_nonfinite_losses_are_counted_from_the_first_one(tmp_path):
+    d, sim, clock = make_daemon(tmp_path, [[(100.0, 250.0)]])
+    pid = os.getpid()
+    d.handle(hello("nan", pid, clock.now))
+    rows = tuple(
+        (i, clock.now + i, clock.now + i + 1, 8, StepExtras(nonfinite=i >= 4) if i >= 2 else None)
+        for i in range(1, 8)
+    )
+    d.handle(StepBatch("nan", pid, rows, 0))
+    run = d.runs["nan"]
+    assert run.nonfinite_loss_steps == 4 and run.first_nonfinite_step == 4
 
 
 def test_power_integration_path_when_the_counter_is_unsupported(tmp_path):

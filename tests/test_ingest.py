@@ -1,8 +1,11 @@
 """Decoding hook messages: valid ones exactly, bad ones rejected with a counted reason."""
 
+import json
+import math
 import os
 import socket
 import time
+from array import array
 
 import pytest
 
@@ -29,6 +32,29 @@ def test_step_extras_round_trip_and_unknown_keys_are_ignored():
     s = decode(wire.encode(wire.steps("r1", 42, rows)))
     assert s.rows[0][4] == StepExtras(dev_s=0.25, loss=1.5, nonfinite=False, memory=(10, 20, None))
     assert s.rows[1][4] == StepExtras(nonfinite=True)
+
+
+def test_packed_rows_round_trip_exactly_with_their_extras():
+    values = array("d", [1, 1.0000001, 1.5, 64, 2, 1.5, 2.123456789012, 0])
+    message = wire.packed_steps("r1", 42, values, {1: {"loss": 0.25}}, dropped=2)
+    s = decode(wire.encode(message))
+    assert s.rows == (
+        (1, 1.0000001, 1.5, 64, None),
+        (2, 1.5, 2.123456789012, 0, StepExtras(loss=0.25)),
+    )
+    assert s.dropped == 2
+
+
+@pytest.mark.parametrize(
+    "packed",
+    ["!!not base64!!", wire.pack(array("d", [1, 2, 3])), wire.pack(array("d", [1.5, 1, 2, 8])),
+     wire.pack(array("d", [1, 2, 1, 8])), wire.pack(array("d", [1, 1, math.nan, 8])), 12],
+)  # fmt: skip
+def test_bad_packed_rows_are_refused(packed):
+    body = {"v": 1, "type": "step", "run": "r", "pid": 1, "packed": packed}
+    with pytest.raises(Malformed) as e:
+        decode(json.dumps(body).encode())
+    assert e.value.reason == "bad_field"
 
 
 @pytest.mark.parametrize(

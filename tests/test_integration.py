@@ -250,7 +250,8 @@ def test_hooks_autostart_exactly_one_daemon_for_many_processes(tmp_path):
             ),
             what="the 3-process run to end",
         )  # fmt: skip
-        assert run["steps"] == 3 * 40
+        assert run["steps"] == 40 and run["samples"] == 3 * 40 * 8  # the job's steps
+        assert [(r["rank"], r["steps"]) for r in run["ranks"]] == [(0, 40), (1, 40), (2, 40)]
     finally:
         stop = run_cli(env, "stop")
         assert stop.returncode == 0, stop.stderr
