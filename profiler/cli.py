@@ -256,16 +256,24 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ranks(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-rank counts: steps, samples, peak framework memory (bytes), pids."""
+    """Per rank: where it ran (local rank, world size, declared devices, pids), its steps and
+    samples, and its peak framework memory (bytes)."""
     pids: dict[int, list[int]] = {}
-    for pid, (rank, _local, _world) in meta.get("ranks", {}).items():
+    where: dict[int, tuple[int, int]] = {}
+    devices: dict[int, set[str]] = {}
+    for pid, (rank, local, world) in meta.get("ranks", {}).items():
         pids.setdefault(rank, []).append(int(pid))
+        where[rank] = (local, world)
+        devices.setdefault(rank, set()).update(meta.get("process_devices", {}).get(pid, []))
     peaks = meta.get("rank_memory_peak", {})
     out = []
     for key, n in sorted(meta.get("rank_steps", {}).items(), key=lambda kv: int(kv[0])):
         peak = peaks.get(key)
         out.append({
             "rank": int(key),
+            "local_rank": where.get(int(key), (None, None))[0],
+            "world_size": where.get(int(key), (None, None))[1],
+            "devices": sorted(devices.get(int(key), ())),
             "steps": n,
             "samples": meta.get("rank_samples", {}).get(key, 0),
             "pids": sorted(pids.get(int(key), [])),

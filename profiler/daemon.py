@@ -513,6 +513,7 @@ class Daemon:
             "ranks": {
                 str(p.pid): [p.rank, p.local_rank, p.world_size] for p in run.processes.values()
             },
+            "process_devices": {str(p.pid): list(p.devices) for p in run.processes.values()},
             "start_mono": run.start_mono,
             "last_event_mono": run.last_event_mono,
             "wall_offset_s": run.wall_offset_s,

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, profiler_env, run_cli, start_daemon, wait_for
+from conftest import REPO, profiler_env, run_cli, sample_value, start_daemon, wait_for
 
 from hooks import wire
 
@@ -33,16 +33,6 @@ def finished_run(d, run_id: str) -> dict:
         return found[0] if found and found[0]["status"] != "running" else None
 
     return wait_for(done, timeout=30, what=f"run {run_id} to end")
-
-
-def sample_value(text: str, name: str, **labels: str) -> float | None:
-    """The value of one series in exposition text (None when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def test_torch_training_is_recorded_with_exact_steps_and_energy(daemon):

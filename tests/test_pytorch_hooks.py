@@ -11,7 +11,7 @@ import sys
 
 import psutil
 import pytest
-from conftest import REPO, profiler_env, run_cli, wait_for
+from conftest import REPO, profiler_env, run_cli, sample_value, wait_for
 
 pytestmark = pytest.mark.slow
 SCRIPTS = REPO / "tests" / "scripts"
@@ -62,7 +62,8 @@ def test_torchrun_two_gloo_ranks_make_one_run_with_one_daemon(tmp_path):
             (0, 30, 240),
             (1, 30, 240),
         ]
-        assert all(len(r["pids"]) == 1 for r in run["ranks"])
+        assert all(len(r["pids"]) == 1 and r["world_size"] == 2 for r in run["ranks"])
+        assert [r["local_rank"] for r in run["ranks"]] == [0, 1]
         assert run["gpu_energy_j"] > 0 and run["clock"] == "host_monotonic"
     finally:
         run_cli(env, "stop")
@@ -84,6 +85,11 @@ def test_step_timer_times_a_loop_without_an_optimizer(daemon):
     assert run["nonfinite_loss_steps"] == 1 and run["first_nonfinite_step"] == 25
     assert run["last_loss"] is not None and run["last_loss"] >= 0
     assert run["gpu_energy_j"] > 0
+    metrics = daemon.metrics()
+    assert sample_value(metrics, "profiler_run_nonfinite_loss_steps_total", run="it-eval") == 1
+    assert sample_value(metrics, "profiler_run_loss", run="it-eval") == run["last_loss"]
+    assert sample_value(metrics, "profiler_run_rank_steps_total", run="it-eval", rank="0") == 25
+    assert sample_value(metrics, "profiler_run_info", run="it-eval", clock="host_monotonic") == 1
 
 
 def test_training_survives_the_daemon_being_killed(daemon):
