@@ -203,7 +203,7 @@ class Client:
             return
         self.closed = True
         try:
-            self.ready.wait(timeout=AUTOSTART_TIMEOUT_S if self._thread.is_alive() else 0)
+            self._thread.join(timeout=AUTOSTART_TIMEOUT_S)  # the connect attempt, if any
             self._flush()
             if self.ready.is_set():
                 self._send(wire.bye(self.run_id, self.pid, status, time.monotonic()))
