@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["torch", "tensorflow", "keras", "prometheus_client", "codecarbon", "pandas"]
+HEAVY = [
+    "torch", "tensorflow", "keras", "tf_keras", "jax", "lightning", "pytorch_lightning",
+    "transformers", "prometheus_client", "codecarbon", "pandas",
+]  # fmt: skip
 
 
 def loaded_after(statement: str) -> list[str]:
@@ -15,7 +18,13 @@ def loaded_after(statement: str) -> list[str]:
 
 
 def test_import_hooks_and_client_is_light():
-    assert loaded_after("import hooks, hooks.wire, hooks.client, hooks.runid") == []
+    assert loaded_after("import hooks, hooks.wire, hooks.client, hooks.runid, hooks.recorder") == []
+
+
+def test_keras_hook_imports_no_framework_until_training():
+    assert (
+        loaded_after("from hooks.keras import EnergyCallback; EnergyCallback(batch_size=8)") == []
+    )
 
 
 def test_daemon_side_never_imports_frameworks():
@@ -24,4 +33,4 @@ def test_daemon_side_never_imports_frameworks():
         "profiler.sensors.simulated, profiler.demo; "
         "from profiler.daemon import build_daemon; from profiler.config import load_config"
     )
-    assert "torch" not in loaded and "tensorflow" not in loaded and "keras" not in loaded
+    assert [m for m in loaded if m not in ("prometheus_client",)] == []
