@@ -33,6 +33,7 @@ MAX_QUEUED_STEPS = 100_000
 # 1024 packed rows are about 44 kB of base64, under wire.MAX_DATAGRAM_BYTES. Linux queues only
 # net.unix.max_dgram_qlen (often 10) datagrams per socket, so big datagrams carry bursts.
 STEPS_PER_DATAGRAM = 1024
+ENDS_PER_DATAGRAM = 4096  # 32 kB of float64, 44 kB of base64
 SEND_BUFFER_BYTES = 1 << 20
 AUTOSTART_TIMEOUT_S = 20.0
 
@@ -80,6 +81,9 @@ class Client:
         self._values = array("d")
         self._extras: dict[int, dict[str, Any]] = {}
         self._n = 0
+        # Consecutive steps known by their end times: (first step, its start, ends, samples).
+        self._in_a_row: list[tuple[int, float, array, int]] = []
+        self._in_a_row_n = 0
         self.dropped = 0  # steps not delivered, not yet reported
         self.dropped_total = 0
         self.errors = 0  # exceptions swallowed at the hook boundary
@@ -117,6 +121,16 @@ class Client:
         if self._n >= self.flush_every or end_s - self._last_flush >= self.flush_interval_s:
             self.flush()
 
+    def steps_in_a_row(self, first: int, start_s: float, ends: array, samples: int) -> None:
+        """Queue ``len(ends)`` consecutive steps, ``first`` onwards: each runs from the previous
+        end (``start_s`` for the first) to its entry in ``ends`` (CLOCK_MONOTONIC seconds), with
+        ``samples`` each; then flush. The caller hands over ``ends`` and does not touch it
+        again."""
+        if ends:
+            self._in_a_row.append((first, start_s, ends, samples))
+            self._in_a_row_n += len(ends)
+        self.flush()
+
     @property
     def queue(self) -> list[list[Any]]:
         """The queued rows as ``[step, start_s, end_s, samples(, extras)]`` (for inspection)."""
@@ -150,6 +164,10 @@ class Client:
                 overflow = self._n - MAX_QUEUED_STEPS // 2
                 self._take(keep=MAX_QUEUED_STEPS // 2)
                 self._count_dropped(overflow)
+            while self._in_a_row_n > MAX_QUEUED_STEPS:
+                n = len(self._in_a_row.pop(0)[2])
+                self._in_a_row_n -= n
+                self._count_dropped(n)
             return
         with self._lock:
             if now - self._last_hello >= wire.HELLO_EVERY_S:
@@ -167,6 +185,17 @@ class Client:
                     self.dropped = 0
                 else:
                     self._count_dropped(last - first)
+            in_a_row, self._in_a_row, self._in_a_row_n = self._in_a_row, [], 0
+            for first_step, start, ends, samples in in_a_row:
+                for i in range(0, len(ends), ENDS_PER_DATAGRAM):
+                    chunk = ends[i : i + ENDS_PER_DATAGRAM]
+                    message = wire.steps_in_a_row(self.run_id, self.pid, first_step + i,
+                                                  start, chunk, samples, self.dropped)  # fmt: skip
+                    if self._send(message):
+                        self.dropped = 0
+                    else:
+                        self._count_dropped(len(chunk))
+                    start = chunk[-1]
 
     def _count_dropped(self, n: int) -> None:
         self.dropped += n
@@ -208,8 +237,9 @@ class Client:
             if self.ready.is_set():
                 self._send(wire.bye(self.run_id, self.pid, status, time.monotonic()))
             else:
-                self._count_dropped(self._n)
+                self._count_dropped(self._n + self._in_a_row_n)
                 self._take()
+                self._in_a_row, self._in_a_row_n = [], 0
             self._sock.close()
             if self.dropped_total:
                 log.warning(

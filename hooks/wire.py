@@ -27,7 +27,11 @@ run id) and ``pid`` (the sender's process id).
     to discard since the last batch. Hooks send the rows packed instead (JSON formatting of
     floats costs about a microsecond per row, more than the rest of a step's bookkeeping):
     ``packed`` is the base64 of little-endian float64 quadruples ``step, start_s, end_s,
-    samples``, and ``extras`` maps a row's index (as a string) to its extras object.
+    samples``, and ``extras`` maps a row's index (as a string) to its extras object. Steps that
+    follow each other with nothing but their end times to tell (the optimizer hook's steady
+    state) go as ``first`` (the first step's number), ``start`` (its start), ``samples`` (per
+    step) and ``ends`` (packed float64 end times): step ``first + i`` runs from the previous end
+    (``start`` for i = 0) to ``ends[i]``.
 ``bye``
     The process is done with the run: ``status`` is ``finished``, ``failed`` or ``interrupted``;
     ``mono`` is when.
@@ -93,6 +97,14 @@ def packed_steps(
     if extras:
         message["extras"] = {str(i): e for i, e in extras.items()}
     return message
+
+
+def steps_in_a_row(
+    run: str, pid: int, first: int, start: float, ends: array, samples: int, dropped: int = 0
+) -> dict[str, Any]:
+    """A ``step`` message for consecutive steps known by their end times alone."""
+    return {"type": "step", "run": run, "pid": pid, "first": first, "start": start,
+            "ends": pack(ends), "samples": samples, "dropped": dropped}  # fmt: skip
 
 
 def pack(values: array) -> str:

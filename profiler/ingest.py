@@ -128,6 +128,8 @@ def _hello_fields(body: dict[str, Any]) -> dict[str, Any]:
 def _step_rows(body: dict[str, Any]) -> tuple[StepRow, ...]:
     if "packed" in body:
         return _packed_rows(body)
+    if "ends" in body:
+        return _rows_in_a_row(body)
     rows = body.get("steps")
     if not isinstance(rows, list) or len(rows) > MAX_STEPS_PER_MESSAGE:
         raise Malformed("bad_field", "steps")
@@ -156,6 +158,23 @@ def _packed_rows(body: dict[str, Any]) -> tuple[StepRow, ...]:
         if not (step.is_integer() and samples.is_integer()):
             raise Malformed("bad_field", "step row")
         out.append(_row(int(step), start, end, int(samples), _extras(extras.get(str(i // 4)))))
+    return tuple(out)
+
+
+def _rows_in_a_row(body: dict[str, Any]) -> tuple[StepRow, ...]:
+    first = _int(body, "first", lo=0, hi=2**62)
+    samples = _int(body, "samples", lo=0, hi=2**62)
+    start = _finite(body.get("start"), "start")
+    try:
+        ends = wire.unpack(body.get("ends"))
+    except (ValueError, TypeError, AttributeError, UnicodeEncodeError) as e:
+        raise Malformed("bad_field", "ends") from e
+    if len(ends) > MAX_STEPS_PER_MESSAGE:
+        raise Malformed("bad_field", "ends")
+    out = []
+    for i, end in enumerate(ends):
+        out.append(_row(first + i, start, end, samples, None))
+        start = end
     return tuple(out)
 
 

@@ -45,6 +45,29 @@ def test_packed_rows_round_trip_exactly_with_their_extras():
     assert s.dropped == 2
 
 
+def test_steps_in_a_row_expand_to_rows_each_starting_where_the_last_ended():
+    message = wire.steps_in_a_row("r1", 42, 7, 10.0, array("d", [10.5, 11.0, 11.25]), 16)
+    s = decode(wire.encode(message))
+    assert s.rows == (
+        (7, 10.0, 10.5, 16, None),
+        (8, 10.5, 11.0, 16, None),
+        (9, 11.0, 11.25, 16, None),
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"ends": "%%"}, {"ends": wire.pack(array("d", [9.0]))}, {"first": -1}, {"samples": "8"},
+     {"start": None}],
+)  # fmt: skip
+def test_bad_steps_in_a_row_are_refused(change):
+    body = wire.steps_in_a_row("r", 1, 1, 10.0, array("d", [10.5]), 8)
+    body.update(change)
+    with pytest.raises(Malformed) as e:
+        decode(wire.encode(body))
+    assert e.value.reason == "bad_field"
+
+
 @pytest.mark.parametrize(
     "packed",
     ["!!not base64!!", wire.pack(array("d", [1, 2, 3])), wire.pack(array("d", [1.5, 1, 2, 8])),

@@ -43,12 +43,13 @@ def test_torchrun_two_gloo_ranks_make_one_run_with_one_daemon(tmp_path):
     home = tmp_path / "home"
     env = profiler_env(home)  # no daemon yet: the ranks start one
     env.pop("TORCHELASTIC_RUN_ID", None)
+    script = [str(SCRIPTS / "train_ddp.py"), "--steps", "30", "--report-dir", str(tmp_path)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(SCRIPTS / "train_ddp.py"), "--steps", "30"]  # fmt: skip
+           *script]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     try:
         assert out.returncode == 0, out.stderr[-3000:]
-        reports = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank-*.json"))]
         assert sorted(r["rank"] for r in reports) == [0, 1]
         run_ids = {r["run_id"] for r in reports}
         assert len(run_ids) == 1 and next(iter(run_ids)).startswith("torchelastic-")

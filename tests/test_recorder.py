@@ -126,3 +126,20 @@ def test_memory_is_read_at_most_every_interval(client):
     with_memory = [r for r in client.queue if len(r) == 5]
     assert [r[0] for r in with_memory] == [1, 4, 7, 10]
     assert with_memory[1][4] == {"mem": [200, 500, None]}
+
+
+def test_fast_lane_steps_keep_their_numbers_and_order_with_regular_steps(client):
+    rec = StepRecorder(client, batch_size=8)
+    rec.begin(now=1.0)
+    rec.end(now=2.0)  # step 1, a regular row
+    rec.ends.extend([3.0, 4.5])  # steps 2-3 as a hook's fast lane appends them
+    assert rec.steps_seen == 3 and rec.steps == 1
+    rec.end(loss=0.5, now=5.0)  # a regular step drains the lane first
+    rec.ends.append(6.0)
+    rec.finish()
+    assert client.queue == [[1, 1.0, 2.0, 8], [4, 4.5, 5.0, 8, {"loss": 0.5}]]
+    assert [(f, s, list(e), n) for f, s, e, n in client._in_a_row] == [
+        (2, 2.0, [3.0, 4.5], 8),
+        (5, 5.0, [6.0], 8),
+    ]
+    assert rec.steps == 5 and rec.steps_seen == 5

@@ -12,6 +12,7 @@ from hooks.pytorch import track
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=30)
+parser.add_argument("--report-dir", required=True, help="each rank writes rank-N.json here")
 args = parser.parse_args()
 
 dist.init_process_group("gloo")
@@ -27,5 +28,6 @@ for _ in range(args.steps):
 dist.barrier()
 handle.stop()
 report = {"rank": dist.get_rank(), "run_id": handle.run_id, "steps": handle.steps}
-print(json.dumps(report), flush=True)
+with open(f"{args.report_dir}/rank-{report['rank']}.json", "w") as out:
+    json.dump(report, out)
 dist.destroy_process_group()
