@@ -41,7 +41,7 @@ import transformers
 from transformers import TrainerCallback
 
 from hooks.client import Client
-from hooks.pytorch import _Tracked
+from hooks.pytorch import CallbackRuns, _Tracked
 from hooks.runid import default_name, hello_fields, job_run_id
 
 
@@ -50,7 +50,7 @@ def _gpu_uuid(index: int) -> str:
     return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
 
 
-class EnergyCallback(TrainerCallback):
+class EnergyCallback(TrainerCallback, CallbackRuns):
     """Streams a transformers ``Trainer``'s optimizer steps to the profiler daemon.
 
     The run id is ``run_id``, else ``PROFILER_RUN_ID``, ``TORCHELASTIC_RUN_ID`` (``torchrun``,
@@ -74,21 +74,6 @@ class EnergyCallback(TrainerCallback):
         self._micro_batches = 0
         self._pending: tuple[float, int] | None = None  # (end, samples) of a step awaiting its loss
         self._errors = 0
-
-    @property
-    def run_id(self) -> str:
-        """The id of the current (or last) run."""
-        return self._run.run_id if self._run else self.base_run_id
-
-    @property
-    def steps(self) -> int:
-        """Steps recorded in the current (or last) run."""
-        return self._run.steps if self._run else 0
-
-    @property
-    def errors(self) -> int:
-        """Exceptions swallowed at the hook boundary (hook, recorder and client)."""
-        return self._errors + (self._run.errors if self._run else 0)
 
     # ---- the run ------------------------------------------------------------------------------
 

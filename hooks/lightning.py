@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hooks.client import Client
-from hooks.pytorch import _Tracked
+from hooks.pytorch import CallbackRuns, _Tracked
 from hooks.runid import default_name, hello_fields, job_run_id
 
 
@@ -90,7 +90,7 @@ class _ScaledLoss:
         return float(self.loss) * self.factor
 
 
-class EnergyCallback(*_callback_bases()):
+class EnergyCallback(*_callback_bases(), CallbackRuns):
     """Streams a Lightning training's optimizer steps to the profiler daemon.
 
     ``batch_size`` (samples in one micro-batch on this rank) stands in only for batches whose size
@@ -123,21 +123,6 @@ class EnergyCallback(*_callback_bases()):
         self._errors = 0
 
     # ---- what a user or test can read ---------------------------------------------------------
-
-    @property
-    def run_id(self) -> str:
-        """The id of the current (or last) run."""
-        return self._run.run_id if self._run else self.base_run_id
-
-    @property
-    def steps(self) -> int:
-        """Steps recorded in the current (or last) run."""
-        return self._run.steps if self._run else 0
-
-    @property
-    def errors(self) -> int:
-        """Exceptions swallowed at the hook boundary (hook, recorder and client)."""
-        return self._errors + (self._run.errors if self._run else 0)
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the trainer and its callbacks: a live run (socket, thread) stays here.

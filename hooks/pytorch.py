@@ -157,6 +157,30 @@ class _Tracked:
             self.stop("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
 
 
+class CallbackRuns:
+    """For framework callbacks that start a :class:`_Tracked` run per fit/train: what a user or
+    test reads. Expects ``_run``, ``base_run_id`` and ``_errors`` on the instance."""
+
+    _run: _Tracked | None
+    base_run_id: str
+    _errors: int
+
+    @property
+    def run_id(self) -> str:
+        """The id of the current (or last) run."""
+        return self._run.run_id if self._run else self.base_run_id
+
+    @property
+    def steps(self) -> int:
+        """Steps recorded in the current (or last) run."""
+        return self._run.steps if self._run else 0
+
+    @property
+    def errors(self) -> int:
+        """Exceptions swallowed at the hook boundary (hook, recorder and client)."""
+        return self._errors + (self._run.errors if self._run else 0)
+
+
 class TrackHandle(_Tracked):
     """A run tracked through the optimizer's steps. Use as a context manager or call
     :meth:`stop`.
