@@ -7,6 +7,7 @@ exit status 2; "not running" answers exit 1.
 from __future__ import annotations
 
 import argparse
+import datetime
 import fcntl
 import json
 import logging
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="runs recorded in the ledger, newest first")
     runs.add_argument("--json", action="store_true", help="a JSON list of run objects")
     runs.add_argument("--limit", type=_positive_int, default=50, help="at most N runs (50)")
+    prices = sub.add_parser("prices", help="the pricing in force for this machine, and why")
+    prices.add_argument("--list", action="store_true", help="show the whole price catalog")
     demo = sub.add_parser("demo", help="train a small PyTorch model with the hook, then summarise")
     demo.add_argument(
         "--seconds", type=_positive_float, default=30.0, help="training time in seconds (30)"
@@ -201,7 +204,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=1))
         return 0
     print(f"daemon running (pid {status['pid']}, version {status.get('version')})")
-    for key in ("metrics_url", "socket", "ledger", "log", "gpu", "cpu"):
+    for key in ("metrics_url", "socket", "ledger", "log", "gpu", "cpu", "pricing"):
         print(f"  {key:<12} {status.get(key)}")
     return 0
 
@@ -249,6 +252,15 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "samples_source": meta.get("samples_source") or None,
         "memory_source": meta.get("memory_source") or None,
         "ranks": _ranks(meta),
+        "currency": row.get("currency") or None,
+        "cost": (row.get("cost_gpu_time") or 0.0) + (row.get("cost_energy") or 0.0),
+        "cost_gpu_time": row.get("cost_gpu_time") or 0.0,
+        "cost_energy": row.get("cost_energy") or 0.0,
+        "co2_g": row.get("co2_g") or 0.0,
+        "waste_cost": row.get("waste_cost") or 0.0,
+        "waste": meta.get("cost", {}).get("waste", {}),
+        "waste_gpu_seconds": meta.get("cost", {}).get("waste_gpu_seconds", {}),
+        "pricing_profiles": meta.get("cost", {}).get("pricing_profiles", []),
         "last_loss": meta.get("last_loss"),
         "nonfinite_loss_steps": meta.get("nonfinite_loss_steps", 0),
         "first_nonfinite_step": meta.get("first_nonfinite_step"),
@@ -302,18 +314,34 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> int:
         print(f"no runs recorded in {config.ledger}")
         return 0
     header = f"{'RUN':<36} {'NAME':<16} {'FRAMEWORK':<10} {'STATUS':<11} {'STEPS':>8} " \
-             f"{'SAMPLES':>10} {'GPU kWh':>10} {'GPU-h':>8}"  # fmt: skip
+             f"{'SAMPLES':>10} {'GPU kWh':>10} {'GPU-h':>8} {'COST':>12} {'CO2 g':>9}"  # fmt: skip
     print(header)
     for r in runs:
         kwh = "n/a" if r["gpu_energy_kwh"] is None else f"{r['gpu_energy_kwh']:.5f}"
         sim = "*" if r["simulated"] else ""
+        cost = f"{r['cost']:.4f} {r['currency']}" if r["currency"] else "-"
         print(
             f"{r['id'][:36]:<36} {r['name'][:16]:<16} {r['framework'][:10]:<10} "
             f"{r['status']:<11} {r['steps']:>8} {r['samples']:>10} {kwh + sim:>10} "
-            f"{r['gpu_seconds'] / 3600:>8.4f}"
+            f"{r['gpu_seconds'] / 3600:>8.4f} {cost:>12} {r['co2_g']:>9.1f}"
         )
     if any(r["simulated"] for r in runs):
         print("* measured on the simulated GPU, not hardware")
+    return 0
+
+
+def cmd_prices(config: Config, args: argparse.Namespace) -> int:
+    from profiler.daemon import DaemonError, effective_pricing
+    from profiler.prices_cli import render_catalog, render_effective
+    from profiler.pricing import PricingError, load_catalog
+
+    try:
+        if args.list:
+            print(render_catalog(load_catalog(config.catalog, where=config.source)))
+        else:
+            print(render_effective(effective_pricing(config), datetime.date.today()))
+    except (DaemonError, PricingError) as e:
+        raise CliError(str(e)) from e
     return 0
 
 
@@ -329,5 +357,6 @@ COMMANDS = {
     "stop": cmd_stop,
     "status": cmd_status,
     "runs": cmd_runs,
+    "prices": cmd_prices,
     "demo": cmd_demo,
 }

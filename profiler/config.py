@@ -11,7 +11,7 @@ import ipaddress
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,11 @@ class Config:
     cpu_tdp_w: float | None = None
     rapl_root: str = "/sys/class/powercap"
     process_check_interval_s: float = 1.0
+    # The [cost] and [catalog] tables as written (validated by profiler.pricing), and where
+    # they came from, for messages.
+    cost: dict[str, Any] = field(default_factory=dict)
+    catalog: dict[str, Any] = field(default_factory=dict)
+    source: str = "defaults"
 
     @property
     def socket(self) -> Path:
@@ -165,6 +170,7 @@ def load_config(
         raise ConfigError(f"--config {path}: no such file")
     if path.is_file():
         values.update(_read_toml(path))
+        values["source"] = str(path)
     for key, (_check, _allowed, var) in _KEYS.items():
         if env.get(var) not in (None, ""):
             values[key] = _validate(key, env[var], f"environment variable {var}")
@@ -179,9 +185,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({e})") from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from e
+    values: dict[str, Any] = {}
+    for table in ("cost", "catalog"):
+        if table in data:
+            if not isinstance(data[table], dict):
+                raise ConfigError(f"{path}: '{table}' must be a table ([{table}])")
+            values[table] = data.pop(table)
     section = data.get("daemon", data) if isinstance(data.get("daemon"), dict) else data
-    known = {f.name for f in fields(Config)} - {"home", "process_check_interval_s"}
-    values = {}
+    known = {f.name for f in fields(Config)} - {
+        "home", "process_check_interval_s", "source", "cost", "catalog",
+    }  # fmt: skip
     for key, value in section.items():
         if key == "daemon":
             continue

@@ -24,9 +24,11 @@ from typing import Any
 
 from profiler import __version__
 from profiler.config import Config
+from profiler.cost import IDLE_UTILIZATION, CostMeter, Priced, RunCost, no_pricing
 from profiler.energy import EnergyCurve, Holder, split_cpu_energy, split_interval
 from profiler.ingest import Bye, Hello, Message, Receiver, StepBatch
 from profiler.ledger import Ledger, LedgerError, Rollup
+from profiler.pricing import Pricing
 from profiler.runs import ProcessInfo, Run
 from profiler.sensors.base import CpuSample, GpuSample
 
@@ -72,8 +74,10 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         hostname: str | None = None,
+        pricing: Pricing | None = None,
     ) -> None:
         self.config = config
+        self.cost_meter = CostMeter(pricing or no_pricing())
         self.gpu_sensor = gpu_sensor
         self.gpu_source = gpu_sensor.source if gpu_sensor is not None else "none"
         self.gpu_description = gpu_description
@@ -244,15 +248,22 @@ class Daemon:
         dev.pids_seen.clear()
         minute_wall = self.wall() - (self.clock() - upto)
         power = dev.curve.power_peak_w(start, upto)
+        utilization = dev.latest.utilization_ratio if dev.latest else None
         for run_id, joules in share.energy_j.items():
             run = self.runs[run_id]
+            seconds = share.seconds[run_id]
             run.gpu_energy_j[dev.uuid] = run.gpu_energy_j.get(dev.uuid, 0.0) + joules
-            run.gpu_seconds[dev.uuid] = run.gpu_seconds.get(dev.uuid, 0.0) + share.seconds[run_id]
+            run.gpu_seconds[dev.uuid] = run.gpu_seconds.get(dev.uuid, 0.0) + seconds
             if power is not None:
                 run.gpu_power_peak_w = max(run.gpu_power_peak_w or 0.0, power)
+            priced = self.cost_meter.gpu_interval(
+                run.cost, dev.uuid, seconds, joules, upto - start,
+                _waste_reason(run, start, utilization),
+            )  # fmt: skip
             rollup = self._rollup(run_id, minute_wall)
             rollup.gpu_energy_j += joules
-            rollup.gpu_seconds += share.seconds[run_id]
+            rollup.gpu_seconds += seconds
+            _add_priced(rollup, priced)
             run.dirty = True
         dev.idle_j += share.idle_j
         key = (dev.uuid, _minute(minute_wall))
@@ -330,7 +341,9 @@ class Daemon:
                 run = self.runs[run_id]
                 run.cpu_energy_j += joules
                 run.cpu_energy_source = self.cpu_source
-                self._rollup(run_id, minute_wall).cpu_energy_j += joules
+                rollup = self._rollup(run_id, minute_wall)
+                rollup.cpu_energy_j += joules
+                _add_priced(rollup, self.cost_meter.cpu_energy(run.cost, joules))
                 run.dirty = True
         if self.cpu_total_j is not None:
             self._cpu_mark = (self.cpu_total_j, busy)
@@ -434,8 +447,15 @@ class Daemon:
             rollup = self._rollups[key] = Rollup(run_id, key[1])
         return rollup
 
+    def set_pricing(self, pricing: Pricing) -> None:
+        """Price work from now on with ``pricing`` (what runs cost so far stays as it was)."""
+        self.cost_meter.pricing = pricing
+        if self.ledger is not None:
+            self.ledger.record_pricing(self.wall(), pricing)
+
     def open_ledger(self) -> None:
         self.ledger = Ledger(self.config.ledger)
+        self.ledger.record_pricing(self.wall(), self.cost_meter.pricing)
         for row in self.ledger.runs(status="running"):
             run = _run_from_row(row)
             alive = {
@@ -508,7 +528,15 @@ class Daemon:
         row["energy_source"] = ",".join(
             sorted({d.latest.energy_source for d in self.devices.values() if d.latest})
         )
+        pricing = self.cost_meter.pricing
+        row["currency"] = pricing.currency
+        row["cost_gpu_time"] = run.cost.gpu_time
+        row["cost_energy"] = run.cost.energy
+        row["co2_g"] = run.cost.co2_g
+        row["waste_cost"] = run.cost.waste_total
         row["meta"] = {
+            "cost": run.cost.to_meta(),
+            "nonfinite_since_mono": run.nonfinite_since_mono,
             "pids": {str(p.pid): p.create_time for p in run.processes.values()},
             "ranks": {
                 str(p.pid): [p.rank, p.local_rank, p.world_size] for p in run.processes.values()
@@ -549,6 +577,8 @@ class Daemon:
             "cpu": self.cpu_description,
             "started_at": self.started_at,
             "sample_interval_s": self.config.sample_interval_s,
+            "pricing": self.cost_meter.pricing.profile,
+            "currency": self.cost_meter.pricing.currency,
         }
 
 
@@ -568,6 +598,8 @@ def _run_from_row(row: dict[str, Any]) -> Run:
         setattr(run, key, row[key])
     run.step_time_max_s = meta.get("step_time_max_s", 0.0)
     run.timed_steps = meta.get("timed_steps", row["steps"])
+    run.cost = RunCost.from_meta(meta.get("cost", {}))
+    run.nonfinite_since_mono = meta.get("nonfinite_since_mono")
     for key in ("clock", "samples_source", "memory_source", "last_loss", "nonfinite_loss_steps",
                 "first_nonfinite_step"):  # fmt: skip
         if meta.get(key) is not None:
@@ -585,6 +617,29 @@ def _run_from_row(row: dict[str, Any]) -> Run:
     run.cpu_energy_source = meta.get("cpu_energy_source", "")
     run.dirty = False
     return run
+
+
+def _waste_reason(run: Run, start_mono: float, utilization: float | None) -> str | None:
+    """Why a run's share of a device interval starting at ``start_mono`` is waste, if it is:
+    ``nonfinite`` after its loss became NaN/inf, ``idle`` when the device did no work for it
+    (utilization at most IDLE_UTILIZATION and no step of the run ended since the interval
+    began)."""
+    if run.nonfinite_since_mono is not None and start_mono >= run.nonfinite_since_mono:
+        return "nonfinite"
+    if (
+        utilization is not None
+        and utilization <= IDLE_UTILIZATION
+        and run.last_event_mono < start_mono
+    ):
+        return "idle"
+    return None
+
+
+def _add_priced(rollup: Rollup, priced: Priced) -> None:
+    rollup.cost_gpu_time += priced.gpu_time
+    rollup.cost_energy += priced.energy
+    rollup.co2_g += priced.co2_g
+    rollup.waste_cost += priced.waste
 
 
 def _create_time(pid: int) -> float | None:
@@ -749,10 +804,22 @@ def build_daemon(config: Config) -> Daemon:
         gpu, gpu_text = discover_gpu_sensor(config.gpu)
     except (SensorUnavailable, ValueError) as e:
         raise DaemonError(f"gpu = {config.gpu!r}: {e}") from e
+    pricing = effective_pricing(config)
     cpu, cpu_text = discover_cpu_sensor(root=config.rapl_root, tdp_w=config.cpu_tdp_w)
     return Daemon(
-        config, gpu_sensor=gpu, gpu_description=gpu_text, cpu_sensor=cpu, cpu_description=cpu_text
-    )
+        config, gpu_sensor=gpu, gpu_description=gpu_text, cpu_sensor=cpu, cpu_description=cpu_text,
+        pricing=pricing,
+    )  # fmt: skip
+
+
+def effective_pricing(config: Config) -> Pricing:
+    """The pricing ``config`` asks for (raises DaemonError with the one-line reason)."""
+    from profiler.pricing import PricingError, resolve_pricing
+
+    try:
+        return resolve_pricing(config.cost, config.catalog, where=config.source)
+    except PricingError as e:
+        raise DaemonError(str(e)) from e
 
 
 def run_foreground(config: Config) -> None:

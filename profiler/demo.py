@@ -18,6 +18,8 @@ from profiler.cli import CliError, daemon_status, read_runs
 from profiler.config import Config
 
 DEFAULT_DEMO_GPU = "simulated:A100-SXM4-40GB:1"
+# Priced like one A100 of an AWS p4d.24xlarge unless profiler.toml or PROFILER_PRICING says else.
+DEFAULT_DEMO_PRICING = "aws:p4d.24xlarge"
 FINISH_TIMEOUT_S = 30.0
 
 
@@ -31,6 +33,8 @@ def run_demo(config: Config, *, seconds: float, gpu: str | None) -> int:
         env["PROFILER_GPU"] = gpu or os.environ.get("PROFILER_GPU") or DEFAULT_DEMO_GPU
         if env["PROFILER_GPU"] == "auto" and not gpu:
             env["PROFILER_GPU"] = DEFAULT_DEMO_GPU
+        if not config.cost.get("pricing") and not os.environ.get("PROFILER_PRICING"):
+            env["PROFILER_PRICING"] = DEFAULT_DEMO_PRICING
     run_id = run_id_from_env("demo-mlp", {})
     env["PROFILER_RUN_ID"] = run_id
     print(f"Training a small MLP on the CPU for {seconds:g} s, profiled by one added line:")
@@ -67,6 +71,18 @@ def _fmt(value: float | None, spec: str, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{unit}"
 
 
+def _cost_lines(run: dict[str, Any]) -> list[str]:
+    profiles = [p for p in run["pricing_profiles"] if p != "none"]
+    if not run["currency"] or not profiles:
+        return ["  cost           not priced (set [cost] in profiler.toml; see `profiler prices`)"]
+    return [
+        f"  cost           {run['cost']:.4f} {run['currency']}"
+        f"  (GPU time {run['cost_gpu_time']:.4f} + energy {run['cost_energy']:.4f};"
+        f" priced as {', '.join(profiles)})",
+        f"  emissions      {run['co2_g']:,.2f} g CO2e",
+    ]
+
+
 def format_summary(run: dict[str, Any], status: dict[str, Any], config: Config) -> str:
     """The end-of-run summary as text."""
     mean_ms = None if run["step_time_mean_s"] is None else run["step_time_mean_s"] * 1e3
@@ -85,6 +101,7 @@ def format_summary(run: dict[str, Any], status: dict[str, Any], config: Config) 
         f" ({run['gpu_seconds']:.1f} GPU-seconds)",
         f"  CPU energy     {_fmt(run['cpu_energy_j'], ',.1f', ' J')}"
         f" ({run['cpu_energy_source'] or 'unsupported'}, by CPU-time share)",
+        *_cost_lines(run),
         f"  metrics        {status.get('metrics_url', 'daemon not running')}",
         f"  ledger         {config.ledger}",
         f"  daemon         pid {status.get('pid')}, still running; `profiler stop` stops it",

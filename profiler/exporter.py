@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 
 from profiler import __version__
+from profiler.cost import projected
 
 if TYPE_CHECKING:
     from profiler.daemon import Daemon
@@ -45,6 +46,7 @@ class DaemonCollector:
         yield from self._devices()
         yield from self._cpu()
         yield from self._runs()
+        yield from self._costs()
         build = GaugeMetricFamily(
             "profiler_build_info", "Profiler daemon version and GPU source.",
             labels=["version", "gpu_source", "hostname"],
@@ -301,8 +303,109 @@ class DaemonCollector:
         yield step_seconds
         yield step_joules
 
+    def _costs(self) -> Iterator[Metric]:
+        """Pricing in force, and per run: cost, emissions, waste, live rate and projections."""
+        d = self.daemon
+        p = d.cost_meter.pricing
+        carbon = "" if p.carbon_g_per_kwh is None else repr(p.carbon_g_per_kwh)
+        info = GaugeMetricFamily(
+            "profiler_pricing_info",
+            "The pricing in force (value 1); costs are in this currency.",
+            labels=["currency", "profile", "kind", "gpu_hour_price", "energy_price_kwh", "pue",
+                    "carbon_g_per_kwh", "carbon_source", "as_of"],
+        )  # fmt: skip
+        info.add_metric(
+            [p.currency, p.profile, p.kind, repr(p.gpu_hour_price), repr(p.energy_price_kwh),
+             repr(p.pue), carbon, p.carbon_source, p.as_of],
+            1,
+        )  # fmt: skip
+        yield info
+        prices = {
+            "gpu_hour": GaugeMetricFamily(
+                "profiler_pricing_gpu_hour_price", "Price of one GPU-hour (currency).", labels=[]
+            ),
+            "kwh": GaugeMetricFamily(
+                "profiler_pricing_energy_price_per_kwh",
+                "Price billed per kWh at the facility (currency; 0 for cloud instances).",
+                labels=[],
+            ),
+            "pue": GaugeMetricFamily(
+                "profiler_pricing_pue", "Power usage effectiveness.", labels=[]
+            ),
+        }  # fmt: skip
+        prices["gpu_hour"].add_metric([], p.gpu_hour_price)
+        prices["kwh"].add_metric([], p.energy_price_kwh)
+        prices["pue"].add_metric([], p.pue)
+        yield from prices.values()
+        if p.carbon_g_per_kwh is not None:
+            grid = GaugeMetricFamily(
+                "profiler_pricing_carbon_grams_per_kwh", "Grid carbon intensity (gCO2e/kWh).",
+                labels=[],
+            )  # fmt: skip
+            grid.add_metric([], p.carbon_g_per_kwh)
+            yield grid
+        fam = {
+            "cost": CounterMetricFamily(
+                "profiler_run_cost", "What the run cost so far, by component (currency).",
+                labels=["run", "component"],
+            ),
+            "co2": CounterMetricFamily(
+                "profiler_run_emissions_grams", "The run's emissions so far (grams CO2e).",
+                labels=["run"],
+            ),
+            "waste": CounterMetricFamily(
+                "profiler_run_waste_cost", "Cost of GPU time wasted, by reason (currency).",
+                labels=["run", "reason"],
+            ),
+            "waste_s": CounterMetricFamily(
+                "profiler_run_waste_gpu_seconds", "GPU time wasted, by reason (GPU-seconds).",
+                labels=["run", "reason"],
+            ),
+            "waste_j": CounterMetricFamily(
+                "profiler_run_waste_energy_joules", "GPU energy wasted, by reason (joules).",
+                labels=["run", "reason"],
+            ),
+            "rate": GaugeMetricFamily(
+                "profiler_run_cost_rate_per_hour",
+                "What the run costs per hour now (currency/h, over the latest interval).",
+                labels=["run"],
+            ),
+            "projected": GaugeMetricFamily(
+                "profiler_run_projected_cost",
+                "The run's projected total cost from its steps so far and total steps.",
+                labels=["run"],
+            ),
+            "projected_end": GaugeMetricFamily(
+                "profiler_run_projected_end_time_seconds",
+                "When the run is projected to end (unix seconds), from its mean step time.",
+                labels=["run"],
+            ),
+        }  # fmt: skip
+        now = d.wall()
+        for run in d.runs.values():
+            c = run.cost
+            fam["cost"].add_metric([run.id, "gpu_time"], c.gpu_time)
+            fam["cost"].add_metric([run.id, "energy"], c.energy)
+            fam["co2"].add_metric([run.id], c.co2_g)
+            for reason in WASTE_REASONS:
+                fam["waste"].add_metric([run.id, reason], c.waste.get(reason, 0.0))
+                fam["waste_s"].add_metric([run.id, reason], c.waste_gpu_seconds.get(reason, 0.0))
+                fam["waste_j"].add_metric([run.id, reason], c.waste_energy_j.get(reason, 0.0))
+            if not run.live:
+                continue
+            fam["rate"].add_metric([run.id], c.rate_per_hour)
+            total = projected(c.total, run.steps, run.total_steps)
+            if total is not None:
+                fam["projected"].add_metric([run.id], total)
+            mean = run.step_time_mean_s
+            if run.total_steps and mean is not None and run.steps < run.total_steps:
+                remaining = (run.total_steps - run.steps) * mean
+                fam["projected_end"].add_metric([run.id], now + remaining)
+        yield from fam.values()
+
 
 MEMORY_KINDS = ("allocated", "peak_allocated", "reserved")
+WASTE_REASONS = ("idle", "nonfinite")
 
 
 def serve_metrics(daemon: Daemon, host: str, port: int) -> tuple[Any, int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS = {
     1: """
@@ -75,6 +75,31 @@ _MIGRATIONS = {
         PRIMARY KEY (uuid, minute)
     );
     """,
+    # Cost, carbon and waste, priced when the work happened (currency of the pricing then).
+    2: """
+    ALTER TABLE runs ADD COLUMN currency TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN cost_gpu_time REAL NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN cost_energy REAL NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN co2_g REAL NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN waste_cost REAL NOT NULL DEFAULT 0;
+    ALTER TABLE rollups ADD COLUMN cost_gpu_time REAL NOT NULL DEFAULT 0;
+    ALTER TABLE rollups ADD COLUMN cost_energy REAL NOT NULL DEFAULT 0;
+    ALTER TABLE rollups ADD COLUMN co2_g REAL NOT NULL DEFAULT 0;
+    ALTER TABLE rollups ADD COLUMN waste_cost REAL NOT NULL DEFAULT 0;
+    CREATE TABLE pricing_history (
+        since REAL PRIMARY KEY,
+        profile TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        gpu_hour_price REAL NOT NULL,
+        energy_price_kwh REAL NOT NULL,
+        pue REAL NOT NULL,
+        carbon_g_per_kwh REAL,
+        carbon_source TEXT NOT NULL DEFAULT '',
+        as_of TEXT NOT NULL DEFAULT '',
+        sources TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
 }
 
 
@@ -93,14 +118,23 @@ class Rollup:
     gpu_seconds: float = 0.0
     steps: int = 0
     samples: int = 0
+    cost_gpu_time: float = 0.0
+    cost_energy: float = 0.0
+    co2_g: float = 0.0
+    waste_cost: float = 0.0
 
+
+ROLLUP_SUMS = (
+    "gpu_energy_j", "cpu_energy_j", "gpu_seconds", "steps", "samples", "cost_gpu_time",
+    "cost_energy", "co2_g", "waste_cost",
+)  # fmt: skip
 
 RUN_COLUMNS = (
     "id", "name", "project", "user", "framework", "framework_version", "hook", "host", "status",
     "started_at", "ended_at", "steps", "samples", "dropped_steps", "step_time_sum_s",
     "step_time_p95_s", "step_energy_sum_j", "steps_with_energy", "gpu_energy_j", "gpu_seconds",
     "gpu_power_peak_w", "cpu_energy_j", "gpu_source", "energy_source", "simulated", "batch_size",
-    "total_steps", "meta",
+    "total_steps", "meta", "currency", "cost_gpu_time", "cost_energy", "co2_g", "waste_cost",
 )  # fmt: skip
 
 
@@ -176,25 +210,11 @@ class Ledger:
                 list(devices),
             )
             self.db.executemany(
-                "INSERT INTO rollups (run_id, minute, gpu_energy_j, cpu_energy_j, gpu_seconds, "
-                "steps, samples) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO rollups (run_id, minute, {', '.join(ROLLUP_SUMS)}) "
+                f"VALUES (?, ?, {', '.join('?' for _ in ROLLUP_SUMS)}) "
                 "ON CONFLICT(run_id, minute) DO UPDATE SET "
-                "gpu_energy_j=gpu_energy_j+excluded.gpu_energy_j, "
-                "cpu_energy_j=cpu_energy_j+excluded.cpu_energy_j, "
-                "gpu_seconds=gpu_seconds+excluded.gpu_seconds, steps=steps+excluded.steps, "
-                "samples=samples+excluded.samples",
-                [
-                    (
-                        r.run_id,
-                        r.minute,
-                        r.gpu_energy_j,
-                        r.cpu_energy_j,
-                        r.gpu_seconds,
-                        r.steps,
-                        r.samples,
-                    )
-                    for r in rollups
-                ],  # fmt: skip
+                + ", ".join(f"{c}={c}+excluded.{c}" for c in ROLLUP_SUMS),
+                [(r.run_id, r.minute, *(getattr(r, c) for c in ROLLUP_SUMS)) for r in rollups],
             )
             self.db.executemany(
                 "INSERT INTO idle_rollups (uuid, minute, energy_j) VALUES (?, ?, ?) "
@@ -240,6 +260,34 @@ class Ledger:
                 "SELECT * FROM rollups WHERE run_id = ? ORDER BY minute", (run_id,)
             )
         ]
+
+    def record_pricing(self, since: float, pricing: Any) -> None:
+        """Remember the pricing in force from ``since`` (unix seconds), unless it is the same
+        as the latest one recorded."""
+        fields = (
+            pricing.profile, pricing.kind, pricing.currency, pricing.gpu_hour_price,
+            pricing.energy_price_kwh, pricing.pue, pricing.carbon_g_per_kwh,
+            pricing.carbon_source, pricing.as_of,
+        )  # fmt: skip
+        last = self.db.execute(
+            "SELECT profile, kind, currency, gpu_hour_price, energy_price_kwh, pue, "
+            "carbon_g_per_kwh, carbon_source, as_of FROM pricing_history "
+            "ORDER BY since DESC LIMIT 1"
+        ).fetchone()
+        if last is not None and tuple(last) == fields:
+            return
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO pricing_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (since, *fields, json.dumps(pricing.sources, sort_keys=True)),
+            )
+
+    def pricing_history(self) -> list[dict[str, Any]]:
+        """Every pricing the daemon used, oldest first (``since`` in unix seconds)."""
+        rows = [dict(r) for r in self.db.execute("SELECT * FROM pricing_history ORDER BY since")]
+        for row in rows:
+            row["sources"] = json.loads(row["sources"] or "{}")
+        return rows
 
     def idle_energy_j(self) -> dict[str, float]:
         return {

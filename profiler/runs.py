@@ -12,6 +12,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from profiler.cost import RunCost
 from profiler.energy import percentile
 from profiler.ingest import StepExtras
 
@@ -118,6 +119,8 @@ class Run:
     last_loss: float | None = None
     nonfinite_loss_steps: int = 0
     first_nonfinite_step: int | None = None
+    nonfinite_since_mono: float | None = None  # end of the first step with a NaN/inf loss
+    cost: RunCost = field(default_factory=RunCost)
     # Peak framework memory per rank: (allocated peak, reserved) bytes.
     rank_memory_peak: dict[int, tuple[int, int]] = field(default_factory=dict)
     step_time_sum_s: float = 0.0
@@ -200,6 +203,7 @@ class Run:
                 self.nonfinite_loss_steps += 1
                 if self.first_nonfinite_step is None:
                     self.first_nonfinite_step = self.steps
+                    self.nonfinite_since_mono = end_mono
         self.last_step = step
         self.timed_steps += 1
         self.step_time_sum_s += duration

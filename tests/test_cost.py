@@ -1,0 +1,149 @@
+"""Cost, carbon and waste in the daemon, against hand computation from the simulated GPU's exact
+integral: an 8-GPU cloud run of 2 h (on-demand and spot), an on-prem run, a price change in the
+middle of a run, idle and NaN waste."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from test_daemon_energy import hello, make_daemon
+
+from profiler.cost import IDLE_UTILIZATION, projected
+from profiler.ingest import Bye, StepBatch, StepExtras
+from profiler.pricing import Pricing
+
+P4D_ON_DEMAND = 21.957642  # $/h for 8 GPUs (the catalog's figure, checked in test_pricing)
+P4D_SPOT_PER_GPU_H = 1.5  # a round figure: this test checks the arithmetic, not the catalog
+
+
+def pricing(kind="cloud", gph=P4D_ON_DEMAND / 8, kwh=0.0, pue=1.0, carbon=369.5, profile="x"):
+    return Pricing(
+        currency="USD", profile=profile, kind=kind, gpu_hour_price=gph, energy_price_kwh=kwh,
+        pue=pue, carbon_g_per_kwh=carbon, carbon_source="test", as_of="2026-11-24", sources={},
+    )  # fmt: skip
+
+
+def run_for(d, clock, seconds: float, step: float = 1.0, every=None) -> None:
+    """Advance the fake clock, sampling every ``step`` seconds; ``every(now)`` after each."""
+    end = clock.now + seconds
+    while clock.now < end - 1e-9:
+        clock.now += step
+        d.sample()
+        if every:
+            every(clock.now)
+
+
+@pytest.mark.parametrize(
+    "market, gph", [("on_demand", P4D_ON_DEMAND / 8), ("spot", P4D_SPOT_PER_GPU_H)]
+)
+def test_eight_gpu_cloud_run_of_two_hours(tmp_path, market, gph):
+    traces = [[(7300.0, 300.0 + 10 * i)] for i in range(8)]  # watts, steady
+    d, sim, clock = make_daemon(tmp_path, traces, count=8)
+    d.set_pricing(pricing(gph=gph, pue=1.15, profile=f"aws:p4d.24xlarge ({market})"))
+    pid = os.getpid()
+    t0 = clock.now
+    d.sample()
+    d.handle(hello("p4d", pid, t0, devices=tuple(str(i) for i in range(8))))
+    run_for(d, clock, 7200.0, step=5.0)  # 5 s samples keep 2 h of 8 GPUs quick
+    d.handle(Bye("p4d", pid, "finished", t0 + 7200.0))
+    run_for(d, clock, 5.0)
+    d.attribute_all()
+    run = d.runs["p4d"]
+    assert run.total_gpu_seconds == pytest.approx(8 * 7200.0, rel=1e-9)
+    assert run.cost.gpu_time == pytest.approx(8 * 2 * gph, rel=1e-9)
+    assert run.cost.energy == 0.0  # cloud: the instance price includes the energy
+    kwh = sum(sim.exact_energy_j(i, t0, t0 + 7200.0) for i in range(8)) / 3.6e6
+    assert kwh == pytest.approx(sum(300 + 10 * i for i in range(8)) * 2 / 1000, rel=1e-9)
+    assert run.cost.co2_g == pytest.approx(kwh * 1.15 * 369.5, rel=1e-6)
+    assert run.cost.waste_total == 0.0
+    d.flush()
+    row = d.ledger.run("p4d")
+    assert row["cost_gpu_time"] == pytest.approx(run.cost.gpu_time)
+    assert row["co2_g"] == pytest.approx(run.cost.co2_g) and row["currency"] == "USD"
+
+
+def test_on_prem_bills_amortised_gpu_time_and_facility_energy(tmp_path):
+    # $30k per GPU over 4 years at 70 % use, opex 0.05/h; $0.10/kWh at PUE 1.5
+    gph = 30000 / (4 * 8760 * 0.7) + 0.05
+    d, sim, clock = make_daemon(tmp_path, [[(4000.0, 350.0)]])
+    d.set_pricing(pricing(kind="onprem", gph=gph, kwh=0.10, pue=1.5, carbon=56.0))
+    pid = os.getpid()
+    t0 = clock.now
+    d.sample()
+    d.handle(hello("onprem", pid, t0))
+    run_for(d, clock, 3600.0, every=lambda now: d.handle(StepBatch(
+        "onprem", pid, ((int(now - t0), now - 1.0, now, 32, None),), 0)))  # fmt: skip
+    d.handle(Bye("onprem", pid, "finished", t0 + 3600.0))
+    run_for(d, clock, 2.0)
+    d.attribute_all()
+    run = d.runs["onprem"]
+    kwh = sim.exact_energy_j(0, t0, t0 + 3600.0) / 3.6e6
+    assert kwh == pytest.approx(0.35, rel=1e-9)
+    assert run.cost.gpu_time == pytest.approx(1 * gph, rel=1e-9)
+    assert run.cost.energy == pytest.approx(0.35 * 1.5 * 0.10, rel=1e-6)
+    assert run.cost.co2_g == pytest.approx(0.35 * 1.5 * 56.0, rel=1e-6)
+    assert run.cost.total == pytest.approx(gph + 0.0525, rel=1e-6)
+    assert projected(run.cost.total, run.steps, 2 * run.steps) == pytest.approx(2 * run.cost.total)
+
+
+def test_a_price_change_mid_run_does_not_rewrite_what_the_run_already_cost(tmp_path):
+    d, sim, clock = make_daemon(tmp_path, [[(8000.0, 200.0)]])
+    d.set_pricing(pricing(kind="flat", gph=2.0, kwh=0.0, carbon=400.0, profile="flat 2.00"))
+    pid = os.getpid()
+    t0 = clock.now
+    d.sample()
+    d.handle(hello("change", pid, t0))
+    run_for(d, clock, 3600.0)
+    d.attribute_all()
+    d.set_pricing(pricing(kind="flat", gph=3.0, kwh=0.0, carbon=100.0, profile="flat 3.00"))
+    run_for(d, clock, 3600.0)
+    d.handle(Bye("change", pid, "finished", t0 + 7200.0))
+    run_for(d, clock, 2.0)
+    d.attribute_all()
+    run = d.runs["change"]
+    assert run.cost.gpu_time == pytest.approx(2.0 + 3.0, rel=1e-6)
+    assert run.cost.co2_g == pytest.approx(0.2 * 400.0 + 0.2 * 100.0, rel=1e-6)
+    assert run.cost.pricing_profiles == ["flat 2.00", "flat 3.00"]
+    d.flush()
+    assert [p["profile"] for p in d.ledger.pricing_history()][-2:] == ["flat 2.00", "flat 3.00"]
+    minutes = d.ledger.rollups("change")
+    assert sum(m["cost_gpu_time"] for m in minutes) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_idle_gpu_time_and_steps_after_a_nan_loss_are_waste(tmp_path):
+    # 0-100 s busy with steps; 100-200 s idle power and no steps; 200-300 s busy, steps, NaN
+    # loss from 250 s on
+    idle_w = 55.0
+    trace = [(100.0, 300.0), (100.0, idle_w), (100.0, 300.0), (10.0, idle_w)]
+    d, sim, clock = make_daemon(tmp_path, [trace])
+    d.set_pricing(pricing(kind="flat", gph=3.6, kwh=0.0))  # 0.001 per GPU-second
+    pid = os.getpid()
+    t0 = clock.now
+    d.sample()
+    d.handle(hello("waste", pid, t0))
+
+    def steps(now: float) -> None:
+        t = now - t0
+        if t <= 100.0 or 200.0 < t <= 300.0:
+            extras = StepExtras(nonfinite=True) if t > 250.0 else None
+            d.handle(StepBatch("waste", pid, ((int(t), now - 1.0, now, 8, extras),), 0))
+
+    run_for(d, clock, 300.0, every=steps)
+    d.handle(Bye("waste", pid, "finished", t0 + 300.0))
+    run_for(d, clock, 2.0)
+    d.attribute_all()
+    run = d.runs["waste"]
+    # idle: 100-200 s (no step ends there and the device sits at idle power, utilization 0);
+    # nonfinite: from the end of the first NaN step (251 s) to the run's end (300 s). Sampled
+    # once a second, each edge is known to within about one sample (attribution runs 0.5 s
+    # behind the newest sample, whose utilization it uses).
+    assert run.cost.waste_gpu_seconds["idle"] == pytest.approx(100.0, abs=2.5)
+    assert run.cost.waste_gpu_seconds["nonfinite"] == pytest.approx(49.0, abs=1.0)
+    idle_s = run.cost.waste_gpu_seconds["idle"]
+    assert run.cost.waste["idle"] == pytest.approx(idle_s * 0.001, rel=1e-9)
+    assert run.cost.waste_energy_j["idle"] == pytest.approx(idle_w * idle_s, rel=0.02)
+    assert run.cost.waste_total == pytest.approx(
+        run.cost.waste["idle"] + run.cost.waste["nonfinite"]
+    )
+    assert IDLE_UTILIZATION < 0.1
