@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import sample_value
 from test_daemon_energy import hello, make_daemon
 
 from profiler.cost import IDLE_UTILIZATION, projected
 from profiler.ingest import Bye, StepBatch, StepExtras
-from profiler.pricing import Pricing
+from profiler.pricing import Pricing, resolve_pricing
 
 P4D_ON_DEMAND = 21.957642  # $/h for 8 GPUs (the catalog's figure, checked in test_pricing)
-P4D_SPOT_PER_GPU_H = 1.5  # a round figure: this test checks the arithmetic, not the catalog
 
 
 def pricing(kind="cloud", gph=P4D_ON_DEMAND / 8, kwh=0.0, pue=1.0, carbon=369.5, profile="x"):
@@ -34,13 +34,16 @@ def run_for(d, clock, seconds: float, step: float = 1.0, every=None) -> None:
             every(clock.now)
 
 
-@pytest.mark.parametrize(
-    "market, gph", [("on_demand", P4D_ON_DEMAND / 8), ("spot", P4D_SPOT_PER_GPU_H)]
-)
+@pytest.mark.parametrize("market, gph", [("on_demand", P4D_ON_DEMAND / 8), ("spot", 9.6 / 8)])
 def test_eight_gpu_cloud_run_of_two_hours(tmp_path, market, gph):
+    # priced through the catalog; p4d's spot price is a user override (the catalog has none)
+    spot = {"instances": {"aws:p4d.24xlarge": {"spot": 9.6, "spot_as_of": "2026-11-20"}}}
+    resolved = resolve_pricing({"pricing": "aws:p4d.24xlarge", "market": market}, spot, env={})
+    assert resolved.gpu_hour_price == pytest.approx(gph, rel=1e-12)
+    assert resolved.energy_price_kwh == 0.0 and resolved.pue == 1.15
     traces = [[(7300.0, 300.0 + 10 * i)] for i in range(8)]  # watts, steady
     d, sim, clock = make_daemon(tmp_path, traces, count=8)
-    d.set_pricing(pricing(gph=gph, pue=1.15, profile=f"aws:p4d.24xlarge ({market})"))
+    d.set_pricing(resolved)
     pid = os.getpid()
     t0 = clock.now
     d.sample()
@@ -55,7 +58,7 @@ def test_eight_gpu_cloud_run_of_two_hours(tmp_path, market, gph):
     assert run.cost.energy == 0.0  # cloud: the instance price includes the energy
     kwh = sum(sim.exact_energy_j(i, t0, t0 + 7200.0) for i in range(8)) / 3.6e6
     assert kwh == pytest.approx(sum(300 + 10 * i for i in range(8)) * 2 / 1000, rel=1e-9)
-    assert run.cost.co2_g == pytest.approx(kwh * 1.15 * 369.5, rel=1e-6)
+    assert run.cost.co2_g == pytest.approx(kwh * 1.15 * resolved.carbon_g_per_kwh, rel=1e-6)
     assert run.cost.waste_total == 0.0
     d.flush()
     row = d.ledger.run("p4d")
@@ -147,3 +150,35 @@ def test_idle_gpu_time_and_steps_after_a_nan_loss_are_waste(tmp_path):
         run.cost.waste["idle"] + run.cost.waste["nonfinite"]
     )
     assert IDLE_UTILIZATION < 0.1
+
+
+def test_metrics_show_live_cost_rate_and_projection(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from profiler.exporter import DaemonCollector
+
+    d, sim, clock = make_daemon(tmp_path, [[(4000.0, 250.0)]])
+    d.set_pricing(pricing(kind="flat", gph=3.6, kwh=0.2, pue=1.5, carbon=300.0))
+    pid = os.getpid()
+    t0 = clock.now
+    d.sample()
+    d.handle(hello("live", pid, t0))
+    d.runs["live"].total_steps = 400
+    run_for(d, clock, 100.0, every=lambda now: d.handle(StepBatch(
+        "live", pid, ((int(now - t0), now - 1.0, now, 8, None),), 0)))  # fmt: skip
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(d))
+    text = generate_latest(registry).decode()
+    run = d.runs["live"]
+    # one GPU at 250 W: 3.6/h for the GPU plus 0.25 kW x 1.5 x 0.2/kWh = 0.075/h
+    assert sample_value(text, "profiler_run_cost_rate_per_hour", run="live") == pytest.approx(
+        3.675, rel=1e-6
+    )
+    assert sample_value(text, "profiler_run_projected_cost", run="live") == pytest.approx(
+        run.cost.total * 400 / run.steps, rel=1e-9
+    )
+    end = sample_value(text, "profiler_run_projected_end_time_seconds", run="live")
+    assert end == pytest.approx(d.wall() + (400 - run.steps) * 1.0, rel=1e-9)
+    assert sample_value(text, "profiler_pricing_info", kind="flat", pue="1.5") == 1
+    cost = sample_value(text, "profiler_run_cost_total", run="live", component="gpu_time")
+    assert cost == pytest.approx(run.cost.gpu_time, rel=1e-9)
