@@ -220,6 +220,8 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
     energy = row["gpu_energy_j"]
     meta = row["meta"]
     timed = meta.get("timed_steps", steps)
+    cost_meta = meta.get("cost", {})
+    currency = row.get("currency") or None  # absent in a schema-1 ledger
     return {
         "id": row["id"],
         "name": row["name"],
@@ -252,15 +254,16 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "samples_source": meta.get("samples_source") or None,
         "memory_source": meta.get("memory_source") or None,
         "ranks": _ranks(meta),
-        "currency": row.get("currency") or None,
-        "cost": (row.get("cost_gpu_time") or 0.0) + (row.get("cost_energy") or 0.0),
-        "cost_gpu_time": row.get("cost_gpu_time") or 0.0,
-        "cost_energy": row.get("cost_energy") or 0.0,
-        "co2_g": row.get("co2_g") or 0.0,
-        "waste_cost": row.get("waste_cost") or 0.0,
-        "waste": meta.get("cost", {}).get("waste", {}),
-        "waste_gpu_seconds": meta.get("cost", {}).get("waste_gpu_seconds", {}),
-        "pricing_profiles": meta.get("cost", {}).get("pricing_profiles", []),
+        # money is null for runs never priced; CO2 null where no grid intensity was known
+        "currency": currency,
+        "cost": (row["cost_gpu_time"] + row["cost_energy"]) if currency else None,
+        "cost_gpu_time": row["cost_gpu_time"] if currency else None,
+        "cost_energy": row["cost_energy"] if currency else None,
+        "co2_g": row["co2_g"] if cost_meta.get("co2_known") else None,
+        "waste_cost": row["waste_cost"] if currency else None,
+        "waste": cost_meta.get("waste", {}),
+        "waste_gpu_seconds": cost_meta.get("waste_gpu_seconds", {}),
+        "pricing_profiles": cost_meta.get("pricing_profiles", []),
         "last_loss": meta.get("last_loss"),
         "nonfinite_loss_steps": meta.get("nonfinite_loss_steps", 0),
         "first_nonfinite_step": meta.get("first_nonfinite_step"),
@@ -320,10 +323,11 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> int:
         kwh = "n/a" if r["gpu_energy_kwh"] is None else f"{r['gpu_energy_kwh']:.5f}"
         sim = "*" if r["simulated"] else ""
         cost = f"{r['cost']:.4f} {r['currency']}" if r["currency"] else "-"
+        co2 = "-" if r["co2_g"] is None else f"{r['co2_g']:.1f}"
         print(
             f"{r['id'][:36]:<36} {r['name'][:16]:<16} {r['framework'][:10]:<10} "
             f"{r['status']:<11} {r['steps']:>8} {r['samples']:>10} {kwh + sim:>10} "
-            f"{r['gpu_seconds'] / 3600:>8.4f} {cost:>12} {r['co2_g']:>9.1f}"
+            f"{r['gpu_seconds'] / 3600:>8.4f} {cost:>12} {co2:>9}"
         )
     if any(r["simulated"] for r in runs):
         print("* measured on the simulated GPU, not hardware")
@@ -339,7 +343,13 @@ def cmd_prices(config: Config, args: argparse.Namespace) -> int:
         if args.list:
             print(render_catalog(load_catalog(config.catalog, where=config.source)))
         else:
-            print(render_effective(effective_pricing(config), datetime.date.today()))
+            pricing = effective_pricing(config)
+            print(render_effective(pricing, datetime.date.today()))
+            running = daemon_status(config)
+            if running and running.get("pricing") not in (None, pricing.profile):
+                pid, profile = running.get("pid"), running["pricing"]
+                print(f"NOTE: the running daemon (pid {pid}) prices with {profile}; "
+                      "`profiler stop` and start it again to apply the above.")  # fmt: skip
     except (DaemonError, PricingError) as e:
         raise CliError(str(e)) from e
     return 0

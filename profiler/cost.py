@@ -28,6 +28,7 @@ from typing import Any
 from profiler.pricing import Pricing
 
 IDLE_UTILIZATION = 0.05
+RATE_FRESH_S = 5.0
 JOULES_PER_KWH = 3.6e6
 
 
@@ -41,16 +42,21 @@ def no_pricing() -> Pricing:
 
 @dataclass
 class RunCost:
-    """What one run cost so far (currency of the pricing in force, grams of CO2e)."""
+    """What one run cost so far, in ``currency`` (the currency of the first pricing that priced
+    it; "" while unpriced), and its grams of CO2e (``co2_known``: some of its energy had a known
+    grid intensity)."""
 
+    currency: str = ""
+    co2_known: bool = False
     gpu_time: float = 0.0
     energy: float = 0.0
     co2_g: float = 0.0
     waste: dict[str, float] = field(default_factory=dict)  # reason -> currency
     waste_gpu_seconds: dict[str, float] = field(default_factory=dict)
     waste_energy_j: dict[str, float] = field(default_factory=dict)
-    # Currency per hour over the latest interval of each held device (the live cost rate).
-    rate_by_device: dict[str, float] = field(default_factory=dict)
+    # Per held device: (currency per hour over its latest interval, that interval's end on
+    # CLOCK_MONOTONIC seconds): the live cost rate.
+    rate_by_device: dict[str, tuple[float, float]] = field(default_factory=dict)
     pricing_profiles: list[str] = field(default_factory=list)
 
     @property
@@ -61,12 +67,14 @@ class RunCost:
     def waste_total(self) -> float:
         return sum(self.waste.values())
 
-    @property
-    def rate_per_hour(self) -> float:
-        return sum(self.rate_by_device.values())
+    def rate_per_hour(self, now_mono: float, fresh_s: float = RATE_FRESH_S) -> float:
+        """Currency per hour now: the devices priced within the last ``fresh_s`` seconds."""
+        return sum(r for r, t in self.rate_by_device.values() if now_mono - t <= fresh_s)
 
     def to_meta(self) -> dict[str, Any]:
         return {
+            "currency": self.currency,
+            "co2_known": self.co2_known,
             "gpu_time": self.gpu_time,
             "energy": self.energy,
             "co2_g": self.co2_g,
@@ -84,6 +92,8 @@ class RunCost:
         for key in ("waste", "waste_gpu_seconds", "waste_energy_j"):
             setattr(cost, key, {k: float(v) for k, v in meta.get(key, {}).items()})
         cost.pricing_profiles = list(meta.get("pricing_profiles", []))
+        cost.currency = meta.get("currency", "")
+        cost.co2_known = bool(meta.get("co2_known", False))
         return cost
 
 
@@ -98,26 +108,41 @@ class Priced:
 
 
 class CostMeter:
-    """Prices work with the pricing in force; :attr:`pricing` may be replaced at any time."""
+    """Prices work with the pricing in force; :attr:`pricing` may be replaced at any time.
+
+    Money is added only in the run's own currency: work priced in another currency (the pricing
+    changed currency while the run went on) adds no money and is counted in
+    :attr:`currency_mismatches`. Without pricing (kind ``none``) no money is added; carbon is
+    added whenever the grid intensity is known."""
 
     def __init__(self, pricing: Pricing) -> None:
         self.pricing = pricing
+        self.currency_mismatches = 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.pricing.kind != "none"
+    def _money(self, cost: RunCost) -> bool:
+        """Whether this pricing may add money to ``cost`` (fixing the run's currency)."""
+        p = self.pricing
+        if p.kind == "none":
+            return False
+        if not cost.currency:
+            cost.currency = p.currency
+        if cost.currency != p.currency:
+            self.currency_mismatches += 1
+            return False
+        profile = p.profile
+        if not cost.pricing_profiles or cost.pricing_profiles[-1] != profile:
+            cost.pricing_profiles.append(profile)
+        return True
 
-    def _energy(self, joules: float) -> tuple[float, float]:
+    def _energy(self, cost: RunCost, joules: float, money: bool) -> tuple[float, float]:
         """(currency, grams CO2e) for ``joules`` at the facility (x PUE)."""
         p = self.pricing
         kwh = joules / JOULES_PER_KWH * p.pue
-        co2 = kwh * p.carbon_g_per_kwh if p.carbon_g_per_kwh is not None else 0.0
-        return kwh * p.energy_price_kwh, co2
-
-    def _note(self, cost: RunCost) -> None:
-        profile = self.pricing.profile
-        if not cost.pricing_profiles or cost.pricing_profiles[-1] != profile:
-            cost.pricing_profiles.append(profile)
+        co2 = 0.0
+        if p.carbon_g_per_kwh is not None:
+            co2 = kwh * p.carbon_g_per_kwh
+            cost.co2_known = True
+        return (kwh * p.energy_price_kwh if money else 0.0), co2
 
     def gpu_interval(
         self,
@@ -126,19 +151,20 @@ class CostMeter:
         seconds: float,
         joules: float,
         span_s: float,
+        end_mono: float,
         waste_reason: str | None = None,
     ) -> Priced:
         """Price a run's share of one device interval: ``seconds`` of GPU time and ``joules``
-        over ``span_s`` seconds of wall time. ``waste_reason`` (``idle``, ``nonfinite``) counts
-        the whole share as waste."""
-        self._note(cost)
-        gpu_time = seconds / 3600.0 * self.pricing.gpu_hour_price
-        energy, co2 = self._energy(joules)
+        over ``span_s`` seconds of wall time ending at ``end_mono``. ``waste_reason`` (``idle``,
+        ``nonfinite``) counts the whole share as waste."""
+        money = self._money(cost)
+        gpu_time = seconds / 3600.0 * self.pricing.gpu_hour_price if money else 0.0
+        energy, co2 = self._energy(cost, joules, money)
         cost.gpu_time += gpu_time
         cost.energy += energy
         cost.co2_g += co2
-        if span_s > 0:
-            cost.rate_by_device[device] = (gpu_time + energy) / span_s * 3600.0
+        if span_s > 0 and money:
+            cost.rate_by_device[device] = ((gpu_time + energy) / span_s * 3600.0, end_mono)
         waste = 0.0
         if waste_reason is not None:
             waste = gpu_time + energy
@@ -151,8 +177,7 @@ class CostMeter:
 
     def cpu_energy(self, cost: RunCost, joules: float) -> Priced:
         """Price a run's share of host CPU energy (billed as energy only)."""
-        self._note(cost)
-        energy, co2 = self._energy(joules)
+        energy, co2 = self._energy(cost, joules, self._money(cost))
         cost.energy += energy
         cost.co2_g += co2
         return Priced(0.0, energy, co2, 0.0)

@@ -16,7 +16,7 @@ import signal
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +54,16 @@ class DeviceState:
     idle_j: float = 0.0
     attributed_to: float | None = None  # monotonic seconds: energy before this is split
     pids_seen: set[int] = field(default_factory=set)
+    # (monotonic seconds, utilization ratio) of recent samples, for judging idle intervals.
+    utilization: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=256))
+
+    def utilization_between(self, t0: float, t1: float) -> float | None:
+        """Mean utilization of the samples in ``(t0, t1]``, else of the first sample after
+        ``t1``; None when the sensor gives none."""
+        inside = [u for t, u in self.utilization if t0 < t <= t1]
+        if inside:
+            return sum(inside) / len(inside)
+        return next((u for t, u in self.utilization if t > t1), None)
 
 
 def _minute(unix_s: float) -> int:
@@ -225,6 +235,8 @@ class Daemon:
         if dev is None:
             dev = self.devices[s.uuid] = DeviceState(s.uuid, s.index, s.name)
         dev.latest = s
+        if s.utilization_ratio is not None:
+            dev.utilization.append((s.t_s, s.utilization_ratio))
         if s.energy_j is None:
             return
         dev.curve.append(s.t_s, s.energy_j, s.power_w)
@@ -248,7 +260,7 @@ class Daemon:
         dev.pids_seen.clear()
         minute_wall = self.wall() - (self.clock() - upto)
         power = dev.curve.power_peak_w(start, upto)
-        utilization = dev.latest.utilization_ratio if dev.latest else None
+        utilization = dev.utilization_between(start, upto)
         for run_id, joules in share.energy_j.items():
             run = self.runs[run_id]
             seconds = share.seconds[run_id]
@@ -257,7 +269,7 @@ class Daemon:
             if power is not None:
                 run.gpu_power_peak_w = max(run.gpu_power_peak_w or 0.0, power)
             priced = self.cost_meter.gpu_interval(
-                run.cost, dev.uuid, seconds, joules, upto - start,
+                run.cost, dev.uuid, seconds, joules, upto - start, upto,
                 _waste_reason(run, start, utilization),
             )  # fmt: skip
             rollup = self._rollup(run_id, minute_wall)
@@ -451,7 +463,10 @@ class Daemon:
         """Price work from now on with ``pricing`` (what runs cost so far stays as it was)."""
         self.cost_meter.pricing = pricing
         if self.ledger is not None:
-            self.ledger.record_pricing(self.wall(), pricing)
+            try:
+                self.ledger.record_pricing(self.wall(), pricing)
+            except LedgerError as e:
+                log.error("%s; costs go on at the new prices", e)
 
     def open_ledger(self) -> None:
         self.ledger = Ledger(self.config.ledger)
@@ -528,8 +543,7 @@ class Daemon:
         row["energy_source"] = ",".join(
             sorted({d.latest.energy_source for d in self.devices.values() if d.latest})
         )
-        pricing = self.cost_meter.pricing
-        row["currency"] = pricing.currency
+        row["currency"] = run.cost.currency
         row["cost_gpu_time"] = run.cost.gpu_time
         row["cost_energy"] = run.cost.energy
         row["co2_g"] = run.cost.co2_g

@@ -79,7 +79,7 @@ def _cost_lines(run: dict[str, Any]) -> list[str]:
         f"  cost           {run['cost']:.4f} {run['currency']}"
         f"  (GPU time {run['cost_gpu_time']:.4f} + energy {run['cost_energy']:.4f};"
         f" priced as {', '.join(profiles)})",
-        f"  emissions      {run['co2_g']:,.2f} g CO2e",
+        f"  emissions      {_fmt(run['co2_g'], ',.2f', ' g CO2e')}",
     ]
 
 

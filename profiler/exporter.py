@@ -186,7 +186,7 @@ class DaemonCollector:
             "Runs and their descriptive labels (value 1).",
             labels=[
                 "run", "name", "project", "user", "framework", "framework_version", "hostname",
-                "status", "simulated", "clock",
+                "status", "simulated", "clock", "currency",
             ],
         )  # fmt: skip
         families: dict[str, Any] = {
@@ -257,7 +257,7 @@ class DaemonCollector:
         for run in d.runs.values():
             info.add_metric(
                 [run.id, run.name, run.project, run.user, run.framework, run.framework_version,
-                 d.hostname, run.status, simulated, run.clock],
+                 d.hostname, run.status, simulated, run.clock, run.cost.currency],
                 1,
             )  # fmt: skip
             for rank, n in sorted(run.rank_steps.items()):
@@ -346,7 +346,8 @@ class DaemonCollector:
             yield grid
         fam = {
             "cost": CounterMetricFamily(
-                "profiler_run_cost", "What the run cost so far, by component (currency).",
+                "profiler_run_cost",
+                "What the run cost so far, by component (the run's currency; see run_info).",
                 labels=["run", "component"],
             ),
             "co2": CounterMetricFamily(
@@ -377,31 +378,43 @@ class DaemonCollector:
             ),
             "projected_end": GaugeMetricFamily(
                 "profiler_run_projected_end_time_seconds",
-                "When the run is projected to end (unix seconds), from its mean step time.",
+                "When the run is projected to end (unix seconds), from its wall time per step.",
                 labels=["run"],
             ),
         }  # fmt: skip
-        now = d.wall()
+        now, now_mono = d.wall(), d.clock()
         for run in d.runs.values():
             c = run.cost
-            fam["cost"].add_metric([run.id, "gpu_time"], c.gpu_time)
-            fam["cost"].add_metric([run.id, "energy"], c.energy)
-            fam["co2"].add_metric([run.id], c.co2_g)
+            if c.co2_known:
+                fam["co2"].add_metric([run.id], c.co2_g)
             for reason in WASTE_REASONS:
-                fam["waste"].add_metric([run.id, reason], c.waste.get(reason, 0.0))
                 fam["waste_s"].add_metric([run.id, reason], c.waste_gpu_seconds.get(reason, 0.0))
                 fam["waste_j"].add_metric([run.id, reason], c.waste_energy_j.get(reason, 0.0))
+            if c.currency:  # priced: money in the run's currency
+                fam["cost"].add_metric([run.id, "gpu_time"], c.gpu_time)
+                fam["cost"].add_metric([run.id, "energy"], c.energy)
+                for reason in WASTE_REASONS:
+                    fam["waste"].add_metric([run.id, reason], c.waste.get(reason, 0.0))
             if not run.live:
                 continue
-            fam["rate"].add_metric([run.id], c.rate_per_hour)
-            total = projected(c.total, run.steps, run.total_steps)
-            if total is not None:
-                fam["projected"].add_metric([run.id], total)
-            mean = run.step_time_mean_s
-            if run.total_steps and mean is not None and run.steps < run.total_steps:
-                remaining = (run.total_steps - run.steps) * mean
+            if c.currency:
+                fam["rate"].add_metric([run.id], c.rate_per_hour(now_mono))
+                total = projected(c.total, run.steps, run.total_steps)
+                if total is not None:
+                    fam["projected"].add_metric([run.id], total)
+            if run.total_steps and run.steps and run.steps < run.total_steps:
+                # wall time per step so far (data loading and host work included)
+                per_step = (run.last_event_mono - run.start_mono) / run.steps
+                remaining = (run.total_steps - run.steps) * per_step
                 fam["projected_end"].add_metric([run.id], now + remaining)
         yield from fam.values()
+        mismatches = CounterMetricFamily(
+            "profiler_cost_currency_mismatches",
+            "Work not billed because the pricing's currency differs from the run's.",
+            labels=[],
+        )
+        mismatches.add_metric([], d.cost_meter.currency_mismatches)
+        yield mismatches
 
 
 MEMORY_KINDS = ("allocated", "peak_allocated", "reserved")

@@ -174,10 +174,12 @@ class Ledger:
                     f"{self.path} is an SQLite file but not a profiler ledger; "
                     "move it aside or set PROFILER_HOME elsewhere"
                 )
-        with self.db:
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                self.db.executescript(_MIGRATIONS[step])
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            # One transaction per step, version included: a migration stopped half-way leaves
+            # the file as it was (executescript would otherwise commit statement by statement).
+            self.db.executescript(
+                f"BEGIN;\n{_MIGRATIONS[step]}\nPRAGMA user_version = {step};\nCOMMIT;"
+            )
 
     def close(self) -> None:
         self.db.close()
@@ -263,7 +265,7 @@ class Ledger:
 
     def record_pricing(self, since: float, pricing: Any) -> None:
         """Remember the pricing in force from ``since`` (unix seconds), unless it is the same
-        as the latest one recorded."""
+        as the latest one recorded. Raises :class:`LedgerError` when the file cannot be written."""
         fields = (
             pricing.profile, pricing.kind, pricing.currency, pricing.gpu_hour_price,
             pricing.energy_price_kwh, pricing.pue, pricing.carbon_g_per_kwh,
@@ -276,11 +278,15 @@ class Ledger:
         ).fetchone()
         if last is not None and tuple(last) == fields:
             return
-        with self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO pricing_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (since, *fields, json.dumps(pricing.sources, sort_keys=True)),
-            )
+        try:
+            with self.db:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO pricing_history "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (since, *fields, json.dumps(pricing.sources, sort_keys=True)),
+                )
+        except sqlite3.Error as e:
+            raise LedgerError(f"cannot record the pricing in {self.path} ({e})") from e
 
     def pricing_history(self) -> list[dict[str, Any]]:
         """Every pricing the daemon used, oldest first (``since`` in unix seconds)."""

@@ -113,17 +113,26 @@ def test_hf_trainer_counts_optimizer_steps_and_config_samples(daemon, tmp_path):
 
 
 @pytest.mark.slow
-def test_lightning_ddp_ranks_join_the_run_the_first_process_named(daemon):
+def test_lightning_ddp_ranks_join_the_run_the_first_process_named(daemon, tmp_path):
     env = {k: v for k, v in daemon.env.items() if k != "PROFILER_RUN_ID"}
     out = subprocess.run(
-        [sys.executable, str(SCRIPTS / "train_lightning.py"), "--devices", "2", "--samples", "64"],
+        [
+            sys.executable,
+            str(SCRIPTS / "train_lightning.py"),
+            "--devices",
+            "2",
+            "--samples",
+            "64",
+            "--report-dir",
+            str(tmp_path),
+        ],  # fmt: skip
         env={**env, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    summaries = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank-*.json"))]
     assert sorted(s["rank"] for s in summaries) == [0, 1]
     run_id = summaries[0]["run_id"]
     assert run_id.startswith("tiny-lightning-") and summaries[1]["run_id"] == run_id

@@ -20,6 +20,7 @@ parser.add_argument("--batch-size", type=int, default=8)
 parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--accumulate", type=int, default=2)
 parser.add_argument("--devices", type=int, default=1, help="CPU processes (DDP when > 1)")
+parser.add_argument("--report-dir", default="", help="also write rank-N.json here (DDP)")
 parser.add_argument("--fail-at", type=int, default=0, help="raise in this training batch (1-based)")
 args = parser.parse_args()
 
@@ -86,3 +87,6 @@ summary = {
     "last_loss": model.last_loss,
 }
 print(json.dumps(summary), flush=True)
+if args.report_dir:  # ranks share stdout, where their lines may interleave
+    with open(f"{args.report_dir}/rank-{summary['rank']}.json", "w") as report:
+        json.dump(summary, report)
