@@ -21,6 +21,7 @@ from typing import Any
 from hooks.client import spawn_daemon
 from profiler import __version__
 from profiler.config import Config, ConfigError, load_config
+from profiler.energy import percentile
 from profiler.ledger import Ledger, LedgerError
 
 
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="runs recorded in the ledger, newest first")
     runs.add_argument("--json", action="store_true", help="a JSON list of run objects")
     runs.add_argument("--limit", type=_positive_int, default=50, help="at most N runs (50)")
+    compare = sub.add_parser("compare", help="runs side by side, with ratios to the first")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run ids or names (newest)")
+    compare.add_argument("--format", choices=("table", "md", "json"), default="table")
     prices = sub.add_parser("prices", help="the pricing in force for this machine, and why")
     prices.add_argument("--list", action="store_true", help="show the whole price catalog")
     demo = sub.add_parser("demo", help="train a small PyTorch model with the hook, then summarise")
@@ -238,6 +242,7 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "samples": row["samples"],
         "dropped_steps": row["dropped_steps"],
         "step_time_mean_s": row["step_time_sum_s"] / timed if timed else None,
+        "step_time_p50_s": percentile(sorted(meta.get("durations", [])), 0.5),
         "step_time_p95_s": row["step_time_p95_s"],
         "gpu_energy_j": energy,
         "gpu_energy_kwh": energy / 3.6e6 if energy is not None else None,
@@ -334,6 +339,16 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(config: Config, args: argparse.Namespace) -> int:
+    from profiler.compare import CompareError, compare, render
+
+    try:
+        print(render(compare(read_runs(config), args.runs), args.format))
+    except CompareError as e:
+        raise CliError(str(e)) from e
+    return 0
+
+
 def cmd_prices(config: Config, args: argparse.Namespace) -> int:
     from profiler.daemon import DaemonError, effective_pricing
     from profiler.prices_cli import render_catalog, render_effective
@@ -368,5 +383,6 @@ COMMANDS = {
     "status": cmd_status,
     "runs": cmd_runs,
     "prices": cmd_prices,
+    "compare": cmd_compare,
     "demo": cmd_demo,
 }
