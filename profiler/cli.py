@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="runs side by side, with ratios to the first")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run ids or names (newest)")
     compare.add_argument("--format", choices=("table", "md", "json"), default="table")
+    report = sub.add_parser("report", help="the monthly cost report from the ledger")
+    report.add_argument("--month", help="YYYY-MM (default: the last complete month, UTC)")
+    report.add_argument("--format", choices=("md", "csv", "json"), default="md")
+    report.add_argument("--out", type=Path, help="write here instead of standard output")
+    report.add_argument("--group-by", action="append", default=[],
+                        choices=("project", "user", "framework", "host", "gpu_model"),
+                        help="a table per grouping (repeat for several)")  # fmt: skip
+    report.add_argument("--budget", type=float, help="the month's budget, in the report currency")
     prices = sub.add_parser("prices", help="the pricing in force for this machine, and why")
     prices.add_argument("--list", action="store_true", help="show the whole price catalog")
     demo = sub.add_parser("demo", help="train a small PyTorch model with the hook, then summarise")
@@ -339,6 +347,27 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(config: Config, args: argparse.Namespace) -> int:
+    from profiler.report import ReportError, build_report, render
+
+    ledger = Ledger(config.ledger, readonly=True)
+    try:
+        text = render(build_report(ledger, args.month, args.group_by, args.budget), args.format)
+    except ReportError as e:
+        raise CliError(str(e)) from e
+    finally:
+        ledger.close()
+    if args.out is None:
+        print(text, end="")
+        return 0
+    try:
+        args.out.write_text(text)
+    except OSError as e:
+        raise CliError(f"--out {args.out}: cannot write ({e.strerror})") from e
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_compare(config: Config, args: argparse.Namespace) -> int:
     from profiler.compare import CompareError, compare, render
 
@@ -384,5 +413,6 @@ COMMANDS = {
     "runs": cmd_runs,
     "prices": cmd_prices,
     "compare": cmd_compare,
+    "report": cmd_report,
     "demo": cmd_demo,
 }

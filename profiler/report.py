@@ -1,0 +1,377 @@
+"""Monthly cost report from the ledger: totals, groupings, top runs, waste, daily cost, budget.
+
+Figures of a month come from the per-minute rollups whose minute starts in that month (UTC), so a
+run spanning a month boundary is split where its work happened and never counted twice. Money is
+summed in the report's currency (the currency most of the month's priced runs use); runs priced in
+another currency are listed with their own figures but left out of the money totals, and the
+report says how many. Energy is GPU plus CPU energy as measured (kWh, before PUE); CO2 is what the
+cost engine recorded (kg CO2e, PUE included).
+"""
+
+from __future__ import annotations
+
+import calendar
+import csv
+import datetime as dt
+import io
+import json
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from profiler.ledger import Ledger
+
+GROUP_KEYS = ("project", "user", "framework", "host", "gpu_model")
+FORMATS = ("md", "csv", "json")
+TOP_RUNS = 10
+UTC = dt.timezone.utc
+
+
+class ReportError(ValueError):
+    """A bad month, grouping or budget; the message is one line."""
+
+
+@dataclass
+class Totals:
+    """Sums over a set of run-minutes. Money in the report's currency; energy in kWh."""
+
+    cost: float = 0.0
+    cost_gpu_time: float = 0.0
+    cost_energy: float = 0.0
+    waste_cost: float = 0.0
+    kwh: float = 0.0
+    co2_kg: float = 0.0
+    gpu_hours: float = 0.0
+    runs: int = 0
+    steps: int = 0
+    samples: int = 0
+
+    def add(self, other: Totals) -> None:
+        for key in asdict(self):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+
+    @property
+    def cost_per_1k_samples(self) -> float | None:
+        return self.cost / self.samples * 1000 if self.samples else None
+
+    @property
+    def joules_per_sample(self) -> float | None:
+        return self.kwh * 3.6e6 / self.samples if self.samples else None
+
+
+@dataclass
+class RunLine:
+    """One run's part of the month."""
+
+    id: str
+    name: str
+    project: str
+    user: str
+    framework: str
+    host: str
+    gpu_model: str
+    status: str
+    simulated: bool
+    currency: str
+    totals: Totals
+    waste_by_reason: dict[str, float] = field(default_factory=dict)  # whole run, currency
+
+
+@dataclass
+class MonthReport:
+    month: str  # YYYY-MM
+    currency: str
+    totals: Totals
+    previous: Totals
+    groups: dict[str, list[tuple[str, Totals]]]
+    runs: list[RunLine]
+    daily: list[tuple[str, dict[str, float]]]  # (YYYY-MM-DD, project -> cost)
+    other_currency_runs: int
+    simulated_runs: int
+    budget: float | None
+    forecast: float | None  # the month's projected cost at its end (current month only)
+
+    @property
+    def top_runs(self) -> list[RunLine]:
+        priced = [r for r in self.runs if r.currency == self.currency]
+        return sorted(priced, key=lambda r: -r.totals.cost)[:TOP_RUNS]
+
+    def by(self, key: str) -> list[tuple[str, Totals]]:
+        return self.groups.get(key) or _group(self.runs, key, self.currency)
+
+
+def parse_month(text: str | None, today: dt.date | None = None) -> tuple[str, float, float]:
+    """``YYYY-MM`` (default: the last complete month) -> (label, start, end) in unix seconds."""
+    today = today or dt.datetime.now(UTC).date()
+    if text is None:
+        first = today.replace(day=1) - dt.timedelta(days=1)
+        year, month = first.year, first.month
+    else:
+        try:
+            year, month = (int(p) for p in text.split("-"))
+            dt.date(year, month, 1)
+        except ValueError as e:
+            raise ReportError(f"--month {text!r}: expected YYYY-MM, e.g. 2026-11") from e
+    start = dt.datetime(year, month, 1, tzinfo=UTC)
+    days = calendar.monthrange(year, month)[1]
+    end = start + dt.timedelta(days=days)
+    return f"{year:04d}-{month:02d}", start.timestamp(), end.timestamp()
+
+
+def build_report(
+    ledger: Ledger,
+    month: str | None = None,
+    group_by: list[str] | None = None,
+    budget: float | None = None,
+    now: float | None = None,
+) -> MonthReport:
+    """The month's report (see the module docstring for what is counted where)."""
+    now = dt.datetime.now(UTC).timestamp() if now is None else now
+    label, start, end = parse_month(month, dt.datetime.fromtimestamp(now, UTC).date())
+    for key in group_by or ():
+        if key not in GROUP_KEYS:
+            raise ReportError(f"--group-by {key!r}: choose from {', '.join(GROUP_KEYS)}")
+    if budget is not None and not budget > 0:
+        raise ReportError(f"--budget {budget!r}: must be a positive amount")
+    runs, daily_rows = _month_runs(ledger, start, end)
+    priced = Counter(r.currency for r in runs if r.currency)
+    currency = priced.most_common(1)[0][0] if priced else ""
+    totals = _total(runs, currency)
+    prev_label, prev_start, _ = parse_month(None, dt.datetime.fromtimestamp(start, UTC).date())
+    previous = _total(_month_runs(ledger, prev_start, start)[0], currency)
+    daily: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    meta = {r.id: r for r in runs}
+    for run_id, minute, cost in daily_rows:
+        run = meta[run_id]
+        if run.currency == currency:
+            day = dt.datetime.fromtimestamp(minute, UTC).strftime("%Y-%m-%d")
+            daily[day][run.project or "(none)"] += cost
+    forecast = None
+    if start <= now < end:
+        elapsed = (now - start) / (end - start)
+        forecast = totals.cost / elapsed if elapsed > 0 else None
+    return MonthReport(
+        month=label,
+        currency=currency,
+        totals=totals,
+        previous=previous,
+        groups={key: _group(runs, key, currency) for key in group_by or ()},
+        runs=sorted(runs, key=lambda r: r.id),
+        daily=sorted((day, dict(v)) for day, v in daily.items()),
+        other_currency_runs=sum(1 for r in runs if r.currency and r.currency != currency),
+        simulated_runs=sum(1 for r in runs if r.simulated),
+        budget=budget,
+        forecast=forecast,
+    )
+
+
+def _month_runs(ledger: Ledger, start: float, end: float) -> tuple[list[RunLine], list[Any]]:
+    """Runs with work in ``[start, end)`` and their rollup sums there; also (run, minute, cost)
+    rows for the daily series."""
+    db = ledger.db
+    sums = db.execute(
+        "SELECT run_id, sum(gpu_energy_j) AS gpu_j, sum(cpu_energy_j) AS cpu_j, "
+        "sum(gpu_seconds) AS gpu_s, sum(steps) AS steps, sum(samples) AS samples, "
+        "sum(cost_gpu_time) AS c_gpu, sum(cost_energy) AS c_energy, sum(co2_g) AS co2, "
+        "sum(waste_cost) AS waste FROM rollups WHERE minute >= ? AND minute < ? GROUP BY run_id",
+        (start, end),
+    ).fetchall()
+    # the model of the GPU that carried most of each run's energy (SQLite takes the bare column
+    # from the row holding the max)
+    models = {
+        r[0]: r[1]
+        for r in db.execute(
+            "SELECT run_id, model, max(energy_j) FROM run_devices GROUP BY run_id"
+        ).fetchall()
+    }
+    lines = []
+    for s in sums:
+        row = ledger.run(s["run_id"])
+        if row is None:
+            continue
+        totals = Totals(
+            cost=s["c_gpu"] + s["c_energy"], cost_gpu_time=s["c_gpu"], cost_energy=s["c_energy"],
+            waste_cost=s["waste"], kwh=(s["gpu_j"] + s["cpu_j"]) / 3.6e6, co2_kg=s["co2"] / 1000,
+            gpu_hours=s["gpu_s"] / 3600, runs=1, steps=s["steps"], samples=s["samples"],
+        )  # fmt: skip
+        lines.append(RunLine(
+            id=row["id"], name=row["name"], project=row["project"], user=row["user"],
+            framework=row["framework"], host=row["host"], gpu_model=models.get(row["id"], ""),
+            status=row["status"], simulated=bool(row["simulated"]),
+            currency=row.get("currency") or "", totals=totals,
+            waste_by_reason=row["meta"].get("cost", {}).get("waste", {}),
+        ))  # fmt: skip
+    daily = db.execute(
+        "SELECT run_id, minute, cost_gpu_time + cost_energy FROM rollups "
+        "WHERE minute >= ? AND minute < ?",
+        (start, end),
+    ).fetchall()
+    return lines, daily
+
+
+def _total(runs: list[RunLine], currency: str) -> Totals:
+    """Sums; money only over runs in ``currency``."""
+    out = Totals()
+    for run in runs:
+        t = run.totals
+        if run.currency != currency:
+            t = Totals(**{**asdict(t), "cost": 0.0, "cost_gpu_time": 0.0, "cost_energy": 0.0,
+                          "waste_cost": 0.0})  # fmt: skip
+        out.add(t)
+    return out
+
+
+def _group(runs: list[RunLine], key: str, currency: str) -> list[tuple[str, Totals]]:
+    """Totals per value of ``key``, the costliest first."""
+    members: dict[str, list[RunLine]] = defaultdict(list)
+    for run in runs:
+        members[getattr(run, key) or "(none)"].append(run)
+    rows = [(value, _total(group, currency)) for value, group in members.items()]
+    return sorted(rows, key=lambda kv: (-kv[1].cost, kv[0]))
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+
+
+def to_json(report: MonthReport) -> str:
+    """Everything in the report, as JSON."""
+    body = {
+        "month": report.month,
+        "currency": report.currency or None,
+        "totals": _totals_dict(report.totals),
+        "previous_month": _totals_dict(report.previous),
+        "groups": {
+            k: [{"value": v, **_totals_dict(t)} for v, t in rows]
+            for k, rows in report.groups.items()
+        },  # fmt: skip
+        "by_framework": [{"framework": v, **_totals_dict(t)} for v, t in report.by("framework")],
+        "by_model": [{"model": v, **_totals_dict(t)} for v, t in report.by("name")],
+        "top_runs": [_run_dict(r) for r in report.top_runs],
+        "runs": [_run_dict(r) for r in report.runs],
+        "daily": [{"day": d, "cost_by_project": c} for d, c in report.daily],
+        "budget": report.budget,
+        "budget_used": report.totals.cost / report.budget if report.budget else None,
+        "forecast": report.forecast,
+        "simulated_runs": report.simulated_runs,
+        "other_currency_runs": report.other_currency_runs,
+    }
+    return json.dumps(body, indent=1)
+
+
+def _totals_dict(t: Totals) -> dict[str, Any]:
+    return {**asdict(t), "cost_per_1k_samples": t.cost_per_1k_samples,
+            "joules_per_sample": t.joules_per_sample}  # fmt: skip
+
+
+def _run_dict(r: RunLine) -> dict[str, Any]:
+    out = {k: v for k, v in asdict(r).items() if k != "totals"}
+    return {**out, **_totals_dict(r.totals)}
+
+
+CSV_COLUMNS = (
+    "month", "id", "name", "project", "user", "framework", "host", "gpu_model", "status",
+    "simulated", "currency", "cost", "cost_gpu_time", "cost_energy", "waste_cost", "kwh",
+    "co2_kg", "gpu_hours", "steps", "samples", "cost_per_1k_samples", "joules_per_sample",
+)  # fmt: skip
+
+
+def to_csv(report: MonthReport) -> str:
+    """One row per run with every figure (its part of the month)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for run in report.runs:
+        row = {"month": report.month, **_run_dict(run)}
+        writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
+    return out.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return "" if value is None else value
+
+
+def to_markdown(report: MonthReport) -> str:
+    """A readable Markdown report."""
+    cur = report.currency or "(unpriced)"
+    t, p = report.totals, report.previous
+    lines = [f"# GPU cost report, {report.month}", ""]
+    if report.simulated_runs:
+        lines += [f"**{report.simulated_runs} run(s) were measured on a SIMULATED GPU** "
+                  "(marked *); their energy is a model, not hardware.", ""]  # fmt: skip
+    if report.other_currency_runs:
+        lines += [f"{report.other_currency_runs} run(s) priced in another currency are listed "
+                  f"but not in the {cur} totals.", ""]  # fmt: skip
+    lines += [
+        "## Totals", "",
+        "| figure | this month | previous month | change |", "|---|---:|---:|---:|",
+        _row("cost", t.cost, p.cost, f"{cur} "),
+        _row("  GPU time", t.cost_gpu_time, p.cost_gpu_time, f"{cur} "),
+        _row("  energy", t.cost_energy, p.cost_energy, f"{cur} "),
+        _row("waste", t.waste_cost, p.waste_cost, f"{cur} "),
+        _row("energy (kWh)", t.kwh, p.kwh),
+        _row("emissions (kg CO2e)", t.co2_kg, p.co2_kg),
+        _row("GPU-hours", t.gpu_hours, p.gpu_hours),
+        _row("runs", t.runs, p.runs),
+        _row("steps", t.steps, p.steps),
+        _row("samples", t.samples, p.samples),
+        "",
+    ]  # fmt: skip
+    if report.budget:
+        used = t.cost / report.budget
+        lines += [f"Budget {report.budget:,.2f} {cur}: {used:.1%} used."]
+        if report.forecast is not None:
+            lines[-1] += f" Forecast for the month's end: {report.forecast:,.2f} {cur} " \
+                         f"({report.forecast / report.budget:.0%} of budget)."  # fmt: skip
+        lines.append("")
+    for key, rows in [*report.groups.items(), ("framework", report.by("framework")),
+                      ("name", report.by("name"))]:  # fmt: skip
+        title = {"name": "model (run name)"}.get(key, key)
+        lines += [f"## By {title}", "",
+                  f"| {_md(title)} | cost ({cur}) | GPU-hours | kWh | kg CO2e | samples | "
+                  f"cost per 1k samples | J per sample |", "|---|" + "---:|" * 7]  # fmt: skip
+        for value, g in rows:
+            lines.append(f"| {_md(value)} | {g.cost:,.2f} | {g.gpu_hours:,.2f} | {g.kwh:,.3f} | "
+                         f"{g.co2_kg:,.3f} | {g.samples:,} | {_f(g.cost_per_1k_samples, '.5f')} | "
+                         f"{_f(g.joules_per_sample, '.3f')} |")  # fmt: skip
+        lines.append("")
+    lines += ["## Top runs by cost", "", f"| run | name | project | cost ({cur}) | GPU-hours | "
+              "waste |", "|---|---|---|---:|---:|---:|"]  # fmt: skip
+    for r in report.top_runs:
+        star = "*" if r.simulated else ""
+        lines.append(f"| {_md(r.id)}{star} | {_md(r.name)} | {_md(r.project)} | "
+                     f"{r.totals.cost:,.2f} | {r.totals.gpu_hours:,.2f} | "
+                     f"{r.totals.waste_cost:,.2f} |")  # fmt: skip
+    lines += ["", "## Daily cost by project", "", "| day | " + f"cost ({cur}) | by project |",
+              "|---|---:|---|"]  # fmt: skip
+    for day, by_project in report.daily:
+        parts = ", ".join(f"{_md(k)} {v:,.2f}" for k, v in sorted(by_project.items()))
+        lines.append(f"| {day} | {sum(by_project.values()):,.2f} | {parts} |")
+    return "\n".join(lines) + "\n"
+
+
+def _row(label: str, now: float, before: float, unit: str = "") -> str:
+    change = f"{(now - before) / before:+.1%}" if before else "-"
+    fmt = ",d" if isinstance(now, int) else ",.2f" if unit else ",.3f"
+    return f"| {label} | {unit}{now:{fmt}} | {unit}{before:{fmt}} | {change} |"
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _md(text: str) -> str:
+    """A Markdown table cell from user text: pipes, angle brackets and ampersands escaped."""
+    return (text.replace("&", "&amp;").replace("|", "\\|").replace("<", "&lt;")
+            .replace(">", "&gt;"))  # fmt: skip
+
+
+def render(report: MonthReport, fmt: str) -> str:
+    if fmt == "json":
+        return to_json(report)
+    if fmt == "csv":
+        return to_csv(report)
+    return to_markdown(report)
