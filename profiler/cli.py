@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--format", choices=("table", "md", "json"), default="table")
     report = sub.add_parser("report", help="the monthly cost report from the ledger")
     report.add_argument("--month", help="YYYY-MM (default: the last complete month, UTC)")
-    report.add_argument("--format", choices=("md", "csv", "json"), default="md")
+    report.add_argument("--format", choices=("md", "html", "csv", "json"), default="md")
     report.add_argument("--out", type=Path, help="write here instead of standard output")
     report.add_argument("--group-by", action="append", default=[],
                         choices=("project", "user", "framework", "host", "gpu_model"),

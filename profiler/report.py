@@ -22,7 +22,7 @@ from typing import Any
 from profiler.ledger import Ledger
 
 GROUP_KEYS = ("project", "user", "framework", "host", "gpu_model")
-FORMATS = ("md", "csv", "json")
+FORMATS = ("md", "html", "csv", "json")
 TOP_RUNS = 10
 UTC = dt.timezone.utc
 
@@ -383,6 +383,11 @@ def _md(text: str) -> str:
 
 
 def render(report: MonthReport, fmt: str) -> str:
+    """The report in one of :data:`FORMATS`."""
+    if fmt == "html":
+        from profiler.report_html import to_html
+
+        return to_html(report)
     if fmt == "json":
         return to_json(report)
     if fmt == "csv":

@@ -116,3 +116,14 @@ def test_cli_writes_the_report(ledger, tmp_path):
     assert json.loads(out_file.read_text())["totals"]["cost"] == pytest.approx(23.0)
     bad = run_cli(env, "report", "--month", "2026-13")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "YYYY-MM" in bad.stderr
+
+
+def test_html_is_self_contained_and_escapes_user_text(ledger):
+    report = build_report(ledger, "2026-11", ["project"], budget=100.0, now=NOV + 40 * 86400)
+    page = render(report, "html")
+    assert page.startswith("<!doctype html>") and page.endswith("</html>")
+    assert HOSTILE not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in page.lower()  # no scripts at all
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing fetched
+    assert "https://" not in page and "<svg" in page and "simulated GPU" in page
+    assert "23.00 USD" in page  # the month's total, as in the other formats
