@@ -72,12 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--format", choices=("table", "md", "json"), default="table")
     report = sub.add_parser("report", help="the monthly cost report from the ledger")
     report.add_argument("--month", help="YYYY-MM (default: the last complete month, UTC)")
-    report.add_argument("--format", choices=("md", "html", "csv", "json"), default="md")
+    report.add_argument("--format", choices=("md", "html", "csv", "json", "focus"), default="md",
+                        help="focus: a FOCUS 1.2 cost-and-usage CSV")  # fmt: skip
     report.add_argument("--out", type=Path, help="write here instead of standard output")
     report.add_argument("--group-by", action="append", default=[],
                         choices=("project", "user", "framework", "host", "gpu_model"),
                         help="a table per grouping (repeat for several)")  # fmt: skip
-    report.add_argument("--budget", type=float, help="the month's budget, in the report currency")
+    report.add_argument("--budget", type=float,
+                        help="the month's budget; else profiler.toml [budget] monthly")  # fmt: skip
+    watch = sub.add_parser("watch", help="a live view of the daemon: GPUs and running runs")
+    watch.add_argument("--interval", type=float, default=1.0,
+                       help="seconds between refreshes (1)")  # fmt: skip
+    watch.add_argument("--once", action="store_true",
+                       help="print one frame as plain text and exit (for scripts)")  # fmt: skip
     prices = sub.add_parser("prices", help="the pricing in force for this machine, and why")
     prices.add_argument("--list", action="store_true", help="show the whole price catalog")
     demo = sub.add_parser("demo", help="train a small PyTorch model with the hook, then summarise")
@@ -348,11 +355,21 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_report(config: Config, args: argparse.Namespace) -> int:
-    from profiler.report import ReportError, build_report, render
+    from profiler.report import ReportError, budgets_from_config, build_report, render, to_focus
 
+    try:
+        monthly, projects = budgets_from_config(config.budget, config.source)
+    except ReportError as e:
+        raise CliError(str(e)) from e
+    budget = args.budget if args.budget is not None else monthly
     ledger = Ledger(config.ledger, readonly=True)
     try:
-        text = render(build_report(ledger, args.month, args.group_by, args.budget), args.format)
+        if args.format == "focus":
+            text = to_focus(ledger, args.month)
+        else:
+            report = build_report(ledger, args.month, args.group_by, budget,
+                                  project_budgets=projects)  # fmt: skip
+            text = render(report, args.format)
     except ReportError as e:
         raise CliError(str(e)) from e
     finally:
@@ -361,11 +378,19 @@ def cmd_report(config: Config, args: argparse.Namespace) -> int:
         print(text, end="")
         return 0
     try:
-        args.out.write_text(text)
+        args.out.write_text(text, newline="")
     except OSError as e:
         raise CliError(f"--out {args.out}: cannot write ({e.strerror})") from e
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def cmd_watch(config: Config, args: argparse.Namespace) -> int:
+    from profiler.watch import watch
+
+    if not 0.1 <= args.interval <= 3600:
+        raise CliError(f"--interval {args.interval:g}: seconds from 0.1 to 3600")
+    return watch(config, interval=args.interval, once=args.once)
 
 
 def cmd_compare(config: Config, args: argparse.Namespace) -> int:
@@ -414,5 +439,6 @@ COMMANDS = {
     "prices": cmd_prices,
     "compare": cmd_compare,
     "report": cmd_report,
+    "watch": cmd_watch,
     "demo": cmd_demo,
 }

@@ -48,6 +48,8 @@ class Config:
     # they came from, for messages.
     cost: dict[str, Any] = field(default_factory=dict)
     catalog: dict[str, Any] = field(default_factory=dict)
+    # [budget]: monthly = amount; [budget.projects]: project = amount (the report currency).
+    budget: dict[str, Any] = field(default_factory=dict)
     source: str = "defaults"
 
     @property
@@ -186,14 +188,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from e
     values: dict[str, Any] = {}
-    for table in ("cost", "catalog"):
+    for table in ("cost", "catalog", "budget"):
         if table in data:
             if not isinstance(data[table], dict):
                 raise ConfigError(f"{path}: '{table}' must be a table ([{table}])")
             values[table] = data.pop(table)
     section = data.get("daemon", data) if isinstance(data.get("daemon"), dict) else data
     known = {f.name for f in fields(Config)} - {
-        "home", "process_check_interval_s", "source", "cost", "catalog",
+        "home", "process_check_interval_s", "source", "cost", "catalog", "budget",
     }  # fmt: skip
     for key, value in section.items():
         if key == "daemon":

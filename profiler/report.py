@@ -90,6 +90,17 @@ class MonthReport:
     simulated_runs: int
     budget: float | None
     forecast: float | None  # the month's projected cost at its end (current month only)
+    project_budgets: dict[str, float] = field(default_factory=dict)
+
+    def project_budget_lines(self) -> list[tuple[str, float, float, float | None]]:
+        """(project, budget, cost, forecast) for each project with a budget."""
+        costs = dict(_group(self.runs, "project", self.currency))
+        scale = self.forecast / self.totals.cost if self.forecast and self.totals.cost else None
+        out = []
+        for project, amount in sorted(self.project_budgets.items()):
+            cost = costs[project].cost if project in costs else 0.0
+            out.append((project, amount, cost, cost * scale if scale is not None else None))
+        return out
 
     @property
     def top_runs(self) -> list[RunLine]:
@@ -118,12 +129,33 @@ def parse_month(text: str | None, today: dt.date | None = None) -> tuple[str, fl
     return f"{year:04d}-{month:02d}", start.timestamp(), end.timestamp()
 
 
+def budgets_from_config(table: dict[str, Any], where: str) -> tuple[float | None, dict[str, float]]:
+    """``[budget]`` from profiler.toml: ``monthly = amount`` and ``[budget.projects]`` with
+    ``project = amount`` (the report currency). Raises ReportError naming a bad key."""
+
+    def amount(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ReportError(f"{where} [budget]: '{key}' must be a positive amount, got {value!r}")
+        return float(value)
+
+    unknown = set(table) - {"monthly", "projects"}
+    if unknown:
+        raise ReportError(f"{where} [budget]: unknown key '{sorted(unknown)[0]}' "
+                          "(known: monthly, projects)")  # fmt: skip
+    monthly = amount("monthly", table["monthly"]) if "monthly" in table else None
+    projects = table.get("projects", {})
+    if not isinstance(projects, dict):
+        raise ReportError(f"{where} [budget]: 'projects' must be a table ([budget.projects])")
+    return monthly, {str(k): amount(f"projects.{k}", v) for k, v in projects.items()}
+
+
 def build_report(
     ledger: Ledger,
     month: str | None = None,
     group_by: list[str] | None = None,
     budget: float | None = None,
     now: float | None = None,
+    project_budgets: dict[str, float] | None = None,
 ) -> MonthReport:
     """The month's report (see the module docstring for what is counted where)."""
     now = dt.datetime.now(UTC).timestamp() if now is None else now
@@ -162,6 +194,7 @@ def build_report(
         simulated_runs=sum(1 for r in runs if r.simulated),
         budget=budget,
         forecast=forecast,
+        project_budgets=dict(project_budgets or {}),
     )
 
 
@@ -243,6 +276,45 @@ def _group(runs: list[RunLine], key: str, currency: str) -> list[tuple[str, Tota
     return sorted(rows, key=lambda kv: (-kv[1].cost, kv[0]))
 
 
+def to_focus(ledger: Ledger, month: str | None = None, now: float | None = None) -> str:
+    """The month as a FOCUS 1.2 cost-and-usage CSV (:mod:`profiler.focus`): one row per priced
+    run per UTC day, from the minute rollups. Runs never priced have no currency and no row."""
+    from profiler.focus import FocusUsage, write_focus
+
+    now = dt.datetime.now(UTC).timestamp() if now is None else now
+    _label, start, end = parse_month(month, dt.datetime.fromtimestamp(now, UTC).date())
+    runs, _daily = _month_runs(ledger, start, end)
+    meta = {r.id: r for r in runs if r.currency}
+    extra = {
+        r["id"]: json.loads(r["meta"] or "{}").get("cost", {})
+        for r in ledger.db.execute("SELECT id, meta FROM runs")
+        if r["id"] in meta
+    }
+    usages = []
+    for row in ledger.db.execute(
+        "SELECT run_id, CAST(minute / 86400 AS INTEGER) * 86400 AS day, sum(cost_gpu_time), "
+        "sum(cost_energy), sum(gpu_seconds), sum(gpu_energy_j + cpu_energy_j), sum(co2_g) "
+        "FROM rollups WHERE minute >= ? AND minute < ? GROUP BY run_id, day ORDER BY day, run_id",
+        (start, end),
+    ):
+        run = meta.get(row[0])
+        if run is None:
+            continue
+        cost = extra.get(run.id, {})
+        usages.append(FocusUsage(
+            run_id=run.id, run_name=run.name, project=run.project, user=run.user,
+            framework=run.framework, host=run.host, gpu_model=run.gpu_model,
+            day=dt.datetime.fromtimestamp(row[1], UTC).date(), currency=run.currency,
+            cost_gpu_time=row[2], cost_energy=row[3], gpu_hours=row[4] / 3600,
+            kwh=row[5] / 3.6e6, co2_kg=row[6] / 1000 if cost.get("co2_known") else None,
+            pricing_profile=(cost.get("pricing_profiles") or [""])[-1],
+            simulated=run.simulated,
+        ))  # fmt: skip
+    out = io.StringIO(newline="")
+    write_focus(usages, dt.datetime.fromtimestamp(start, UTC).date(), out)
+    return out.getvalue()
+
+
 # ---- rendering ----------------------------------------------------------------------------------
 
 
@@ -265,6 +337,10 @@ def to_json(report: MonthReport) -> str:
         "budget": report.budget,
         "budget_used": report.totals.cost / report.budget if report.budget else None,
         "forecast": report.forecast,
+        "project_budgets": [
+            {"project": p, "budget": b, "cost": c, "used": c / b, "forecast": f}
+            for p, b, c, f in report.project_budget_lines()
+        ],
         "simulated_runs": report.simulated_runs,
         "other_currency_runs": report.other_currency_runs,
     }
@@ -339,6 +415,13 @@ def to_markdown(report: MonthReport) -> str:
         if report.forecast is not None:
             lines[-1] += f" Forecast for the month's end: {report.forecast:,.2f} {cur} " \
                          f"({report.forecast / report.budget:.0%} of budget)."  # fmt: skip
+        lines.append("")
+    if report.project_budgets:
+        lines += ["## Project budgets", "", f"| project | budget ({cur}) | cost | used | "
+                  "forecast |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for project, amount, cost, forecast in report.project_budget_lines():
+            lines.append(f"| {_md(project)} | {amount:,.2f} | {cost:,.2f} | {cost / amount:.1%} "
+                         f"| {_f(forecast, ',.2f')} |")  # fmt: skip
         lines.append("")
     for key, rows in [*report.groups.items(), ("framework", report.by("framework")),
                       ("name", report.by("name"))]:  # fmt: skip

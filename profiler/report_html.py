@@ -67,6 +67,17 @@ def to_html(report: MonthReport, generated: dt.datetime | None = None) -> str:
         for v, label, note in cards) + "</div>")  # fmt: skip
     parts += ["<h2>Totals against the previous month</h2>", _totals_table(t, p, cur)]
     parts += ["<h2>Daily cost by project</h2>", _daily_chart(report)]
+    if report.project_budgets:
+        rows = "".join(
+            f"<tr><td>{escape(p)}</td><td>{b:,.2f}</td><td>{c:,.2f}</td><td>{c / b:.0%}</td>"
+            f"<td>{_f(f, ',.2f')}</td></tr>"
+            for p, b, c, f in report.project_budget_lines()
+        )
+        head = (
+            f"<tr><th>project</th><th>budget ({cur})</th><th>cost</th><th>used</th>"
+            "<th>forecast</th></tr>"
+        )
+        parts += ["<h2>Project budgets</h2>", f"<table>{head}{rows}</table>"]
     groups = [*report.groups.items(), ("framework", report.by("framework")),
               ("model (run name)", report.by("name"))]  # fmt: skip
     for key, rows in groups:

@@ -127,3 +127,52 @@ def test_html_is_self_contained_and_escapes_user_text(ledger):
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing fetched
     assert "https://" not in page and "<svg" in page and "simulated GPU" in page
     assert "23.00 USD" in page  # the month's total, as in the other formats
+
+
+def test_budgets_from_profiler_toml(ledger, tmp_path):
+    (tmp_path / "profiler.toml").write_text(
+        "[budget]\nmonthly = 50\n[budget.projects]\nvision = 40\nnlp = 2\n"
+    )
+    env = profiler_env(tmp_path)
+    out = run_cli(env, "report", "--month", "2026-11", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["budget"] == 50 and body["budget_used"] == pytest.approx(23.0 / 50)
+    lines = {b["project"]: b for b in body["project_budgets"]}
+    assert lines["vision"]["cost"] == pytest.approx(20.0)
+    assert lines["vision"]["used"] == pytest.approx(0.5)
+    assert lines["nlp"]["used"] == pytest.approx(1.5)  # over budget
+    md = run_cli(env, "report", "--month", "2026-11").stdout
+    assert "## Project budgets" in md and "| nlp | 2.00 | 3.00 | 150.0% |" in md
+    (tmp_path / "profiler.toml").write_text("[budget]\nmonthly = -1\n")
+    bad = run_cli(env, "report", "--month", "2026-11")
+    assert bad.returncode == 2 and "'monthly' must be a positive amount" in bad.stderr
+    assert bad.stderr.count("\n") == 1
+
+
+def test_focus_export_has_one_row_per_run_per_day_and_every_mandatory_column(ledger, tmp_path):
+    from pathlib import Path
+
+    spec = json.loads((Path(__file__).parent / "data" / "focus_1_2_columns.json").read_text())
+    columns = spec["columns"] if isinstance(spec, dict) else spec
+    mandatory = {c["name"] for c in columns if c.get("feature_level") == "Mandatory"}
+    assert len(mandatory) == 21
+    env = profiler_env(tmp_path)
+    out_file = tmp_path / "nov-focus.csv"
+    out = run_cli(env, "report", "--month", "2026-11", "--format", "focus", "--out", str(out_file))
+    assert out.returncode == 0, out.stderr
+    with out_file.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert mandatory <= set(rows[0])
+    assert [(r["ResourceId"], r["ChargePeriodStart"]) for r in rows] == [
+        ("b", "2026-11-01T00:00:00Z"),
+        ("a", "2026-11-03T00:00:00Z"),
+        ("c", "2026-11-20T00:00:00Z"),
+        ("d", "2026-11-21T00:00:00Z"),
+    ]
+    usd = [r for r in rows if r["BillingCurrency"] == "USD"]
+    assert sum(float(r["BilledCost"]) for r in usd) == pytest.approx(23.0)
+    assert float(next(r for r in rows if r["ResourceId"] == "d")["BilledCost"]) == 99.0
+    assert next(r for r in rows if r["ResourceId"] == "c")["ResourceName"] == HOSTILE
+    assert all(r["BillingPeriodStart"] == "2026-11-01T00:00:00Z" for r in rows)
+    assert all(r["ChargeCategory"] == "Usage" for r in rows)
