@@ -102,6 +102,18 @@ class MonthReport:
             out.append((project, amount, cost, cost * scale if scale is not None else None))
         return out
 
+    def waste_by_reason(self) -> dict[str, float]:
+        """The month's waste cost by reason (``idle``, ``nonfinite``). Minute rollups hold waste
+        cost as one figure; each run's month share is split by its whole-run reason shares."""
+        out: dict[str, float] = {}
+        for run in self.runs:
+            whole = sum(run.waste_by_reason.values())
+            if run.currency != self.currency or not whole:
+                continue
+            for reason, cost in run.waste_by_reason.items():
+                out[reason] = out.get(reason, 0.0) + run.totals.waste_cost * cost / whole
+        return out
+
     @property
     def top_runs(self) -> list[RunLine]:
         priced = [r for r in self.runs if r.currency == self.currency]
@@ -334,6 +346,7 @@ def to_json(report: MonthReport) -> str:
         "top_runs": [_run_dict(r) for r in report.top_runs],
         "runs": [_run_dict(r) for r in report.runs],
         "daily": [{"day": d, "cost_by_project": c} for d, c in report.daily],
+        "waste_by_reason": report.waste_by_reason(),
         "budget": report.budget,
         "budget_used": report.totals.cost / report.budget if report.budget else None,
         "forecast": report.forecast,
@@ -409,6 +422,11 @@ def to_markdown(report: MonthReport) -> str:
         _row("samples", t.samples, p.samples),
         "",
     ]  # fmt: skip
+    waste = report.waste_by_reason()
+    if waste:
+        parts = ", ".join(f"{reason} {cost:,.2f} {cur}" for reason, cost in sorted(waste.items()))
+        lines += [f"Waste: {parts} (idle: GPU held doing no work; nonfinite: after the loss "
+                  "became NaN or infinite).", ""]  # fmt: skip
     if report.budget:
         used = t.cost / report.budget
         lines += [f"Budget {report.budget:,.2f} {cur}: {used:.1%} used."]

@@ -66,6 +66,11 @@ def to_html(report: MonthReport, generated: dt.datetime | None = None) -> str:
         + (f"<br><span>{escape(note)}</span>" if note else "") + "</div>"
         for v, label, note in cards) + "</div>")  # fmt: skip
     parts += ["<h2>Totals against the previous month</h2>", _totals_table(t, p, cur)]
+    waste = report.waste_by_reason()
+    if waste:
+        items = ", ".join(f"{escape(k)} {v:,.2f} {cur}" for k, v in sorted(waste.items()))
+        parts.append(f"<p>Waste: {items} (idle: GPU held doing no work; nonfinite: after the "
+                     "loss became NaN or infinite).</p>")  # fmt: skip
     parts += ["<h2>Daily cost by project</h2>", _daily_chart(report)]
     if report.project_budgets:
         rows = "".join(

@@ -40,7 +40,10 @@ def roll(rid, at, cost_gpu, cost_energy=0.0, gpu_j=3.6e6, cpu_j=0.0, gpu_s=3600.
 def ledger(tmp_path):
     ledger = Ledger(tmp_path / "ledger.sqlite")
     runs = [
-        run_row("a", "resnet", "vision", "pytorch"),
+        {
+            **run_row("a", "resnet", "vision", "pytorch"),
+            "meta": {"cost": {"waste": {"idle": 3.0, "nonfinite": 1.0}}},
+        },
         run_row("b", "bert", "nlp", "keras-tensorflow"),  # spans Oct 31 -> Nov 1
         run_row("c", HOSTILE, "vision", "pytorch", simulated=True),
         run_row("d", "eur-run", "nlp", "pytorch", currency="EUR"),
@@ -84,6 +87,8 @@ def test_formats_agree_and_escape_user_text(ledger):
     body = json.loads(render(report, "json"))
     assert body["totals"]["cost"] == pytest.approx(23.0)
     assert body["budget_used"] == pytest.approx(0.23)
+    # a's November waste (2.0) split by its whole-run reasons, 3:1
+    assert body["waste_by_reason"] == {"idle": pytest.approx(1.5), "nonfinite": pytest.approx(0.5)}
     assert body["forecast"] == pytest.approx(23.0 * 30 / 10)  # 10 days into a 30-day month
     assert {g["value"] for g in body["groups"]["gpu_model"]} == {"A100", "H100", "L4"}
     assert [d["day"] for d in body["daily"]] == ["2026-11-01", "2026-11-03", "2026-11-20"]
