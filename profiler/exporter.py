@@ -195,8 +195,8 @@ class DaemonCollector:
                 labels=["run", *DEVICE_LABELS],
             ),
             "gpu_seconds": CounterMetricFamily(
-                "profiler_run_gpu_seconds", "GPU time the run held (device-seconds).",
-                labels=["run"],
+                "profiler_run_gpu_seconds", "GPU time the run held, per device (device-seconds).",
+                labels=["run", *DEVICE_LABELS],
             ),
             "steps": CounterMetricFamily(
                 "profiler_run_steps", "Training steps finished.", labels=["run"]
@@ -278,7 +278,13 @@ class DaemonCollector:
                      d.hostname],
                     joules,
                 )  # fmt: skip
-            families["gpu_seconds"].add_metric([run.id], run.total_gpu_seconds)
+            for uuid, seconds in sorted(run.gpu_seconds.items()):
+                dev = d.devices.get(uuid)
+                families["gpu_seconds"].add_metric(
+                    [run.id, str(dev.index) if dev else "", uuid, dev.model if dev else "",
+                     d.hostname],
+                    seconds,
+                )  # fmt: skip
             families["steps"].add_metric([run.id], run.steps)
             families["samples"].add_metric([run.id], run.samples)
             families["dropped"].add_metric([run.id], run.dropped_steps)

@@ -1,0 +1,198 @@
+"""Grafana dashboards, proved without Grafana: every query names only series the daemon exports,
+and every panel's query returns data from a real Prometheus scraping a real daemon during a real
+training run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO, start_daemon, wait_for
+from prometheus_client import CollectorRegistry, generate_latest
+from test_cost import pricing
+from test_daemon_energy import hello, make_daemon
+
+from profiler.exporter import DaemonCollector
+from profiler.ingest import StepBatch, StepExtras
+
+DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
+NAME = re.compile(r"\bprofiler_[a-z_]+\b")
+# Panels that are empty by design in this test's set-up, and why.
+EMPTY_BY_DESIGN = {"Framework memory": "framework memory is reported only while CUDA is in use"}
+
+
+def queries(dashboard: dict) -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target, annotation and variable."""
+    out = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            out.append((f"panel {panel['title']!r} {target['refId']}", target["expr"]))
+    for ann in dashboard["annotations"]["list"]:
+        out.append((f"annotation {ann['name']!r}", ann["expr"]))
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            out.append((f"variable {var['name']!r}", var["definition"]))
+    return out
+
+
+def exported_names(home: Path) -> set[str]:
+    """Every series name the exporter can emit, from an in-process daemon with a priced run."""
+    d, _sim, clock = make_daemon(home, [[(100.0, 250.0)]])
+    d.set_pricing(pricing(kind="flat", gph=3.6, carbon=300.0))
+    d.sample()
+    d.handle(hello("r", os.getpid(), clock.now))
+    extras = StepExtras(loss=1.0, memory=(1, 2, 3))
+    for i in range(1, 30):
+        clock.now += 0.1
+        d.sample()
+        d.handle(StepBatch("r", os.getpid(), ((i, clock.now - 0.1, clock.now, 8, extras),), 0))
+    d.cpu_energy_j = {"package-0": (100.0, "rapl")}  # as a CPU sensor would give
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(d))
+    names = set()
+    for line in generate_latest(registry).decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+            names.add(name)
+            names.update(name + s for s in suffixes.get(kind, []))
+        elif line and not line.startswith("#"):
+            names.add(line.split("{")[0].split(" ")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboards_use_only_exported_series(path, tmp_path):
+    dashboard = json.loads(path.read_text())
+    exported = exported_names(tmp_path)
+    unknown = {
+        (where, name)
+        for where, expr in queries(dashboard)
+        for name in NAME.findall(expr)
+        if name not in exported
+    }
+    assert not unknown, f"series the daemon does not export: {sorted(unknown)}"
+    assert dashboard["uid"] and dashboard["panels"]
+
+
+def test_dashboards_are_current_with_their_builder(tmp_path):
+    before = {p.name: p.read_text() for p in DASHBOARDS}
+    subprocess.run([sys.executable, str(REPO / "dashboards" / "build.py")], check=True)
+    after = {p.name: p.read_text() for p in sorted((REPO / "dashboards").glob("*.json"))}
+    assert after == before, "dashboards/*.json differ from dashboards/build.py: run it"
+
+
+# ---- against a real Prometheus ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def promql(base: str, expr: str) -> list:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"prometheus refused {expr!r}: {e.read().decode()[:300]}") from e
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def substitute(expr: str, run: str, host: str) -> str:
+    """Grafana's variables as the test's values (plain: the test's ids need no escaping)."""
+    return (expr.replace("$__rate_interval", "15s").replace("$__range", "5m")
+            .replace("$run", run).replace("$hostname", host))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path):
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if os.environ.get("PROFILER_REQUIRE_PROMTOOL"):
+            pytest.fail("prometheus not found: install Debian's prometheus package (make test)")
+        pytest.skip("prometheus not installed")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "profiler.toml").write_text(
+        '[cost]\npricing = "flat"\ngpu_hour_price = 3.6\ncarbon_g_per_kwh = 400\n'
+    )
+    d = start_daemon(home)
+    metrics = urllib.parse.urlparse(d.metrics_url)
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n- job_name: ml-profiler\n"
+        f"  static_configs: [{{targets: ['{metrics.netloc}']}}]\n"
+    )
+    prom = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    train = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "scripts" / "train_tiny.py"), "--steps", "2500",
+         "--step-sleep", "0.01"],
+        env=dict(d.env, PROFILER_RUN_ID="dash-run"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _ready(base), timeout=30, what="prometheus to answer")
+        wait_for(lambda: promql(base, 'profiler_run_steps_total{run="dash-run"} > 50'),
+                 timeout=60, what="prometheus to scrape the run's steps")  # fmt: skip
+        time.sleep(16)  # rate() windows of 15 s hold enough samples
+        assert train.poll() is None, "the training ended before the live checks"
+        host = promql(base, "profiler_run_info")[0]["metric"]["hostname"]
+        empty, checked = [], 0
+        later = []
+        for path in DASHBOARDS:
+            dashboard = json.loads(path.read_text())
+            for where, expr in queries(dashboard):
+                if any(f"panel {title!r}" in where for title in EMPTY_BY_DESIGN):
+                    continue
+                if "profiler_run_end_time_seconds" in expr:  # exists once the run ended
+                    later.append((where, expr))
+                    continue
+                if expr.startswith("label_values("):
+                    metric, label = re.match(r"label_values\((\w+), (\w+)\)", expr).groups()
+                    expr = f"count by ({label}) ({metric})"
+                checked += 1
+                if not promql(base, substitute(expr, "dash-run", host)):
+                    empty.append(f"{path.name}: {where}: {expr}")
+        assert not empty, "queries with no data:\n" + "\n".join(empty)
+        train.communicate(timeout=120)
+        assert train.returncode == 0
+        for where, expr in later:
+            wait_for(lambda e=expr: promql(base, substitute(e, "dash-run", host)), timeout=30,
+                     what=f"{where} to have data after the run ended")  # fmt: skip
+        assert checked >= 25
+    finally:
+        for proc in (train, prom):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        d.stop()
+
+
+def _ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
