@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("md", "html", "csv", "json", "focus"), default="md",
                         help="focus: a FOCUS 1.2 cost-and-usage CSV")  # fmt: skip
     report.add_argument("--out", type=Path, help="write here instead of standard output")
+    report.add_argument("--prometheus", metavar="URL",
+                        help="the fleet, from the Prometheus scraping every daemon")  # fmt: skip
     report.add_argument("--group-by", action="append", default=[],
                         choices=("project", "user", "framework", "host", "gpu_model"),
                         help="a table per grouping (repeat for several)")  # fmt: skip
@@ -362,18 +364,27 @@ def cmd_report(config: Config, args: argparse.Namespace) -> int:
     except ReportError as e:
         raise CliError(str(e)) from e
     budget = args.budget if args.budget is not None else monthly
-    ledger = Ledger(config.ledger, readonly=True)
     try:
-        if args.format == "focus":
-            text = to_focus(ledger, args.month)
-        else:
-            report = build_report(ledger, args.month, args.group_by, budget,
-                                  project_budgets=projects)  # fmt: skip
+        if args.prometheus:
+            from profiler.fleet import build_fleet_report
+
+            if args.format == "focus":
+                raise ReportError("--format focus reads the ledger; leave out --prometheus")
+            report = build_fleet_report(args.prometheus, args.month, args.group_by, budget)
             text = render(report, args.format)
+        else:
+            ledger = Ledger(config.ledger, readonly=True)
+            try:
+                if args.format == "focus":
+                    text = to_focus(ledger, args.month)
+                else:
+                    report = build_report(ledger, args.month, args.group_by, budget,
+                                          project_budgets=projects)  # fmt: skip
+                    text = render(report, args.format)
+            finally:
+                ledger.close()
     except ReportError as e:
         raise CliError(str(e)) from e
-    finally:
-        ledger.close()
     if args.out is None:
         print(text, end="")
         return 0

@@ -44,6 +44,7 @@ class Config:
     cpu_tdp_w: float | None = None
     rapl_root: str = "/sys/class/powercap"
     process_check_interval_s: float = 1.0
+    hostname: str = ""  # the name in metrics and runs; empty: the machine's host name
     # The [cost] and [catalog] tables as written (validated by profiler.pricing), and where
     # they came from, for messages.
     cost: dict[str, Any] = field(default_factory=dict)
@@ -157,6 +158,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
     ),
     "cpu_tdp_w": (_optional_watts, 'watts from 1 to 5000, or "auto"', "PROFILER_CPU_TDP"),
     "rapl_root": (_text, "a directory path", "PROFILER_RAPL_ROOT"),
+    "hostname": (_text, "a non-empty host name", "PROFILER_HOSTNAME"),
 }
 
 

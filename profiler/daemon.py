@@ -822,7 +822,7 @@ def build_daemon(config: Config) -> Daemon:
     cpu, cpu_text = discover_cpu_sensor(root=config.rapl_root, tdp_w=config.cpu_tdp_w)
     return Daemon(
         config, gpu_sensor=gpu, gpu_description=gpu_text, cpu_sensor=cpu, cpu_description=cpu_text,
-        pricing=pricing,
+        pricing=pricing, hostname=config.hostname or None,
     )  # fmt: skip
 
 
