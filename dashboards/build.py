@@ -229,6 +229,13 @@ training = {
     "annotations": {
         "list": [
             {
+                "name": "Runs (posted by the daemon)",
+                "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                "enable": True,
+                "iconColor": "blue",
+                "target": {"type": "tags", "tags": ["ml-profiler"], "limit": 200},
+            },
+            {
                 "name": "Run start",
                 "datasource": DS,
                 "enable": True,

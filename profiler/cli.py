@@ -24,6 +24,8 @@ from profiler.config import Config, ConfigError, load_config
 from profiler.energy import percentile
 from profiler.ledger import Ledger, LedgerError
 
+DASHBOARDS_DIR = Path(__file__).resolve().parent.parent / "dashboards"
+
 
 class CliError(Exception):
     """A one-line error for the user."""
@@ -87,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between refreshes (1)")  # fmt: skip
     watch.add_argument("--once", action="store_true",
                        help="print one frame as plain text and exit (for scripts)")  # fmt: skip
+    dash = sub.add_parser("dashboards", help="Grafana dashboards")
+    dsub = dash.add_subparsers(dest="dashboards_command", metavar="ACTION", required=True)
+    push = dsub.add_parser("push", help="create or update the dashboards in Grafana (idempotent)")
+    push.add_argument("--grafana-url", required=True, metavar="URL",
+                      help="Grafana root, e.g. http://localhost:3000")  # fmt: skip
+    push.add_argument("--token-file", metavar="F",
+                      help="a file with a service-account token (else $GRAFANA_TOKEN)")  # fmt: skip
+    push.add_argument("--folder", default="ML profiler", metavar="TITLE")
+    push.add_argument("--dir", type=Path, default=DASHBOARDS_DIR, metavar="DIR",
+                      help="the dashboard JSON files (default: the checkout's)")  # fmt: skip
     prices = sub.add_parser("prices", help="the pricing in force for this machine, and why")
     prices.add_argument("--list", action="store_true", help="show the whole price catalog")
     demo = sub.add_parser("demo", help="train a small PyTorch model with the hook, then summarise")
@@ -396,6 +408,20 @@ def cmd_report(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboards(config: Config, args: argparse.Namespace) -> int:
+    from profiler.grafana import GrafanaError, push_dashboards, token_from
+
+    if not args.dir.is_dir():
+        raise CliError(f"--dir {args.dir}: no such folder; pass the folder of the dashboard JSON")
+    try:
+        token = token_from(os.environ, args.token_file)
+        uids = push_dashboards(args.grafana_url, token, args.dir, folder_title=args.folder)
+    except GrafanaError as e:
+        raise CliError(str(e)) from e
+    print(f"pushed {len(uids)} dashboards to {args.grafana_url}: {', '.join(uids)}")
+    return 0
+
+
 def cmd_watch(config: Config, args: argparse.Namespace) -> int:
     from profiler.watch import watch
 
@@ -451,5 +477,6 @@ COMMANDS = {
     "compare": cmd_compare,
     "report": cmd_report,
     "watch": cmd_watch,
+    "dashboards": cmd_dashboards,
     "demo": cmd_demo,
 }

@@ -45,6 +45,9 @@ class Config:
     rapl_root: str = "/sys/class/powercap"
     process_check_interval_s: float = 1.0
     hostname: str = ""  # the name in metrics and runs; empty: the machine's host name
+    # Annotate run starts and ends in Grafana (token: $GRAFANA_TOKEN or grafana_token_file).
+    grafana_url: str = ""
+    grafana_token_file: str = ""
     # The [cost] and [catalog] tables as written (validated by profiler.pricing), and where
     # they came from, for messages.
     cost: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +133,13 @@ def _optional_watts(value: Any) -> float | None:
     return _bounded(1, 5000)(value)
 
 
+def _url(value: Any) -> str:
+    text = _text(value)
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("an http(s) URL")
+    return text.rstrip("/")
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("a non-empty string")
@@ -159,6 +169,8 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
     "cpu_tdp_w": (_optional_watts, 'watts from 1 to 5000, or "auto"', "PROFILER_CPU_TDP"),
     "rapl_root": (_text, "a directory path", "PROFILER_RAPL_ROOT"),
     "hostname": (_text, "a non-empty host name", "PROFILER_HOSTNAME"),
+    "grafana_url": (_url, "an http:// or https:// URL", "PROFILER_GRAFANA_URL"),
+    "grafana_token_file": (_text, "a file path", "PROFILER_GRAFANA_TOKEN_FILE"),
 }
 
 

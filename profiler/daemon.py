@@ -88,6 +88,8 @@ class Daemon:
     ) -> None:
         self.config = config
         self.cost_meter = CostMeter(pricing or no_pricing())
+        # Posts run starts and ends to Grafana (profiler.grafana.Annotator) when configured.
+        self.annotator: Any = None
         self.gpu_sensor = gpu_sensor
         self.gpu_source = gpu_sensor.source if gpu_sensor is not None else "none"
         self.gpu_description = gpu_description
@@ -129,6 +131,7 @@ class Daemon:
     def _hello(self, msg: Hello) -> None:
         f = msg.fields
         run = self.runs.get(msg.run) or self._resume(msg.run)
+        created = False
         if run is None:
             run = Run(
                 id=msg.run,
@@ -140,6 +143,7 @@ class Daemon:
             )
             self.runs[run.id] = run
             self.health["runs_started"] += 1
+            created = True
         elif not run.live:
             self.health["messages_for_ended_run"] += 1
             return
@@ -149,6 +153,8 @@ class Daemon:
                 setattr(run, key, f[key])
         run.batch_size = f["batch_size"] or run.batch_size
         run.total_steps = f["total_steps"] or run.total_steps
+        if created:
+            self._announce(run, "start")
         proc = run.processes.get(msg.pid)
         if proc is None:
             proc = ProcessInfo(pid=msg.pid, create_time=_create_time(msg.pid))
@@ -435,12 +441,27 @@ class Daemon:
         run.dirty = True
         self._finished_at[run.id] = self.clock()
         self.health["runs_ended"] += 1
+        self._announce(run, "end")
         detach = getattr(self.gpu_sensor, "detach_process", None)
         for pid in run.processes:
             self._proc_cpu.pop(pid, None)
             if detach is not None:
                 detach(pid)
         self.flush()
+
+    def _announce(self, run: Run, event: str) -> None:
+        """A Grafana annotation for a run's start or end (queued; never blocks the loop)."""
+        if self.annotator is None:
+            return
+        what = f"{run.name} ({run.framework or 'unknown framework'})"
+        if event == "start":
+            text, when = f"{what} started", run.started_at
+        else:
+            cost = run.cost
+            money = f", cost {cost.total:.2f} {cost.currency}" if cost.currency else ""
+            text, when = f"{what} {run.status}{money}", run.ended_at or self.wall()
+        tags = ["ml-profiler", f"run:{run.id}", event] + ([run.status] if event == "end" else [])
+        self.annotator.annotate(when, text, tags)
 
     def forget_finished(self) -> None:
         """Finished runs leave /metrics after ``finished_run_ttl_s``; the ledger keeps them."""
@@ -790,6 +811,8 @@ class Service:
             d.flush()
         if self.http is not None:
             self.http.shutdown()
+        if d.annotator is not None:
+            d.annotator.close(2.0)
         if d.ledger is not None:
             d.ledger.close()
         if d.gpu_sensor is not None:
@@ -820,10 +843,19 @@ def build_daemon(config: Config) -> Daemon:
         raise DaemonError(f"gpu = {config.gpu!r}: {e}") from e
     pricing = effective_pricing(config)
     cpu, cpu_text = discover_cpu_sensor(root=config.rapl_root, tdp_w=config.cpu_tdp_w)
-    return Daemon(
+    daemon = Daemon(
         config, gpu_sensor=gpu, gpu_description=gpu_text, cpu_sensor=cpu, cpu_description=cpu_text,
         pricing=pricing, hostname=config.hostname or None,
     )  # fmt: skip
+    if config.grafana_url:
+        from profiler.grafana import Annotator, GrafanaError, token_from
+
+        try:
+            token = token_from(os.environ, config.grafana_token_file or None)
+            daemon.annotator = Annotator(config.grafana_url, token)
+        except GrafanaError as e:
+            log.warning("Grafana annotations are off: %s", e)
+    return daemon
 
 
 def effective_pricing(config: Config) -> Pricing:

@@ -39,7 +39,8 @@ def queries(dashboard: dict) -> list[tuple[str, str]]:
         for target in panel["targets"]:
             out.append((f"panel {panel['title']!r} {target['refId']}", target["expr"]))
     for ann in dashboard["annotations"]["list"]:
-        out.append((f"annotation {ann['name']!r}", ann["expr"]))
+        if "expr" in ann:  # Prometheus annotations (the Grafana ones come from the daemon)
+            out.append((f"annotation {ann['name']!r}", ann["expr"]))
     for var in dashboard["templating"]["list"]:
         if var["type"] == "query":
             out.append((f"variable {var['name']!r}", var["definition"]))
