@@ -120,3 +120,74 @@ def sample_value(text: str, name: str, **labels: str) -> float | None:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+@dataclass
+class PrometheusProcess:
+    """A real ``prometheus`` on a free loopback port, scraping ``targets`` every second."""
+
+    proc: subprocess.Popen
+    base: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def start_prometheus(tmp_path: Path, metrics_urls: list[str]) -> PrometheusProcess:
+    """Start Debian's ``prometheus`` scraping the daemons' ``/metrics`` URLs (skips the test
+    when it is missing, unless PROFILER_REQUIRE_PROMTOOL is set); returns once it answers."""
+    import shutil
+    import socket
+    import urllib.parse
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if os.environ.get("PROFILER_REQUIRE_PROMTOOL"):
+            pytest.fail("prometheus not found: install Debian's prometheus package (make test)")
+        pytest.skip("prometheus not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    targets = ", ".join(f"'{urllib.parse.urlparse(u).netloc}'" for u in metrics_urls)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs:\n- job_name: ml-profiler\n  static_configs: [{{targets: [{targets}]}}]\n"
+    )
+    proc = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    prom = PrometheusProcess(proc, f"http://127.0.0.1:{port}")
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{prom.base}/-/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, timeout=30, what="prometheus to answer")
+    except AssertionError:
+        prom.stop()
+        raise
+    return prom
+
+
+def promql(base: str, expr: str) -> list:
+    """An instant query's result list (AssertionError with Prometheus's reason if refused)."""
+    import urllib.error
+    import urllib.parse
+
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"prometheus refused {expr!r}: {e.read().decode()[:300]}") from e
+    assert body["status"] == "success", body
+    return body["data"]["result"]

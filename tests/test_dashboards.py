@@ -7,18 +7,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, start_daemon, wait_for
+from conftest import REPO, promql, start_daemon, start_prometheus, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from test_cost import pricing
 from test_daemon_energy import hello, make_daemon
@@ -97,23 +92,6 @@ def test_dashboards_are_current_with_their_builder(tmp_path):
 # ---- against a real Prometheus ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def promql(base: str, expr: str) -> list:
-    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            body = json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        raise AssertionError(f"prometheus refused {expr!r}: {e.read().decode()[:300]}") from e
-    assert body["status"] == "success", body
-    return body["data"]["result"]
-
-
 def substitute(expr: str, run: str, host: str) -> str:
     """Grafana's variables as the test's values (plain: the test's ids need no escaping)."""
     return (expr.replace("$__rate_interval", "15s").replace("$__range", "5m")
@@ -122,31 +100,18 @@ def substitute(expr: str, run: str, host: str) -> str:
 
 @pytest.mark.slow
 def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path):
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if os.environ.get("PROFILER_REQUIRE_PROMTOOL"):
-            pytest.fail("prometheus not found: install Debian's prometheus package (make test)")
-        pytest.skip("prometheus not installed")
     home = tmp_path / "home"
     home.mkdir()
     (home / "profiler.toml").write_text(
         '[cost]\npricing = "flat"\ngpu_hour_price = 3.6\ncarbon_g_per_kwh = 400\n'
     )
     d = start_daemon(home)
-    metrics = urllib.parse.urlparse(d.metrics_url)
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n- job_name: ml-profiler\n"
-        f"  static_configs: [{{targets: ['{metrics.netloc}']}}]\n"
-    )
-    prom = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    try:
+        prom = start_prometheus(tmp_path, [d.metrics_url])
+    except BaseException:
+        d.stop()
+        raise
+    base = prom.base
     train = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "scripts" / "train_tiny.py"), "--steps", "2500",
          "--step-sleep", "0.01"],
@@ -154,7 +119,6 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path):
         stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        wait_for(lambda: _ready(base), timeout=30, what="prometheus to answer")
         wait_for(lambda: promql(base, 'profiler_run_steps_total{run="dash-run"} > 50'),
                  timeout=60, what="prometheus to scrape the run's steps")  # fmt: skip
         time.sleep(16)  # rate() windows of 15 s hold enough samples
@@ -184,16 +148,8 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path):
                      what=f"{where} to have data after the run ended")  # fmt: skip
         assert checked >= 25
     finally:
-        for proc in (train, prom):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        if train.poll() is None:
+            train.kill()
+            train.wait(10)
+        prom.stop()
         d.stop()
-
-
-def _ready(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False

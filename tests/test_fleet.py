@@ -4,43 +4,32 @@ Prometheus scraping both; the fleet report from Prometheus equals the sum of the
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
-import urllib.parse
 
 import pytest
-from conftest import REPO, run_cli, start_daemon, wait_for
-from test_dashboards import _ready, free_port, promql
+from conftest import REPO, promql, run_cli, start_daemon, start_prometheus, wait_for
 
 pytestmark = pytest.mark.slow
 PRICED = '[cost]\npricing = "flat"\ngpu_hour_price = 3.6\ncarbon_g_per_kwh = 400\n'
 
 
 def test_fleet_report_from_prometheus_equals_the_sum_of_the_ledgers(tmp_path):
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus not installed")
     daemons = []
     for host in ("node-a", "node-b"):
         home = tmp_path / host
         home.mkdir()
         (home / "profiler.toml").write_text(PRICED)
         daemons.append(start_daemon(home, PROFILER_HOSTNAME=host))
-    port = free_port()
-    targets = ", ".join(f"'{urllib.parse.urlparse(d.metrics_url).netloc}'" for d in daemons)
-    config = tmp_path / "prometheus.yml"
-    config.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n- job_name: ml-profiler\n"
-                      f"  static_configs: [{{targets: [{targets}]}}]\n")  # fmt: skip
-    prom = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _ready(base), timeout=30, what="prometheus to answer")
+        prom = start_prometheus(tmp_path, [d.metrics_url for d in daemons])
+    except BaseException:
+        for d in daemons:
+            d.stop()
+        raise
+    base = prom.base
+    try:
         trainings = [
             subprocess.Popen(
                 [
@@ -89,7 +78,6 @@ def test_fleet_report_from_prometheus_equals_the_sum_of_the_ledgers(tmp_path):
                       "--month", month)  # fmt: skip
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cannot query" in bad.stderr
     finally:
-        prom.kill()
-        prom.wait(10)
+        prom.stop()
         for d in daemons:
             d.stop()
