@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from profiler.report import md_cell
+
 FORMATS = ("table", "md", "json")
 
 
@@ -132,9 +134,9 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     if any(r["simulated"] for r in rows):
         notes.append("measured on the simulated GPU, not hardware")
     if fmt == "md":
-        lines = ["| " + " | ".join(_md(c) for c in header) + " |"]
+        lines = ["| " + " | ".join(md_cell(c) for c in header) + " |"]
         lines.append("|" + "---|" * len(header))
-        lines += ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in body]
+        lines += ["| " + " | ".join(md_cell(c) for c in cells) + " |" for cells in body]
         return "\n".join(lines + [""] + [f"_{n}_" for n in notes])
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines = [_aligned(cells, widths) for cells in [header, *body]]
@@ -147,8 +149,3 @@ def _aligned(cells: list[str], widths: list[int]) -> str:
         c.ljust(w) if i == 0 else c.rjust(w)
         for i, (c, w) in enumerate(zip(cells, widths, strict=True))
     )
-
-
-def _md(text: str) -> str:
-    """A Markdown table cell: pipes and angle brackets escaped (names come from users)."""
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")

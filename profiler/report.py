@@ -438,31 +438,32 @@ def to_markdown(report: MonthReport) -> str:
         lines += ["## Project budgets", "", f"| project | budget ({cur}) | cost | used | "
                   "forecast |", "|---|---:|---:|---:|---:|"]  # fmt: skip
         for project, amount, cost, forecast in report.project_budget_lines():
-            lines.append(f"| {_md(project)} | {amount:,.2f} | {cost:,.2f} | {cost / amount:.1%} "
-                         f"| {_f(forecast, ',.2f')} |")  # fmt: skip
+            lines.append(f"| {md_cell(project)} | {amount:,.2f} | {cost:,.2f} | "
+                         f"{cost / amount:.1%} | {_f(forecast, ',.2f')} |")  # fmt: skip
         lines.append("")
     for key, rows in [*report.groups.items(), ("framework", report.by("framework")),
                       ("name", report.by("name"))]:  # fmt: skip
         title = {"name": "model (run name)"}.get(key, key)
         lines += [f"## By {title}", "",
-                  f"| {_md(title)} | cost ({cur}) | GPU-hours | kWh | kg CO2e | samples | "
+                  f"| {md_cell(title)} | cost ({cur}) | GPU-hours | kWh | kg CO2e | samples | "
                   f"cost per 1k samples | J per sample |", "|---|" + "---:|" * 7]  # fmt: skip
         for value, g in rows:
-            lines.append(f"| {_md(value)} | {g.cost:,.2f} | {g.gpu_hours:,.2f} | {g.kwh:,.3f} | "
-                         f"{g.co2_kg:,.3f} | {g.samples:,} | {_f(g.cost_per_1k_samples, '.5f')} | "
+            lines.append(f"| {md_cell(value)} | {g.cost:,.2f} | {g.gpu_hours:,.2f} | "
+                         f"{g.kwh:,.3f} | {g.co2_kg:,.3f} | {g.samples:,} | "
+                         f"{_f(g.cost_per_1k_samples, '.5f')} | "
                          f"{_f(g.joules_per_sample, '.3f')} |")  # fmt: skip
         lines.append("")
     lines += ["## Top runs by cost", "", f"| run | name | project | cost ({cur}) | GPU-hours | "
               "waste |", "|---|---|---|---:|---:|---:|"]  # fmt: skip
     for r in report.top_runs:
         star = "*" if r.simulated else ""
-        lines.append(f"| {_md(r.id)}{star} | {_md(r.name)} | {_md(r.project)} | "
+        lines.append(f"| {md_cell(r.id)}{star} | {md_cell(r.name)} | {md_cell(r.project)} | "
                      f"{r.totals.cost:,.2f} | {r.totals.gpu_hours:,.2f} | "
                      f"{r.totals.waste_cost:,.2f} |")  # fmt: skip
     lines += ["", "## Daily cost by project", "", "| day | " + f"cost ({cur}) | by project |",
               "|---|---:|---|"]  # fmt: skip
     for day, by_project in report.daily:
-        parts = ", ".join(f"{_md(k)} {v:,.2f}" for k, v in sorted(by_project.items()))
+        parts = ", ".join(f"{md_cell(k)} {v:,.2f}" for k, v in sorted(by_project.items()))
         lines.append(f"| {day} | {sum(by_project.values()):,.2f} | {parts} |")
     return "\n".join(lines) + "\n"
 
@@ -477,7 +478,7 @@ def _f(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _md(text: str) -> str:
+def md_cell(text: str) -> str:
     """A Markdown table cell from user text: pipes, angle brackets and ampersands escaped."""
     return (text.replace("&", "&amp;").replace("|", "\\|").replace("<", "&lt;")
             .replace(">", "&gt;"))  # fmt: skip

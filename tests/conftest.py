@@ -191,3 +191,42 @@ def promql(base: str, expr: str) -> list:
         raise AssertionError(f"prometheus refused {expr!r}: {e.read().decode()[:300]}") from e
     assert body["status"] == "success", body
     return body["data"]["result"]
+
+
+def exported_series_names(home: Path) -> set[str]:
+    """Every series name the exporter can emit: the exposition of an in-process daemon with a
+    priced run that took steps (with loss and framework memory) and CPU energy; families with no
+    samples count too."""
+    import re
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from test_cost import pricing
+    from test_daemon_energy import hello, make_daemon
+
+    from profiler.exporter import DaemonCollector
+    from profiler.ingest import StepBatch, StepExtras
+
+    d, _sim, clock = make_daemon(home, [[(100.0, 250.0)]])
+    d.set_pricing(pricing(kind="flat", gph=3.6, kwh=0.2, pue=1.5, carbon=300.0))
+    d.sample()
+    d.handle(hello("r", os.getpid(), clock.now))
+    extras = StepExtras(loss=1.0, memory=(1, 2, 3))
+    for i in range(1, 30):
+        clock.now += 0.1
+        d.sample()
+        d.handle(StepBatch("r", os.getpid(), ((i, clock.now - 0.1, clock.now, 8, extras),), 0))
+    d.cpu_energy_j = {"package-0": (100.0, "rapl")}  # as a CPU sensor would give
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(d))
+    text = generate_latest(registry).decode()
+    assert 'profiler_run_cost_total{component="gpu_time",run="r"}' in text
+    names: set[str] = set()
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            names.add(name)
+            names.update(name + s for s in suffixes.get(kind, []))
+        elif line and not line.startswith("#"):
+            names.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
+    return names

@@ -5,21 +5,20 @@ training run."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import REPO, promql, start_daemon, start_prometheus, wait_for
-from prometheus_client import CollectorRegistry, generate_latest
-from test_cost import pricing
-from test_daemon_energy import hello, make_daemon
-
-from profiler.exporter import DaemonCollector
-from profiler.ingest import StepBatch, StepExtras
+from conftest import (
+    REPO,
+    exported_series_names,
+    promql,
+    start_daemon,
+    start_prometheus,
+    wait_for,
+)
 
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
 NAME = re.compile(r"\bprofiler_[a-z_]+\b")
@@ -42,36 +41,10 @@ def queries(dashboard: dict) -> list[tuple[str, str]]:
     return out
 
 
-def exported_names(home: Path) -> set[str]:
-    """Every series name the exporter can emit, from an in-process daemon with a priced run."""
-    d, _sim, clock = make_daemon(home, [[(100.0, 250.0)]])
-    d.set_pricing(pricing(kind="flat", gph=3.6, carbon=300.0))
-    d.sample()
-    d.handle(hello("r", os.getpid(), clock.now))
-    extras = StepExtras(loss=1.0, memory=(1, 2, 3))
-    for i in range(1, 30):
-        clock.now += 0.1
-        d.sample()
-        d.handle(StepBatch("r", os.getpid(), ((i, clock.now - 0.1, clock.now, 8, extras),), 0))
-    d.cpu_energy_j = {"package-0": (100.0, "rapl")}  # as a CPU sensor would give
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(d))
-    names = set()
-    for line in generate_latest(registry).decode().splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split()
-            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
-            names.add(name)
-            names.update(name + s for s in suffixes.get(kind, []))
-        elif line and not line.startswith("#"):
-            names.add(line.split("{")[0].split(" ")[0])
-    return names
-
-
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_dashboards_use_only_exported_series(path, tmp_path):
     dashboard = json.loads(path.read_text())
-    exported = exported_names(tmp_path)
+    exported = exported_series_names(tmp_path)
     unknown = {
         (where, name)
         for where, expr in queries(dashboard)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, exported_series_names
 
 PROM = REPO / "deploy" / "prometheus"
 RULE_FILES = [PROM / "alerts.yml", PROM / "recording.yml"]
@@ -107,43 +107,10 @@ def used_metric_names() -> dict[str, set[str]]:
     return used
 
 
-def exported_metric_names(tmp_path: Path) -> set[str]:
-    """Names in the exposition of an in-process daemon with a priced run that took steps."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from test_cost import pricing, run_for
-    from test_daemon_energy import hello, make_daemon
-
-    from profiler.exporter import DaemonCollector
-    from profiler.ingest import StepBatch
-
-    d, _sim, clock = make_daemon(tmp_path, [[(4000.0, 250.0)]])
-    d.set_pricing(pricing(kind="flat", gph=3.6, kwh=0.2, pue=1.5, carbon=300.0))
-    pid = os.getpid()
-    t0 = clock.now
-    d.sample()
-    d.handle(hello("rules", pid, t0))
-    run_for(d, clock, 20.0, every=lambda now: d.handle(StepBatch(
-        "rules", pid, ((int(now - t0), now - 1.0, now, 8, None),), 0)))  # fmt: skip
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(d))
-    text = generate_latest(registry).decode()
-    assert 'profiler_run_cost_total{component="gpu_time",run="rules"}' in text
-    names: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):  # families with no samples yet still count
-            _, _, name, kind = line.split(" ", 3)
-            names.add(name)
-            if kind == "histogram":
-                names.update(name + s for s in ("_bucket", "_sum", "_count"))
-        elif line and not line.startswith("#"):
-            names.add(NAME.match(line).group(0))
-    return names
-
-
 def test_rules_read_only_metrics_the_exporter_emits(tmp_path):
     used = used_metric_names()
     for name in ("profiler_run_cost_total", "profiler_run_info", "profiler_sensor_errors_total"):
         assert name in used  # the extraction finds what the rules read
-    exported = exported_metric_names(tmp_path)
+    exported = exported_series_names(tmp_path)
     unknown = {name: sorted(where) for name, where in used.items() if name not in exported}
     assert not unknown, f"rules read metrics the exporter does not emit: {unknown}"
