@@ -36,6 +36,9 @@ STEPS_PER_DATAGRAM = 1024
 ENDS_PER_DATAGRAM = 4096  # 32 kB of float64, 44 kB of base64
 SEND_BUFFER_BYTES = 1 << 20
 AUTOSTART_TIMEOUT_S = 20.0
+# With no daemon (autostart off or failed), try again every 0.5 s, backing off to 5 s.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 5.0
 
 
 def spawn_daemon(home: Path) -> subprocess.Popen:
@@ -43,7 +46,8 @@ def spawn_daemon(home: Path) -> subprocess.Popen:
     caller), with its output appended to ``<home>/daemon.log``."""
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     env = dict(os.environ, PROFILER_HOME=str(home))
-    with open(home / "daemon.log", "ab") as out:
+    fd = os.open(home / "daemon.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "profiler", "daemon"],
             stdin=subprocess.DEVNULL,
@@ -88,6 +92,7 @@ class Client:
         self.dropped_total = 0
         self.errors = 0  # exceptions swallowed at the hook boundary
         self._last_flush = time.monotonic()
+        self.since = self._last_flush  # sent in hello: when this process began its run
         self._last_hello = 0.0
         self._lock = threading.Lock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -99,6 +104,8 @@ class Client:
         self._warned = False
         self.ready = threading.Event()
         self.closed = False
+        self._closing = threading.Event()
+        self._stale = False  # a send failed: say hello again before the next message
         self._thread = threading.Thread(target=self._connect, name="profiler-connect", daemon=True)
         self._thread.start()
 
@@ -204,22 +211,36 @@ class Client:
     # ---- messages -----------------------------------------------------------------------------
 
     def _send(self, message: dict[str, Any]) -> bool:
+        """Send one message; after a failed send (daemon gone, perhaps restarted since), say
+        ``hello`` first so a new daemon knows the run before its steps arrive."""
         try:
-            self._sock.sendto(wire.encode(message), self.path)
+            if self._stale and message.get("type") != "hello":
+                self._sendto(self._hello_message())
+                self._stale = False
+            self._sendto(message)
+            if message.get("type") == "hello":
+                self._stale = False
             return True
         except BlockingIOError:  # the daemon's receive queue is full
             if self.ready.is_set():
                 self._warn("the profiler daemon is not keeping up; dropping steps")
             return False
         except OSError:  # no daemon, socket gone
+            self._stale = True
             if self.ready.is_set():
                 self._warn(f"cannot reach the profiler daemon at {self.path}; dropping steps")
             return False
 
-    def _send_hello(self) -> bool:
+    def _sendto(self, message: dict[str, Any]) -> None:
+        self._sock.sendto(wire.encode(message), self.path)
+
+    def _hello_message(self) -> dict[str, Any]:
         self._last_hello = time.monotonic()
-        fields = dict(self.hello_fields, mono=time.monotonic(), wall=time.time())
-        return self._send(wire.hello(self.run_id, self.pid, **fields))
+        fields = dict(self.hello_fields, mono=time.monotonic(), wall=time.time(), since=self.since)
+        return wire.hello(self.run_id, self.pid, **fields)
+
+    def _send_hello(self) -> bool:
+        return self._send(self._hello_message())
 
     def update_hello(self, **fields: Any) -> None:
         """Change what ``hello`` says (e.g. devices learnt later) and resend it soon."""
@@ -231,8 +252,11 @@ class Client:
         if self.closed:
             return
         self.closed = True
+        self._closing.set()
         try:
             self._thread.join(timeout=AUTOSTART_TIMEOUT_S)  # the connect attempt, if any
+            if not self.ready.is_set() and self._send_hello():  # a daemon came up just now
+                self.ready.set()
             self._flush()
             if self.ready.is_set():
                 self._send(wire.bye(self.run_id, self.pid, status, time.monotonic()))
@@ -253,6 +277,9 @@ class Client:
     # ---- connecting and autostart ------------------------------------------------------------
 
     def _connect(self) -> None:
+        """Reach the daemon (starting it if allowed); failing that, keep trying with backoff
+        while steps queue (bounded), so a daemon started later gets the run without any user
+        action."""
         try:
             if self._send_hello() or (self.autostart and self._start_daemon()):
                 self.ready.set()
@@ -260,14 +287,23 @@ class Client:
             self._warn(
                 f"no profiler daemon at {self.path}"
                 + ("" if self.autostart else " (PROFILER_AUTOSTART=0)")
+                + "; will keep trying"
             )
+            delay = RETRY_FIRST_S
+            while not self._closing.wait(delay):
+                if self._send_hello():
+                    self.ready.set()
+                    log.warning("profiler: reached the daemon at %s; recording resumes", self.path)
+                    return
+                delay = min(2 * delay, RETRY_MAX_S)
         except Exception as e:  # noqa: BLE001 - the hook boundary
             self.errors += 1
             self._warn(f"could not reach the profiler daemon ({e})")
 
     def _start_daemon(self) -> bool:
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.home / "autostart.lock", "a") as lock:
+        fd = os.open(self.home / "autostart.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self._send_hello():  # another process started it while we waited
                 return True

@@ -270,6 +270,8 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "steps": steps,
         "samples": row["samples"],
         "dropped_steps": row["dropped_steps"],
+        # seconds no daemon measured (run began before it, or it restarted): energy missing
+        "unmeasured_s": meta.get("unmeasured_s", 0.0),
         "step_time_mean_s": row["step_time_sum_s"] / timed if timed else None,
         "step_time_p50_s": percentile(sorted(meta.get("durations", [])), 0.5),
         "step_time_p95_s": row["step_time_p95_s"],

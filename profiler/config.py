@@ -48,6 +48,11 @@ class Config:
     # Annotate run starts and ends in Grafana (token: $GRAFANA_TOKEN or grafana_token_file).
     grafana_url: str = ""
     grafana_token_file: str = ""
+    # The socket is owner-only (0600); a group name or gid here makes it 0660 for that group.
+    socket_group: str = ""
+    # Runs kept in memory and in /metrics; past it the oldest finished runs leave first, and
+    # a new run is refused (counted) while all are live.
+    max_runs: int = 500
     # The [cost] and [catalog] tables as written (validated by profiler.pricing), and where
     # they came from, for messages.
     cost: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +145,28 @@ def _url(value: Any) -> str:
     return text.rstrip("/")
 
 
+def _group(value: Any) -> str:
+    from profiler.ingest import group_id
+
+    text = str(value).strip()
+    if isinstance(value, bool) or not text:
+        raise ValueError("a group name or gid")
+    group_id(text)  # raises ValueError for an unknown group
+    return text
+
+
+def _count(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"an integer from {lo} to {hi}")
+        number = int(value)
+        if not lo <= number <= hi:
+            raise ValueError(f"an integer from {lo} to {hi}")
+        return number
+
+    return check
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("a non-empty string")
@@ -171,6 +198,12 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
     "hostname": (_text, "a non-empty host name", "PROFILER_HOSTNAME"),
     "grafana_url": (_url, "an http:// or https:// URL", "PROFILER_GRAFANA_URL"),
     "grafana_token_file": (_text, "a file path", "PROFILER_GRAFANA_TOKEN_FILE"),
+    "socket_group": (
+        _group,
+        "the name or gid of a group on this machine",
+        "PROFILER_SOCKET_GROUP",
+    ),
+    "max_runs": (_count(10, 100_000), "an integer from 10 to 100000", "PROFILER_MAX_RUNS"),
 }
 
 

@@ -120,7 +120,12 @@ class Daemon:
     # ---- messages -------------------------------------------------------------------------
 
     def handle(self, msg: Message) -> None:
-        """Apply one decoded message to the run state."""
+        """Apply one decoded message to the run state, unless its sender may not send it
+        (counted as ``rejected:<reason>``)."""
+        refusal = self._refusal(msg)
+        if refusal is not None:
+            self.message_counts[f"rejected:{refusal}"] += 1
+            return
         if isinstance(msg, Hello):
             self._hello(msg)
         elif isinstance(msg, StepBatch):
@@ -128,18 +133,66 @@ class Daemon:
         elif isinstance(msg, Bye):
             self._bye(msg)
 
+    def _refusal(self, msg: Message) -> str | None:
+        """Why the message's sender (kernel credentials) may not send it, or None. Root may
+        speak for anyone; other users only for their own runs and their own processes.
+        Without credentials (in-process use) everything is allowed."""
+        sender = msg.sender
+        if sender is None or sender.uid == 0:
+            return None
+        run = self.runs.get(msg.run) or self._resume(msg.run)
+        if run is not None and run.owner_uid not in (None, sender.uid):
+            return "run_not_owned"
+        if msg.proxy and msg.pid != sender.pid:
+            owner = _owner_uid(msg.pid)
+            if owner is None:
+                if run is None or msg.pid not in run.processes:
+                    return "pid_not_found"
+            elif owner != sender.uid:
+                return "pid_not_owned"
+        return None
+
+    def _owner_of(self, msg: Message) -> int | None:
+        """The non-root uid a message speaks for: the target process's owner for a proxy,
+        else the sender's; None when root or unknown."""
+        if msg.sender is None:
+            return None
+        uid = _owner_uid(msg.pid) if msg.proxy else msg.sender.uid
+        return uid or None
+
+    def _make_room(self) -> bool:
+        """Keep at most ``max_runs`` runs in memory (and in /metrics): drop the oldest finished
+        runs once the ledger holds them. False when every run is live (or unsaved)."""
+        if len(self.runs) < self.config.max_runs:
+            return True
+        for run_id, _when in sorted(self._finished_at.items(), key=lambda kv: kv[1]):
+            if self.runs[run_id].dirty and self.ledger is not None:
+                self.flush()
+            if self.runs[run_id].dirty and self.ledger is not None:
+                return False  # the ledger does not take writes now: keep what is unsaved
+            del self.runs[run_id]
+            del self._finished_at[run_id]
+            if len(self.runs) < self.config.max_runs:
+                return True
+        return False
+
     def _hello(self, msg: Hello) -> None:
         f = msg.fields
         run = self.runs.get(msg.run) or self._resume(msg.run)
         created = False
         if run is None:
+            if not self._make_room():
+                self.message_counts["rejected:too_many_runs"] += 1
+                return
+            since = min(f.get("since", f["mono"]), f["mono"])
             run = Run(
                 id=msg.run,
                 name=f["name"] or msg.run,
-                start_mono=f["mono"],
+                start_mono=since,
                 last_event_mono=f["mono"],
-                started_at=f["wall"],
+                started_at=f["wall"] - (f["mono"] - since),
                 wall_offset_s=f["wall"] - f["mono"],
+                unmeasured_s=max(0.0, self.started_mono - since),
             )
             self.runs[run.id] = run
             self.health["runs_started"] += 1
@@ -147,6 +200,8 @@ class Daemon:
         elif not run.live:
             self.health["messages_for_ended_run"] += 1
             return
+        if run.owner_uid is None:
+            run.owner_uid = self._owner_of(msg)
         for key in ("project", "user", "framework", "framework_version", "hook", "host", "clock",
                     "samples_source", "memory_source"):  # fmt: skip
             if f.get(key):
@@ -493,7 +548,7 @@ class Daemon:
         self.ledger = Ledger(self.config.ledger)
         self.ledger.record_pricing(self.wall(), self.cost_meter.pricing)
         for row in self.ledger.runs(status="running"):
-            run = _run_from_row(row)
+            run = self._restored(row)
             alive = {
                 int(pid): ct
                 for pid, ct in row["meta"].get("pids", {}).items()
@@ -514,8 +569,18 @@ class Daemon:
         row = self.ledger.run(run_id)
         if row is None or row["status"] != "running":
             return None
+        run = self.runs[run_id] = self._restored(row)
+        return run
+
+    def _restored(self, row: dict[str, Any]) -> Run:
+        """A running run from the ledger. What happened between the previous daemon's last
+        flush of it and this daemon's start was not measured: add that gap to
+        ``unmeasured_s``."""
         run = _run_from_row(row)
-        self.runs[run_id] = run
+        flushed = row["meta"].get("flushed_mono")
+        if flushed is not None and flushed < self.started_mono:
+            run.unmeasured_s += self.started_mono - flushed
+            run.dirty = True
         return run
 
     def flush(self) -> None:
@@ -591,6 +656,9 @@ class Daemon:
             "nonfinite_loss_steps": run.nonfinite_loss_steps,
             "first_nonfinite_step": run.first_nonfinite_step,
             "cpu_energy_source": run.cpu_energy_source,
+            "owner_uid": run.owner_uid,
+            "unmeasured_s": run.unmeasured_s,
+            "flushed_mono": self.clock(),
             "step_time_max_s": run.step_time_max_s,
             "durations": run.reservoir[:512],
         }
@@ -650,6 +718,8 @@ def _run_from_row(row: dict[str, Any]) -> Run:
         run.gpu_seconds[d["uuid"]] = d["gpu_seconds"]
     run.cpu_energy_j = row["cpu_energy_j"]
     run.cpu_energy_source = meta.get("cpu_energy_source", "")
+    run.owner_uid = meta.get("owner_uid")
+    run.unmeasured_s = meta.get("unmeasured_s", 0.0)
     run.dirty = False
     return run
 
@@ -683,6 +753,14 @@ def _create_time(pid: int) -> float | None:
     try:
         return psutil.Process(pid).create_time()
     except (psutil.Error, OSError):
+        return None
+
+
+def _owner_uid(pid: int) -> int | None:
+    """The real uid of process ``pid``, or None when there is no such process."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
         return None
 
 
@@ -745,9 +823,19 @@ class Service:
         host = self.config.metrics_host
         shown = f"[{host}]" if ":" in host else host
         self.metrics_url = f"http://{shown}:{port}/metrics"
-        self.receiver = Receiver(self.config.socket, self.daemon.message_counts)
+        group = None
+        if self.config.socket_group:
+            from profiler.ingest import group_id
+
+            group = group_id(self.config.socket_group)
+            # The group may pass through the home directory to the socket (not list it).
+            os.chown(self.config.home, -1, group)
+            os.chmod(self.config.home, 0o710)
+        self.receiver = Receiver(self.config.socket, self.daemon.message_counts, group=group)
         tmp = self.config.status_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.daemon.status(self.metrics_url), indent=1))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(self.daemon.status(self.metrics_url), indent=1))
         tmp.replace(self.config.status_file)
         log.info(
             "daemon %s listening on %s, metrics at %s; %s",
@@ -869,7 +957,9 @@ def effective_pricing(config: Config) -> Pricing:
 
 
 def run_foreground(config: Config) -> None:
-    """``profiler daemon``: run until SIGTERM/SIGINT, then flush and exit."""
+    """``profiler daemon``: run until SIGTERM/SIGINT, then flush and exit. Files the daemon
+    creates (ledger, status, lock) are owner-only: umask 077."""
+    os.umask(0o077)
     daemon = build_daemon(config)
     service = Service(daemon)
     service.start()

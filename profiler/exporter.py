@@ -71,8 +71,18 @@ class DaemonCollector:
         for key, n in sorted(counts.items()):
             if key.startswith("malformed:"):
                 malformed.add_metric([key.split(":", 1)[1]], n)
+        rejected = CounterMetricFamily(
+            "profiler_messages_rejected",
+            "Well-formed messages refused, by reason: run_not_owned, pid_not_owned, "
+            "pid_not_found (kernel credentials), too_many_runs (max_runs).",
+            labels=["reason"],
+        )
+        for key, n in sorted(counts.items()):
+            if key.startswith("rejected:"):
+                rejected.add_metric([key.split(":", 1)[1]], n)
         yield received
         yield malformed
+        yield rejected
         ignored = CounterMetricFamily(
             "profiler_messages_ignored",
             "Well-formed messages not applied, by reason (unknown run, run already ended).",
@@ -207,6 +217,11 @@ class DaemonCollector:
             "dropped": CounterMetricFamily(
                 "profiler_run_dropped_steps", "Steps the hooks could not deliver.", labels=["run"]
             ),
+            "unmeasured": GaugeMetricFamily(
+                "profiler_run_unmeasured_seconds",
+                "Seconds of the run no daemon measured (before it started, or across a restart).",
+                labels=["run"],
+            ),
             "start": GaugeMetricFamily(
                 "profiler_run_start_time_seconds", "Run start (unix seconds).", labels=["run"]
             ),
@@ -288,6 +303,7 @@ class DaemonCollector:
             families["steps"].add_metric([run.id], run.steps)
             families["samples"].add_metric([run.id], run.samples)
             families["dropped"].add_metric([run.id], run.dropped_steps)
+            families["unmeasured"].add_metric([run.id], run.unmeasured_s)
             families["start"].add_metric([run.id], run.started_at)
             if run.ended_at is not None:
                 families["end"].add_metric([run.id], run.ended_at)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import grp
 import json
 import math
 import os
 import socket
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,7 @@ from hooks import wire
 
 MAX_STEPS_PER_MESSAGE = 10_000
 MAX_TEXT = 256
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
 class Malformed(ValueError):
@@ -26,10 +30,24 @@ class Malformed(ValueError):
 
 
 @dataclass(frozen=True)
+class Sender:
+    """Who sent a datagram, from the kernel (``SCM_CREDENTIALS``), not from its text."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
 class Hello:
+    """``pid`` is the process the message is about: the sender itself, or, with ``proxy``, a
+    process the sender speaks for (``profiler run``/``attach``)."""
+
     run: str
     pid: int
     fields: dict[str, Any]
+    proxy: bool = False
+    sender: Sender | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,8 @@ class StepBatch:
     pid: int
     rows: tuple[StepRow, ...]
     dropped: int
+    proxy: bool = False
+    sender: Sender | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,8 @@ class Bye:
     pid: int
     status: str
     mono: float | None
+    proxy: bool = False
+    sender: Sender | None = None
 
 
 Message = Hello | StepBatch | Bye
@@ -82,18 +104,20 @@ def decode(data: bytes) -> Message:
     kind = body.get("type")
     run = _label(body, "run", required=True)
     pid = _int(body, "pid", lo=1, hi=2**31)
+    proxy = body.get("proxy", False)
+    if not isinstance(proxy, bool):
+        raise Malformed("bad_field", "proxy")
     if kind == "hello":
-        return Hello(run, pid, _hello_fields(body))
+        return Hello(run, pid, _hello_fields(body), proxy)
     if kind == "step":
-        return StepBatch(
-            run, pid, _step_rows(body), _int(body, "dropped", lo=0, hi=2**62, default=0)
-        )
+        dropped = _int(body, "dropped", lo=0, hi=2**62, default=0)
+        return StepBatch(run, pid, _step_rows(body), dropped, proxy)
     if kind == "bye":
         status = body.get("status")
         if status not in wire.BYE_STATUSES:
             raise Malformed("bad_field", "status")
         mono = body.get("mono")
-        return Bye(run, pid, status, _finite(mono, "mono") if mono is not None else None)
+        return Bye(run, pid, status, _finite(mono, "mono") if mono is not None else None, proxy)
     raise Malformed("bad_type", repr(kind)[:40])
 
 
@@ -122,6 +146,9 @@ def _hello_fields(body: dict[str, Any]) -> dict[str, Any]:
     out["devices"] = tuple(sanitize(str(d)) for d in devices)
     out["mono"] = _finite(body.get("mono"), "mono")
     out["wall"] = _finite(body.get("wall"), "wall")
+    # When the hook began (monotonic seconds), if before it reached the daemon.
+    since = body.get("since")
+    out["since"] = min(_finite(since, "since"), out["mono"]) if since is not None else out["mono"]
     return out
 
 
@@ -246,9 +273,15 @@ def sanitize(text: str) -> str:
 
 
 class Receiver:
-    """The daemon's unix datagram socket (owner-only permissions)."""
+    """The daemon's unix datagram socket: owner-only (0600) by default, or owner and ``group``
+    (0660) when one is given. Every datagram comes with its sender's pid, uid and gid from the
+    kernel (``SO_PASSCRED``); a message that is not a proxy gets the kernel's pid (which is
+    also right across pid namespaces), so a hook cannot speak for another process by naming
+    it."""
 
-    def __init__(self, path: Path, counts: Counter[str] | None = None) -> None:
+    def __init__(
+        self, path: Path, counts: Counter[str] | None = None, *, group: int | None = None
+    ) -> None:
         self.path = path
         # "received", "malformed:<reason>"
         self.counts: Counter[str] = counts if counts is not None else Counter()
@@ -260,8 +293,13 @@ class Receiver:
             self.sock.bind(str(path))
         finally:
             os.umask(old)
+        if group is not None:
+            os.chown(path, -1, group)
+            os.chmod(path, 0o660)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.setblocking(False)
+        self._ancillary = socket.CMSG_SPACE(_UCRED.size)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -271,14 +309,22 @@ class Receiver:
         out: list[Message] = []
         for _ in range(limit):
             try:
-                data = self.sock.recv(wire.MAX_DATAGRAM_BYTES + 1)
+                data, ancdata, _flags, _addr = self.sock.recvmsg(
+                    wire.MAX_DATAGRAM_BYTES + 1, self._ancillary
+                )
             except BlockingIOError:
                 break
             self.counts["received"] += 1
             try:
-                out.append(decode(data))
+                message = decode(data)
             except Malformed as e:
                 self.counts[f"malformed:{e.reason}"] += 1
+                continue
+            sender = _sender(ancdata)
+            if sender is not None:
+                pid = message.pid if message.proxy else sender.pid
+                message = dataclasses.replace(message, pid=pid, sender=sender)
+            out.append(message)
         return out
 
     def close(self) -> None:
@@ -287,3 +333,21 @@ class Receiver:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _sender(ancdata: list[tuple[int, int, bytes]]) -> Sender | None:
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            if len(data) >= _UCRED.size:
+                return Sender(*_UCRED.unpack(data[: _UCRED.size]))
+    return None
+
+
+def group_id(value: str | int) -> int:
+    """A group name or number as a gid; raises ValueError naming an unknown group."""
+    if isinstance(value, int) or str(value).isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(str(value)).gr_gid
+    except KeyError:
+        raise ValueError(f"no group named {value!r} on this machine") from None

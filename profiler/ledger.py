@@ -9,6 +9,7 @@ spans a month boundary splits cleanly, and a restarted daemon continues where th
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -146,6 +147,9 @@ class Ledger:
         if readonly and not self.path.exists():
             raise LedgerError(f"no ledger at {self.path}: start the daemon or run a job first")
         uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        if not readonly and not self.path.exists():
+            # Owner-only from the first byte; SQLite gives its -wal/-shm files the same mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             self.db = sqlite3.connect(uri, uri=True, timeout=10)
             self.db.row_factory = sqlite3.Row

@@ -140,6 +140,12 @@ class Run:
     # Device UUID -> monotonic time from which the run holds it.
     device_since: dict[str, float] = field(default_factory=dict)
     bye_status: str | None = None
+    # The user the run belongs to (kernel uid of the first non-root process that spoke for
+    # it); None when unknown. Other users' messages for the run are refused.
+    owner_uid: int | None = None
+    # Seconds of the run during which no daemon measured it (started before the daemon, or a
+    # daemon restart): its energy there is missing, not zero.
+    unmeasured_s: float = 0.0
     _reservoir: list[float] = field(default_factory=list)
     _seen_durations: int = 0
     _rng: random.Random = field(default_factory=lambda: random.Random(0))
