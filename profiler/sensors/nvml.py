@@ -18,10 +18,12 @@ counted in ``errors`` as ``"gpu<index>:<NVML error name>"``. ``sample()`` never 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,8 @@ POWER_INTEGRATION = "power_integration"
 NO_ENERGY = "none"
 """``energy_source`` of a device that reports neither an energy counter nor power."""
 SIMULATED_HINT = "set PROFILER_GPU=simulated to use the simulated GPU"
+CALL_TIMEOUT_S = 0.5
+"""How long one sampling pass waits for a device's NVML calls before leaving it out."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,28 @@ class _SkipDevice(Exception):
     """Internal: the device cannot be read in this sample (already counted in ``errors``)."""
 
 
+class _DeviceWorker:
+    """One daemon thread that makes a device's NVML calls, so that a call that hangs (a stuck
+    driver) holds up neither the other devices nor the daemon's loop, nor its exit."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._jobs.put((fn, future))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            fn, future = self._jobs.get()
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(e)
+
+
 def nvml_error_name(error: BaseException) -> str:
     """``NVMLError_GpuIsLost`` -> ``"GpuIsLost"``; an unmapped code -> ``"NVMLError<code>"``."""
     name = type(error).__name__
@@ -79,9 +105,18 @@ class NvmlSensor:
     ``clock`` gives monotonic seconds. Raises SensorUnavailable when NVML does not initialise.
     """
 
-    def __init__(self, nvml: Any = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        nvml: Any = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+    ) -> None:
         self._nvml = _import_pynvml() if nvml is None else nvml
         self._clock = clock
+        self.call_timeout_s = call_timeout_s
+        self._workers: dict[int, _DeviceWorker] = {}
+        self._stuck: dict[int, Future[Any]] = {}  # device index -> its call still running
         self.source = "simulated" if getattr(self._nvml, "SIMULATED", False) else "nvml"
         self.errors: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -165,14 +200,41 @@ class NvmlSensor:
     # ---- sampling
 
     def sample(self) -> list[GpuSample]:
-        """Read every device once; a device that cannot be read is left out (see ``errors``)."""
+        """Read every device once, in parallel; a device that cannot be read is left out (see
+        ``errors``). Waits at most ``call_timeout_s`` seconds: a device whose calls take longer
+        is counted once as ``gpu<index>:Timeout`` and left out until its call returns (its
+        energy counter then covers the gap)."""
         with self._lock:
             if self._closed:
                 return []
-            out = []
+            pending: list[tuple[_DeviceState, Future[Any]]] = []
             for dev in self._devices:
+                index = dev.info.index
+                stuck = self._stuck.get(index)
+                if stuck is not None:
+                    if not stuck.done():
+                        continue
+                    del self._stuck[index]
+                    log.warning("GPU %d answers again after a hung NVML call", index)
+                worker = self._workers.get(index)
+                if worker is None:
+                    worker = self._workers[index] = _DeviceWorker(f"nvml-gpu{index}")
+                pending.append((dev, worker.submit(lambda d=dev: self._sample_device(d))))
+            done, _ = wait([f for _, f in pending], timeout=self.call_timeout_s)
+            out = []
+            for dev, future in pending:
+                if future not in done:
+                    index = dev.info.index
+                    self._stuck[index] = future
+                    self.errors[f"gpu{index}:Timeout"] += 1
+                    log.warning(
+                        "GPU %d: an NVML call took over %g s; sampling the other GPUs without it",
+                        index,
+                        self.call_timeout_s,
+                    )
+                    continue
                 try:
-                    out.append(self._sample_device(dev))
+                    out.append(future.result())
                 except _SkipDevice:
                     continue
             return out

@@ -13,7 +13,9 @@ Power models, chosen per device:
   model's idle watts once the trace ends. Scripted power has no noise: the trace is the truth.
 - **load** (no trace): ``idle_w + (power_limit_w - idle_w) * utilization``, where utilization is
   the CPU activity of the processes attached to the device (CPU seconds of each process and its
-  descendants over wall seconds, summed, capped at 1.0) as a stand-in for GPU work. It is
+  descendants over wall seconds, summed, capped at 1.0) as a stand-in for GPU work. A process
+  attached inside another attached process's tree (``profiler run``'s child and the hooked
+  training process it started) is counted once, with that tree. It is
   recomputed when a query arrives and at least ``load_period_s`` has passed since the last
   recompute, from the CPU used since then; the new level holds from that moment on, so power
   follows load one period late and stays piecewise constant. Multiplicative noise
@@ -38,7 +40,7 @@ from typing import Any
 import psutil
 import pynvml
 
-from profiler.sensors.host import process_tree_cpu_seconds
+from profiler.sensors.host import outermost_pids, process_tree_cpu_seconds
 
 MIB = 1024**2
 GIB = 1024**3
@@ -348,6 +350,7 @@ class SimulatedNVML:
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
         self._init_count = 0
+        self._hang_s: dict[int, float] = {}  # device index -> seconds its reads block
         self.t0_s = clock()
         per_device = _per_device_traces(traces, count)
         self._devices = [
@@ -426,6 +429,7 @@ class SimulatedNVML:
 
     def nvmlDeviceGetPowerUsage(self, handle: SimulatedHandle) -> int:
         """Power now in milliwatts (instantaneous: the model's level at this clock time)."""
+        self._maybe_hang(handle)
         with self._lock:
             dev, now = self._device_now(handle)
             return round(dev.power.power_at(now) * 1000)
@@ -433,6 +437,7 @@ class SimulatedNVML:
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: SimulatedHandle) -> int:
         """Energy in millijoules since the (simulated) driver loaded: the floor of the exact
         integral plus ``energy_offset_mj``."""
+        self._maybe_hang(handle)
         with self._lock:
             dev, now = self._device_now(handle)
             if not dev.counter_supported:
@@ -496,6 +501,17 @@ class SimulatedNVML:
         with self._lock:
             self._devices[index].lost = lost
 
+    def set_hang(self, index: int, seconds: float) -> None:
+        """Simulate a stuck driver: power and energy reads of device ``index`` block for
+        ``seconds`` of real time (0 ends it) before answering; other devices answer at once."""
+        with self._lock:
+            self._hang_s[index] = seconds
+
+    def _maybe_hang(self, handle: SimulatedHandle) -> None:
+        seconds = self._hang_s.get(getattr(handle, "index", -1), 0.0)
+        if seconds > 0:
+            time.sleep(seconds)
+
     def reset_energy_counter(self, index: int) -> None:
         """Simulate a driver reload: the energy counter restarts from 0 mJ (the exact integral
         from ``exact_energy_j`` is unaffected)."""
@@ -552,7 +568,11 @@ class SimulatedNVML:
     def _recompute_load(self, dev: _Device, now: float) -> None:
         wall_s = now - dev.last_recompute_s
         busy_s, alive = 0.0, 0
+        outermost = outermost_pids(dev.processes)
         for pid in list(dev.processes):
+            if pid not in outermost:  # inside another attached process's tree: counted there
+                dev.cpu_prev_s.pop(pid, None)
+                continue
             cpu_s = process_tree_cpu_seconds(pid)
             if cpu_s is None:
                 dev.cpu_prev_s.pop(pid, None)

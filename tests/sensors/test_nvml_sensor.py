@@ -179,7 +179,8 @@ def test_attach_process_forwards_to_the_simulator() -> None:
     assert s0.processes == ()
     [p] = s1.processes
     assert p.pid == os.getpid() and p.used_memory_bytes > 0
-    assert s1.memory_used_bytes == BASE_MEMORY_BYTES + p.used_memory_bytes
+    # the stand-in figure is this test process's RSS, read twice while threads run: pages apart
+    assert abs(s1.memory_used_bytes - (BASE_MEMORY_BYTES + p.used_memory_bytes)) <= 1 << 20
     sensor.detach_process(os.getpid())
     assert sensor.sample()[1].processes == ()
 
