@@ -1,9 +1,12 @@
 """The sender inside training: batches steps into datagrams, starts the daemon if none listens.
 
 Promises: no method raises into training; a step costs an append and a clock read (a datagram
-every ``flush_every`` steps or ``flush_interval_s`` seconds); sends are non-blocking, and what
-cannot be sent is counted as dropped and reported to the daemon with the next batch. Connecting
-and starting the daemon happen on a background thread, while steps queue (bounded).
+every ``flush_every`` steps or ``flush_interval_s`` seconds); sends are non-blocking. What the
+daemon cannot take now (its queue is full, or it is gone or restarting) stays queued and goes at
+a later flush; only past MAX_QUEUED_STEPS, or still queued at exit, are steps dropped, and drops
+are counted and reported to the daemon. Connecting and starting the daemon happen on a
+background thread, which keeps retrying with backoff when no daemon answers; after a failed send
+the next message is preceded by ``hello``, so a restarted daemon knows the run.
 
 Autostart: when no daemon answers on ``<home>/daemon.sock``, the first process to take the lock
 ``<home>/autostart.lock`` starts ``python -m profiler daemon`` in its own session (it outlives
@@ -39,6 +42,19 @@ AUTOSTART_TIMEOUT_S = 20.0
 # With no daemon (autostart off or failed), try again every 0.5 s, backing off to 5 s.
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 5.0
+CLOSE_WAIT_S = 1.0  # at exit, how long to keep offering queued steps to a busy daemon
+
+
+def proxied(run_id: str, env: dict[str, str] | None = None) -> bool:
+    """Whether a proxy reports this process's end for run ``run_id``: ``profiler run`` (or a
+    Slurm task prolog) sets ``PROFILER_PROXY_PID`` to the pid whose exit it watches and
+    ``PROFILER_RUN_ID`` to its run. A hook in that very process then says no ``bye`` (the proxy
+    sends it with the exit status), so the run covers the whole process: a second Keras
+    ``fit()`` or work after ``handle.stop()`` stays in it. Descendants (other pids) and hooks of
+    other runs say ``bye`` as usual."""
+    env = os.environ if env is None else env
+    here = env.get("PROFILER_PROXY_PID") == str(os.getpid())
+    return here and env.get("PROFILER_RUN_ID") == run_id
 
 
 def spawn_daemon(home: Path) -> subprocess.Popen:
@@ -166,43 +182,72 @@ class Client:
     def _flush(self) -> None:
         now = time.monotonic()
         self._last_flush = now
+        self._bound_queue()
         if not self.ready.is_set():
-            if self._n > MAX_QUEUED_STEPS:  # drop the older half at once (amortised)
-                overflow = self._n - MAX_QUEUED_STEPS // 2
-                self._take(keep=MAX_QUEUED_STEPS // 2)
-                self._count_dropped(overflow)
-            while self._in_a_row_n > MAX_QUEUED_STEPS:
-                n = len(self._in_a_row.pop(0)[2])
-                self._in_a_row_n -= n
-                self._count_dropped(n)
             return
         with self._lock:
             if now - self._last_hello >= wire.HELLO_EVERY_S:
                 self._send_hello()
-            values, extras = self._take()
-            n = len(values) // 4
-            for first in range(0, n, STEPS_PER_DATAGRAM):
-                last = min(n, first + STEPS_PER_DATAGRAM)
-                chunk = values[4 * first : 4 * last]
-                chunk_extras = {i - first: e for i, e in extras.items() if first <= i < last}
-                message = wire.packed_steps(
-                    self.run_id, self.pid, chunk, chunk_extras, self.dropped
-                )
-                if self._send(message):
+            if not (self._send_rows() and self._send_in_a_row()):
+                return  # the daemon is busy or gone: the rest stays queued for the next flush
+            if self.dropped:  # report drops even when no step is left to carry the count
+                empty = wire.packed_steps(self.run_id, self.pid, array("d"), {}, self.dropped)
+                if self._send(empty):
                     self.dropped = 0
-                else:
-                    self._count_dropped(last - first)
-            in_a_row, self._in_a_row, self._in_a_row_n = self._in_a_row, [], 0
-            for first_step, start, ends, samples in in_a_row:
-                for i in range(0, len(ends), ENDS_PER_DATAGRAM):
-                    chunk = ends[i : i + ENDS_PER_DATAGRAM]
-                    message = wire.steps_in_a_row(self.run_id, self.pid, first_step + i,
-                                                  start, chunk, samples, self.dropped)  # fmt: skip
-                    if self._send(message):
-                        self.dropped = 0
-                    else:
-                        self._count_dropped(len(chunk))
-                    start = chunk[-1]
+
+    def _bound_queue(self) -> None:
+        """Past MAX_QUEUED_STEPS queued steps, drop the oldest (counted)."""
+        if self._n > MAX_QUEUED_STEPS:  # drop the older half at once (amortised)
+            overflow = self._n - MAX_QUEUED_STEPS // 2
+            self._take(keep=MAX_QUEUED_STEPS // 2)
+            self._count_dropped(overflow)
+        while self._in_a_row_n > MAX_QUEUED_STEPS:
+            n = len(self._in_a_row.pop(0)[2])
+            self._in_a_row_n -= n
+            self._count_dropped(n)
+
+    def _send_rows(self) -> bool:
+        """Send the queued rows, oldest first, up to STEPS_PER_DATAGRAM a datagram. Stops at
+        the first datagram the socket does not take, which stays queued with the rest; True
+        when all went."""
+        while self._n:
+            cut = min(self._n, STEPS_PER_DATAGRAM)
+            chunk = self._values[: 4 * cut]
+            extras = {i: e for i, e in self._extras.items() if i < cut}
+            message = wire.packed_steps(self.run_id, self.pid, chunk, extras, self.dropped)
+            if not self._send(message):
+                return False
+            self.dropped = 0
+            self._take(keep=self._n - cut)
+        return True
+
+    def _send_in_a_row(self) -> bool:
+        """Send the queued runs of consecutive steps (joined where one continues another, so a
+        backlog goes in few datagrams); like :meth:`_send_rows`, stops at a refused one."""
+        merged: list[tuple[int, float, array, int]] = []
+        for group in self._in_a_row:
+            if merged:
+                first, start, ends, samples = merged[-1]
+                if group[0] == first + len(ends) and group[1] == ends[-1] and group[3] == samples:
+                    ends.extend(group[2])
+                    continue
+            merged.append(group)
+        self._in_a_row = merged
+        while self._in_a_row:
+            first, start, ends, samples = self._in_a_row[0]
+            chunk = ends[:ENDS_PER_DATAGRAM]
+            message = wire.steps_in_a_row(
+                self.run_id, self.pid, first, start, chunk, samples, self.dropped
+            )
+            if not self._send(message):
+                return False
+            self.dropped = 0
+            self._in_a_row_n -= len(chunk)
+            if len(chunk) == len(ends):
+                self._in_a_row.pop(0)
+            else:
+                self._in_a_row[0] = (first + len(chunk), chunk[-1], ends[len(chunk) :], samples)
+        return True
 
     def _count_dropped(self, n: int) -> None:
         self.dropped += n
@@ -223,12 +268,15 @@ class Client:
             return True
         except BlockingIOError:  # the daemon's receive queue is full
             if self.ready.is_set():
-                self._warn("the profiler daemon is not keeping up; dropping steps")
+                self._warn("the profiler daemon is not keeping up; holding steps until it does")
             return False
         except OSError:  # no daemon, socket gone
             self._stale = True
             if self.ready.is_set():
-                self._warn(f"cannot reach the profiler daemon at {self.path}; dropping steps")
+                self._warn(
+                    f"cannot reach the profiler daemon at {self.path}; holding up to "
+                    f"{MAX_QUEUED_STEPS} steps until it is back"
+                )
             return False
 
     def _sendto(self, message: dict[str, Any]) -> None:
@@ -247,8 +295,13 @@ class Client:
         self.hello_fields.update(fields)
         self._last_hello = 0.0
 
-    def close(self, status: str = "finished") -> None:
-        """Send the remaining steps and ``bye``. Waits briefly for a connection in progress."""
+    def close(self, status: str = "finished", *, send_bye: bool | None = None) -> None:
+        """Send the remaining steps and ``bye``. Waits briefly for a connection in progress.
+
+        ``send_bye`` None (the default) sends ``bye`` unless a proxy reports this process's end
+        (:func:`proxied`); False only flushes (another hook of this process takes over)."""
+        if send_bye is None:
+            send_bye = not proxied(self.run_id)
         if self.closed:
             return
         self.closed = True
@@ -258,12 +311,23 @@ class Client:
             if not self.ready.is_set() and self._send_hello():  # a daemon came up just now
                 self.ready.set()
             self._flush()
-            if self.ready.is_set():
-                self._send(wire.bye(self.run_id, self.pid, status, time.monotonic()))
-            else:
-                self._count_dropped(self._n + self._in_a_row_n)
+            deadline = time.monotonic() + CLOSE_WAIT_S
+            while self.ready.is_set() and self._n + self._in_a_row_n:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)  # a busy daemon: give it a moment to catch up
+                self._flush()
+            left = self._n + self._in_a_row_n
+            if left:
+                self._count_dropped(left)
                 self._take()
                 self._in_a_row, self._in_a_row_n = [], 0
+            if self.ready.is_set():
+                if self.dropped:
+                    empty = wire.packed_steps(self.run_id, self.pid, array("d"), {}, self.dropped)
+                    self._send(empty)
+                if send_bye:
+                    self._send(wire.bye(self.run_id, self.pid, status, time.monotonic()))
             self._sock.close()
             if self.dropped_total:
                 log.warning(

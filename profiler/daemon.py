@@ -115,6 +115,7 @@ class Daemon:
         self.cpu_source = ""
         self._cpu_mark: tuple[float, float] | None = None  # (cpu joules, busy cpu seconds)
         self._proc_cpu: dict[int, float] = {}  # pid -> CPU seconds at the last check
+        self._simulated_pids: set[int] = set()  # processes the simulated GPU was told about
         self.flush_failures = 0
 
     # ---- messages -------------------------------------------------------------------------
@@ -214,10 +215,22 @@ class Daemon:
         if proc is None:
             proc = ProcessInfo(pid=msg.pid, create_time=_create_time(msg.pid))
             run.processes[msg.pid] = proc
+        if msg.pid not in self._simulated_pids:  # new, or restored from a previous daemon
             self._attach_simulated(msg.pid, f["local_rank"], f["devices"])
         proc.rank, proc.local_rank, proc.world_size = f["rank"], f["local_rank"], f["world_size"]
         proc.devices = f["devices"]
+        self._hello_extras(run, proc, f)
         run.dirty = True
+
+    @staticmethod
+    def _hello_extras(run: Run, proc: ProcessInfo, f: dict[str, Any]) -> None:
+        """What ``profiler run``/``attach`` and scheduler-aware hooks add to ``hello``: run
+        metadata (merged, at most 32 keys in all) and the ``attach`` mark of a process recorded
+        from outside (kept once set)."""
+        for key, value in f.get("meta", {}).items():
+            if key in run.meta or len(run.meta) < 32:
+                run.meta[key] = value
+        proc.attached = proc.attached or bool(f.get("attach"))
 
     def _attach_simulated(self, pid: int, local_rank: int, devices: tuple[str, ...]) -> None:
         """The simulated GPU follows the load of the processes it is told about: each process
@@ -228,6 +241,7 @@ class Daemon:
         count = len(self.devices)
         indexes = [int(d) for d in devices if d.isdigit() and int(d) < count]
         attach(pid, indexes or [local_rank % count])
+        self._simulated_pids.add(pid)
 
     def _live_run(self, run_id: str, pid: int) -> Run | None:
         run = self.runs.get(run_id) or self._resume(run_id)
@@ -349,10 +363,12 @@ class Daemon:
                 self._attribute(dev, dev.curve.last.t_s)
 
     def _holders(self, dev: DeviceState, t0: float) -> list[Holder]:
-        """Runs holding the device: NVML listed one of their processes since the last split, or
-        a hook declared it. A run holds a device from the later of its start and the span in
-        which it was first seen there, to its end."""
+        """Runs holding the device: NVML listed one of their processes, or a descendant of one
+        (the CUDA process under ``profiler run``'s child, a DataLoader worker), since the last
+        split, or a hook declared it. A run holds a device from the later of its start and the
+        span in which it was first seen there, to its end."""
         on_device = dev.pids_seen
+        lineage: list[set[int]] | None = None  # per pid on the device: it and its ancestors
         holders = []
         for run in self.runs.values():
             if run.end_mono is not None and run.end_mono <= t0:
@@ -363,12 +379,24 @@ class Daemon:
                     pid in on_device or dev.uuid in p.devices or str(dev.index) in p.devices
                     for pid, p in run.processes.items()
                 )
+                if not seen and on_device and run.live:
+                    if lineage is None:
+                        lineage = [self._lineage(pid) for pid in on_device]
+                    living = {pid for pid, p in run.processes.items() if not p.gone}
+                    seen = any(not living.isdisjoint(chain) for chain in lineage)
                 if not seen or not run.live:
                     continue
                 since = max(run.start_mono, t0)
                 run.device_since[dev.uuid] = since
             holders.append(Holder(run.id, since, run.end_mono))
         return holders
+
+    @staticmethod
+    def _lineage(pid: int) -> set[int]:
+        """``pid`` and its living ancestors (read from ``/proc`` when asked)."""
+        from profiler.sensors.host import ancestor_pids
+
+        return {pid, *ancestor_pids(pid)}
 
     def _cpu_samples(self, samples: list[CpuSample]) -> None:
         from profiler.sensors.rapl import cpu_total_j
@@ -382,10 +410,17 @@ class Daemon:
 
     def account_cpu(self) -> None:
         """Give runs their share of host CPU energy since the last call, by CPU time (run at
-        the process-check rate), and refresh each run's resident memory."""
+        the process-check rate), add the CPU time to the run's, and refresh each run's
+        resident memory. Each process tree counts once: a process inside the tree of another
+        process of the same run (the hooked training under ``profiler run``'s child) is
+        counted with that tree, not again."""
         import psutil
 
-        from profiler.sensors.host import process_tree_cpu_seconds, process_tree_rss_bytes
+        from profiler.sensors.host import (
+            outermost_pids,
+            process_tree_cpu_seconds,
+            process_tree_rss_bytes,
+        )
 
         times = psutil.cpu_times()
         busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
@@ -394,11 +429,16 @@ class Daemon:
             if not run.live:
                 continue
             seconds, rss = 0.0, 0
-            for proc in run.processes.values():
-                if proc.said_bye or proc.gone:
+            active = [p for p in run.processes.values() if not (p.said_bye or p.gone)]
+            outermost = outermost_pids(p.pid for p in active)
+            for proc in active:
+                if proc.pid not in outermost:  # counted with its ancestor's tree
+                    self._proc_cpu.pop(proc.pid, None)  # a fresh baseline if it stands alone
                     continue
                 cpu = process_tree_cpu_seconds(proc.pid)
                 prev = self._proc_cpu.get(proc.pid)
+                if prev is None and _born_with(proc, run):
+                    prev = 0.0  # all of its CPU time is the run's (profiler run's child)
                 if cpu is not None:
                     if prev is not None and cpu >= prev:
                         seconds += cpu - prev
@@ -406,6 +446,9 @@ class Daemon:
                 rss += process_tree_rss_bytes(proc.pid) or 0
             run.host_rss_bytes = rss
             run_cpu[run.id] = seconds
+            if seconds:
+                run.cpu_seconds += seconds
+                run.dirty = True
         if self._cpu_mark is not None and self.cpu_total_j is not None:
             energy_j = self.cpu_total_j - self._cpu_mark[0]
             shares = split_cpu_energy(energy_j, busy - self._cpu_mark[1], run_cpu)
@@ -460,7 +503,11 @@ class Daemon:
     # ---- run ends ---------------------------------------------------------------------------
 
     def check_processes(self) -> None:
-        """Mark processes that are gone (pid absent, or reused by another process)."""
+        """Mark processes that are gone (pid absent, or reused by another process). An
+        attached process (``profiler attach``) that is gone has ended as expected: it counts
+        as having said ``bye`` (``finished``; its exit status cannot be known) at the time it
+        was found gone, which is then the run's last event."""
+        now = self.clock()
         for run in self.runs.values():
             if not run.live:
                 continue
@@ -469,6 +516,9 @@ class Daemon:
                     continue
                 if not _alive(proc.pid, proc.create_time):
                     proc.gone = True
+                    if proc.attached:
+                        proc.said_bye = True
+                        run.last_event_mono = max(run.last_event_mono, now)
                     run.dirty = True
             self._close_if_done(run)
 
@@ -500,6 +550,7 @@ class Daemon:
         detach = getattr(self.gpu_sensor, "detach_process", None)
         for pid in run.processes:
             self._proc_cpu.pop(pid, None)
+            self._simulated_pids.discard(pid)
             if detach is not None:
                 detach(pid)
         self.flush()
@@ -659,6 +710,10 @@ class Daemon:
             "owner_uid": run.owner_uid,
             "unmeasured_s": run.unmeasured_s,
             "flushed_mono": self.clock(),
+            "run_meta": dict(run.meta),
+            "cpu_seconds": run.cpu_seconds,
+            # processes that said bye or are gone (`profiler run` waits on its child's)
+            "done_pids": sorted(p.pid for p in run.processes.values() if p.said_bye or p.gone),
             "step_time_max_s": run.step_time_max_s,
             "durations": run.reservoir[:512],
         }
@@ -720,6 +775,8 @@ def _run_from_row(row: dict[str, Any]) -> Run:
     run.cpu_energy_source = meta.get("cpu_energy_source", "")
     run.owner_uid = meta.get("owner_uid")
     run.unmeasured_s = meta.get("unmeasured_s", 0.0)
+    run.meta = dict(meta.get("run_meta", {}))
+    run.cpu_seconds = meta.get("cpu_seconds", 0.0)
     run.dirty = False
     return run
 
@@ -867,7 +924,7 @@ class Service:
                 messages = self.receiver.drain()
                 with d.lock:
                     for m in messages:
-                        d.handle(m)
+                        self._handle(m)
             now = time.monotonic()
             if now >= next_sample:
                 with d.lock:
@@ -886,11 +943,22 @@ class Service:
                     d.flush()
                 next_flush = now + cfg.flush_interval_s
 
+    def _handle(self, message: Message) -> None:
+        """Apply one message; a message that trips a bug is counted and logged (once with its
+        traceback) instead of stopping the daemon that every training process relies on."""
+        try:
+            self.daemon.handle(message)
+        except Exception:  # noqa: BLE001 - one bad message must not end the daemon
+            first = not self.daemon.health["handler_errors"]
+            self.daemon.health["handler_errors"] += 1
+            if first:
+                log.exception("a %s message could not be applied", type(message).__name__)
+
     def shutdown(self) -> None:
         d = self.daemon
         if self.receiver is not None:
             for m in self.receiver.drain():
-                d.handle(m)
+                self._handle(m)
             self.receiver.close()
         with d.lock:
             if d.gpu_sensor is not None:

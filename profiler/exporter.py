@@ -105,6 +105,12 @@ class DaemonCollector:
         )
         ledger_errors.add_metric([], d.health.get("ledger_write_errors", 0))
         yield ledger_errors
+        handler_errors = CounterMetricFamily(
+            "profiler_message_handler_errors",
+            "Messages that raised inside the daemon (a bug: see the daemon log); it goes on.",
+        )
+        handler_errors.add_metric([], d.health.get("handler_errors", 0))
+        yield handler_errors
         latency = GaugeMetricFamily(
             "profiler_sample_duration_seconds", "Time the last sampling pass took (seconds)."
         )
