@@ -154,12 +154,12 @@ class Daemon:
         return None
 
     def _owner_of(self, msg: Message) -> int | None:
-        """The non-root uid a message speaks for: the target process's owner for a proxy,
-        else the sender's; None when root or unknown."""
+        """The uid a message speaks for: the target process's owner for a proxy (so root's
+        ``profiler attach`` of a user's job gives the user the run), else the sender's; None
+        without credentials."""
         if msg.sender is None:
             return None
-        uid = _owner_uid(msg.pid) if msg.proxy else msg.sender.uid
-        return uid or None
+        return _owner_uid(msg.pid) if msg.proxy else msg.sender.uid
 
     def _make_room(self) -> bool:
         """Keep at most ``max_runs`` runs in memory (and in /metrics): drop the oldest finished
@@ -225,12 +225,13 @@ class Daemon:
     @staticmethod
     def _hello_extras(run: Run, proc: ProcessInfo, f: dict[str, Any]) -> None:
         """What ``profiler run``/``attach`` and scheduler-aware hooks add to ``hello``: run
-        metadata (merged, at most 32 keys in all) and the ``attach`` mark of a process recorded
-        from outside (kept once set)."""
+        metadata (merged, at most 32 keys in all), and the marks of a process recorded from
+        outside (``attach``) or watched by ``profiler run`` (``watched``), kept once set."""
         for key, value in f.get("meta", {}).items():
             if key in run.meta or len(run.meta) < 32:
                 run.meta[key] = value
         proc.attached = proc.attached or bool(f.get("attach"))
+        proc.watched = proc.watched or bool(f.get("watched"))
 
     def _attach_simulated(self, pid: int, local_rank: int, devices: tuple[str, ...]) -> None:
         """The simulated GPU follows the load of the processes it is told about: each process
@@ -506,7 +507,9 @@ class Daemon:
         """Mark processes that are gone (pid absent, or reused by another process). An
         attached process (``profiler attach``) that is gone has ended as expected: it counts
         as having said ``bye`` (``finished``; its exit status cannot be known) at the time it
-        was found gone, which is then the run's last event."""
+        was found gone, which is then the run's last event. A process ``profiler run``
+        watches is given :data:`WATCHED_GRACE_S` for that command's ``bye`` (its exit status
+        and end time) before it counts as gone."""
         now = self.clock()
         for run in self.runs.values():
             if not run.live:
@@ -515,6 +518,11 @@ class Daemon:
                 if proc.said_bye or proc.gone:
                     continue
                 if not _alive(proc.pid, proc.create_time):
+                    if proc.watched:
+                        if proc.missing_since is None:
+                            proc.missing_since = now
+                        if now - proc.missing_since < WATCHED_GRACE_S:
+                            continue
                     proc.gone = True
                     if proc.attached:
                         proc.said_bye = True
@@ -781,6 +789,17 @@ def _run_from_row(row: dict[str, Any]) -> Run:
     return run
 
 
+BORN_WITH_RUN_S = 1.0  # a process created at most this long before its run began is its own
+WATCHED_GRACE_S = 5.0  # how long a gone process waits for `profiler run`'s bye, seconds
+
+
+def _born_with(proc: ProcessInfo, run: Run) -> bool:
+    """Whether ``proc`` was started for the run (``profiler run``'s child, created just before
+    its ``hello``), so that all its CPU time counts; an older process (attached, or hooked
+    after a long start-up) counts from when the daemon first read it."""
+    return proc.create_time is not None and proc.create_time >= run.started_at - BORN_WITH_RUN_S
+
+
 def _waste_reason(run: Run, start_mono: float, utilization: float | None) -> str | None:
     """Why a run's share of a device interval starting at ``start_mono`` is waste, if it is:
     ``nonfinite`` after its loss became NaN/inf, ``idle`` when the device did no work for it
@@ -850,7 +869,14 @@ class Service:
 
     def acquire_lock(self) -> None:
         """One daemon per home: hold an exclusive lock on ``daemon.lock`` for life."""
-        self.config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        home = self.config.home
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        loose = home.stat().st_mode & (0o077 if not self.config.socket_group else 0o067)
+        if loose:
+            log.warning(
+                "%s is open to other users (mode %o); the daemon keeps its files owner-only, "
+                "but `chmod 700 %s` is safer", home, home.stat().st_mode & 0o777, home,
+            )  # fmt: skip
         fd = os.open(self.config.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

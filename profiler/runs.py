@@ -72,6 +72,13 @@ class ProcessInfo:
     samples: int = 0
     # Framework memory, latest reading: (allocated, peak allocated, reserved) bytes.
     memory: tuple[int | None, int | None, int | None] | None = None
+    # Recorded from outside (``profiler attach``): nobody will say ``bye`` for it, and its exit
+    # status cannot be known, so its end ends it as ``finished`` rather than ``lost``.
+    attached: bool = False
+    # Watched by ``profiler run``, which sends its ``bye`` with the exit status when it ends:
+    # found gone, it gets a short grace (``missing_since``, monotonic seconds) for that bye.
+    watched: bool = False
+    missing_since: float | None = None
 
 
 @dataclass
@@ -140,12 +147,19 @@ class Run:
     # Device UUID -> monotonic time from which the run holds it.
     device_since: dict[str, float] = field(default_factory=dict)
     bye_status: str | None = None
-    # The user the run belongs to (kernel uid of the first non-root process that spoke for
-    # it); None when unknown. Other users' messages for the run are refused.
+    # The user the run belongs to (kernel uid of the process that opened it, or of the process
+    # a proxy opened it for); None without credentials. Other users' messages (root's aside)
+    # for the run are refused.
     owner_uid: int | None = None
     # Seconds of the run during which no daemon measured it (started before the daemon, or a
     # daemon restart): its energy there is missing, not zero.
     unmeasured_s: float = 0.0
+    # Run metadata from ``hello`` (``meta``): the scheduler's job id, user, account, the pod's
+    # name and namespace, ``profiler run --meta``; string -> string, bounded by the decoder.
+    meta: dict[str, str] = field(default_factory=dict)
+    # CPU seconds (user + system) of the run's process trees, sampled at the process-check
+    # rate; each tree is counted once, however many of its processes the run knows.
+    cpu_seconds: float = 0.0
     _reservoir: list[float] = field(default_factory=list)
     _seen_durations: int = 0
     _rng: random.Random = field(default_factory=lambda: random.Random(0))
