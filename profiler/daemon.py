@@ -35,6 +35,9 @@ from profiler.sensors.base import CpuSample, GpuSample
 log = logging.getLogger(__name__)
 
 STALE_PENDING_S = 30.0
+# Hooks and daemon read one CLOCK_MONOTONIC; a time further ahead than this is refused (it
+# would hold a run open until then).
+FUTURE_SLACK_S = 60.0
 ATTRIBUTION_LAG_S = 0.5  # more than the hooks' flush interval (0.25 s)
 
 
@@ -138,6 +141,8 @@ class Daemon:
         """Why the message's sender (kernel credentials) may not send it, or None. Root may
         speak for anyone; other users only for their own runs and their own processes.
         Without credentials (in-process use) everything is allowed."""
+        if _latest_mono(msg) > self.clock() + FUTURE_SLACK_S:
+            return "time_in_future"
         sender = msg.sender
         if sender is None or sender.uid == 0:
             return None
@@ -830,6 +835,15 @@ def _create_time(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except (psutil.Error, OSError):
         return None
+
+
+def _latest_mono(msg: Message) -> float:
+    """The latest monotonic time a message states (seconds)."""
+    if isinstance(msg, Hello):
+        return msg.fields["mono"]
+    if isinstance(msg, StepBatch):
+        return max((row[2] for row in msg.rows), default=float("-inf"))
+    return msg.mono if msg.mono is not None else float("-inf")
 
 
 def _owner_uid(pid: int) -> int | None:

@@ -74,7 +74,7 @@ class DaemonCollector:
         rejected = CounterMetricFamily(
             "profiler_messages_rejected",
             "Well-formed messages refused, by reason: run_not_owned, pid_not_owned, "
-            "pid_not_found (kernel credentials), too_many_runs (max_runs).",
+            "pid_not_found (kernel credentials), too_many_runs (max_runs), time_in_future.",
             labels=["reason"],
         )
         for key, n in sorted(counts.items()):

@@ -18,6 +18,10 @@ from hooks import wire
 
 MAX_STEPS_PER_MESSAGE = 10_000
 MAX_TEXT = 256
+# Bounds on counts, so that sums over a run stay far inside SQLite's 64-bit integers.
+MAX_COUNT = 2**32  # samples in one step, batch size, steps dropped in one message
+MAX_STEP = 2**48  # a step number, total steps
+MAX_TIME_S = 2.0**40  # clock readings, seconds (some 35,000 years)
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
@@ -110,14 +114,14 @@ def decode(data: bytes) -> Message:
     if kind == "hello":
         return Hello(run, pid, _hello_fields(body), proxy)
     if kind == "step":
-        dropped = _int(body, "dropped", lo=0, hi=2**62, default=0)
+        dropped = _int(body, "dropped", lo=0, hi=MAX_COUNT, default=0)
         return StepBatch(run, pid, _step_rows(body), dropped, proxy)
     if kind == "bye":
         status = body.get("status")
         if status not in wire.BYE_STATUSES:
             raise Malformed("bad_field", "status")
         mono = body.get("mono")
-        return Bye(run, pid, status, _finite(mono, "mono") if mono is not None else None, proxy)
+        return Bye(run, pid, status, _time(mono, "mono") if mono is not None else None, proxy)
     raise Malformed("bad_type", repr(kind)[:40])
 
 
@@ -138,17 +142,34 @@ def _hello_fields(body: dict[str, Any]) -> dict[str, Any]:
         out[key] = _label(body, key)
     for key, lo, hi in (("rank", 0, 2**20), ("local_rank", 0, 2**20), ("world_size", 1, 2**20)):
         out[key] = _int(body, key, lo=lo, hi=hi, default=lo)
-    for key in ("batch_size", "total_steps"):
-        out[key] = _int(body, key, lo=1, hi=2**62, default=None)
+    out["batch_size"] = _int(body, "batch_size", lo=1, hi=MAX_COUNT, default=None)
+    out["total_steps"] = _int(body, "total_steps", lo=1, hi=MAX_STEP, default=None)
     devices = body.get("devices") or []
     if not isinstance(devices, list) or len(devices) > 64:
         raise Malformed("bad_field", "devices")
     out["devices"] = tuple(sanitize(str(d)) for d in devices)
-    out["mono"] = _finite(body.get("mono"), "mono")
-    out["wall"] = _finite(body.get("wall"), "wall")
+    out["mono"] = _time(body.get("mono"), "mono")
+    out["wall"] = _time(body.get("wall"), "wall")
     # When the hook began (monotonic seconds), if before it reached the daemon.
     since = body.get("since")
-    out["since"] = min(_finite(since, "since"), out["mono"]) if since is not None else out["mono"]
+    out["since"] = min(_time(since, "since"), out["mono"]) if since is not None else out["mono"]
+    # Run metadata (scheduler job id, user, account, pod, `profiler run --meta`): at most 32
+    # string -> string entries, keys of at most 64 characters, values bounded like labels.
+    meta = body.get("meta") or {}
+    if not isinstance(meta, dict) or len(meta) > 32:
+        raise Malformed("bad_field", "meta")
+    out["meta"] = {}
+    for key, value in meta.items():
+        if not isinstance(value, str) or not sanitize(key) or len(key) > 64:
+            raise Malformed("bad_field", "meta")
+        out["meta"][sanitize(key)] = sanitize(value)
+    # `profiler attach`: the process is recorded from outside; nobody will say `bye` for it.
+    # `profiler run`: the sender watches the process and says `bye` with its exit status.
+    for key in ("attach", "watched"):
+        flag = body.get(key, False)
+        if not isinstance(flag, bool):
+            raise Malformed("bad_field", key)
+        out[key] = flag
     return out
 
 
@@ -189,9 +210,9 @@ def _packed_rows(body: dict[str, Any]) -> tuple[StepRow, ...]:
 
 
 def _rows_in_a_row(body: dict[str, Any]) -> tuple[StepRow, ...]:
-    first = _int(body, "first", lo=0, hi=2**62)
-    samples = _int(body, "samples", lo=0, hi=2**62)
-    start = _finite(body.get("start"), "start")
+    first = _int(body, "first", lo=0, hi=MAX_STEP)
+    samples = _int(body, "samples", lo=0, hi=MAX_COUNT)
+    start = _time(body.get("start"), "start")
     try:
         ends = wire.unpack(body.get("ends"))
     except (ValueError, TypeError, AttributeError, UnicodeEncodeError) as e:
@@ -206,10 +227,11 @@ def _rows_in_a_row(body: dict[str, Any]) -> tuple[StepRow, ...]:
 
 
 def _row(step: Any, start: Any, end: Any, samples: Any, extras: StepExtras | None) -> StepRow:
-    if not _is_int(step) or not _is_int(samples) or samples < 0 or step < 0:
+    if not (_is_int(step) and _is_int(samples) and 0 <= step <= MAX_STEP
+            and 0 <= samples <= MAX_COUNT):  # fmt: skip
         raise Malformed("bad_field", "step row")
-    start = _finite(start, "step start")
-    end = _finite(end, "step end")
+    start = _time(start, "step start")
+    end = _time(end, "step end")
     if end < start:
         raise Malformed("bad_field", "step ends before it starts")
     return (int(step), start, end, int(samples), extras)
@@ -250,6 +272,14 @@ def _int(body: dict[str, Any], key: str, *, lo: int, hi: int, default: Any = ...
     if not _is_int(value) or not lo <= value <= hi:
         raise Malformed("bad_field", key)
     return value
+
+
+def _time(value: Any, key: str) -> float:
+    """A clock reading in seconds (monotonic or unix): finite, from 0 to MAX_TIME_S."""
+    seconds = _finite(value, key)
+    if not 0 <= seconds <= MAX_TIME_S:
+        raise Malformed("bad_field", key)
+    return seconds
 
 
 def _finite(value: Any, key: str) -> float:

@@ -181,3 +181,29 @@ def test_focus_export_has_one_row_per_run_per_day_and_every_mandatory_column(led
     assert next(r for r in rows if r["ResourceId"] == "c")["ResourceName"] == HOSTILE
     assert all(r["BillingPeriodStart"] == "2026-11-01T00:00:00Z" for r in rows)
     assert all(r["ChargeCategory"] == "Usage" for r in rows)
+
+
+def test_every_user_supplied_field_is_escaped_in_html_and_markdown(tmp_path):
+    import html
+
+    nasty = {
+        "name": "<img src=x onerror=alert(1)>",
+        "project": '"><script>alert("p")</script>',
+        "user": "<b>eve</b> & co",
+        "framework": "<svg onload=alert(2)>",
+        "host": "node'<iframe>",
+    }
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    row = {**run_row("x", nasty["name"], nasty["project"], nasty["framework"]),
+           "user": nasty["user"], "host": nasty["host"]}  # fmt: skip
+    ledger.write([row], [("x", "GPU-1", "<i>A100</i>", 1.0, 1.0)], [roll("x", minute(5), 2.0)], [])
+    groups = ["project", "user", "framework", "host", "gpu_model"]
+    report = build_report(ledger, "2026-11", groups, now=NOV + 40 * 86400)
+    page = render(report, "html")
+    assert "<script" not in page.lower() and "<iframe" not in page and "<img" not in page
+    for value in [*nasty.values(), "<i>A100</i>"]:
+        assert value not in page
+        assert html.escape(value) in page or html.escape(value, quote=False) in page, value
+    md = render(report, "md")
+    for value in nasty.values():
+        assert value not in md
