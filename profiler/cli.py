@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hooks.client import spawn_daemon
 from profiler import __version__
@@ -51,8 +51,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors on one line: what is wrong, and where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="profiler",
         description="Energy and cost profiler for ML training: node daemon, runs, demo.",
     )
@@ -110,7 +117,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="GPU source for a daemon the demo starts (default simulated:A100-SXM4-40GB:1)",
     )
+    run = sub.add_parser(
+        "run",
+        help="run a command as one recorded run, no code changes: profiler run -- CMD ARGS",
+        description="Run CMD (stdin/stdout/stderr and exit status untouched, signals forwarded) "
+        "and record its whole process tree as one run; the summary goes to stderr.",
+    )
+    _run_identity(run)
+    run.add_argument("--hooks", action="store_true",
+                     help="also time steps: add the torch/Keras hooks when the program imports "
+                          "them (off by default; [run] hooks = true in profiler.toml)")  # fmt: skip
+    run.add_argument("--quiet", action="store_true", help="no summary at the end")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS ...]")
+    attach = sub.add_parser("attach", help="record a running process tree as a run from now")
+    attach.add_argument("pid", type=_positive_int, help="the process (its descendants count too)")
+    _run_identity(attach)
+    attach.add_argument("--no-wait", action="store_true",
+                        help="return without waiting for the daemon to confirm")  # fmt: skip
+    detach = sub.add_parser("detach", help="end a run recorded with run/attach now")
+    detach.add_argument("target", nargs="?", metavar="RUN_OR_PID",
+                        help="a running run's id, or the pid of one of its processes")  # fmt: skip
+    detach.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                        help="instead: every running run with this metadata")  # fmt: skip
     return parser
+
+
+def _run_identity(parser: argparse.ArgumentParser) -> None:
+    """The options ``run`` and ``attach`` share: who the run is."""
+    parser.add_argument("--name", help="the run's name (default: the script or program)")
+    parser.add_argument("--project", help="the run's project (default: $SLURM_JOB_ACCOUNT)")
+    parser.add_argument("--run-id", help="join or name this run id (default: $PROFILER_RUN_ID, "
+                        "the launcher's or Slurm's job id, else a new one)")  # fmt: skip
+    parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                        help="run metadata for `profiler runs --json` (repeatable)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,6 +342,9 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "last_loss": meta.get("last_loss"),
         "nonfinite_loss_steps": meta.get("nonfinite_loss_steps", 0),
         "first_nonfinite_step": meta.get("first_nonfinite_step"),
+        "cpu_seconds": meta.get("cpu_seconds"),
+        # run metadata: Slurm job, Kubernetes pod, `profiler run --meta`
+        "meta": meta.get("run_meta", {}),
     }
 
 
@@ -469,6 +511,39 @@ def cmd_demo(config: Config, args: argparse.Namespace) -> int:
     return run_demo(config, seconds=args.seconds, gpu=args.gpu)
 
 
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from profiler.proxy import run_command
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    hooks = args.hooks or bool(getattr(config, "run_hooks", False))
+    return run_command(
+        config, command, name=args.name, project=args.project, run_id=args.run_id,
+        meta=args.meta, hooks=hooks, quiet=args.quiet,
+    )  # fmt: skip
+
+
+def cmd_attach(config: Config, args: argparse.Namespace) -> int:
+    from profiler.proxy import attach
+
+    run_id = attach(config, args.pid, name=args.name, project=args.project,
+                    run_id=args.run_id, meta=args.meta, wait=not args.no_wait)  # fmt: skip
+    print(run_id)
+    print(
+        f"recording pid {args.pid} and its descendants as run {run_id} from now; "
+        f"`profiler detach {run_id}` (or the process's end) ends it",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_detach(config: Config, args: argparse.Namespace) -> int:
+    from profiler.proxy import detach
+
+    for run in detach(config, args.target, meta=args.meta):
+        print(f"run {run['id']} ({run['name']}): {run['status']}")
+    return 0
+
+
 COMMANDS = {
     "daemon": cmd_daemon,
     "start": cmd_start,
@@ -481,4 +556,7 @@ COMMANDS = {
     "watch": cmd_watch,
     "dashboards": cmd_dashboards,
     "demo": cmd_demo,
+    "run": cmd_run,
+    "attach": cmd_attach,
+    "detach": cmd_detach,
 }

@@ -1,5 +1,6 @@
 """Config: defaults, file, environment precedence, and one-line errors that name the key."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,63 @@ def test_bad_environment_value_names_the_variable(tmp_path: Path):
 def test_missing_explicit_config_file(tmp_path: Path):
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.toml", env={"PROFILER_HOME": str(tmp_path)})
+
+
+# One invalid value per key; every key of the daemon's configuration is covered.
+BAD_VALUES = {
+    "metrics_host": "not-an-address",
+    "metrics_port": 70000,
+    "sample_interval_s": 0,
+    "flush_interval_s": 99,
+    "gpu": "tpu",
+    "finished_run_ttl_s": -1,
+    "cpu_tdp_w": 9999,
+    "rapl_root": "",
+    "hostname": "",
+    "grafana_url": "ftp://grafana",
+    "grafana_token_file": "",
+    "socket_group": "no-such-group-here",
+    "max_runs": 5,
+}
+
+
+def test_every_key_has_a_bad_value_case():
+    from profiler.config import _KEYS
+
+    assert set(BAD_VALUES) == set(_KEYS)
+
+
+@pytest.mark.parametrize("key", sorted(BAD_VALUES))
+def test_every_bad_value_is_one_line_naming_the_key_and_what_is_allowed(tmp_path, key):
+    from conftest import profiler_env, run_cli
+
+    from profiler.config import _KEYS
+
+    _check, allowed, var = _KEYS[key]
+    bad = BAD_VALUES[key]
+    (tmp_path / "profiler.toml").write_text(f"{key} = {json.dumps(bad)}\n")
+    out = run_cli(profiler_env(tmp_path), "status")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert f"'{key}' must be {allowed}" in out.stderr and "Traceback" not in out.stderr
+    if bad != "":  # an empty environment variable means "not set"
+        (tmp_path / "profiler.toml").unlink()
+        out = run_cli(profiler_env(tmp_path, **{var: str(bad)}), "status")
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert f"environment variable {var}" in out.stderr and allowed in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["runs", "--limit", "zero"], "--limit: expected an integer"),
+        (["report", "--format", "pdf"], "--format: invalid choice: 'pdf'"),
+        (["watch", "--interval", "-1"], "--interval"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_flags_are_one_line_naming_the_flag(tmp_path, args, expected):
+    from conftest import profiler_env, run_cli
+
+    out = run_cli(profiler_env(tmp_path), *args)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert expected in out.stderr and "Traceback" not in out.stderr
