@@ -885,12 +885,6 @@ class Service:
         """One daemon per home: hold an exclusive lock on ``daemon.lock`` for life."""
         home = self.config.home
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        loose = home.stat().st_mode & (0o077 if not self.config.socket_group else 0o067)
-        if loose:
-            log.warning(
-                "%s is open to other users (mode %o); the daemon keeps its files owner-only, "
-                "but `chmod 700 %s` is safer", home, home.stat().st_mode & 0o777, home,
-            )  # fmt: skip
         fd = os.open(self.config.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -902,6 +896,13 @@ class Service:
                 "use `profiler status`, or `profiler stop` first"
             ) from None
         self._lock_fd = fd
+        # Warned only by the daemon that keeps the home (a refused second one says one line).
+        loose = home.stat().st_mode & (0o077 if not self.config.socket_group else 0o067)
+        if loose:
+            log.warning(
+                "%s is open to other users (mode %o); the daemon keeps its files owner-only, "
+                "but `chmod 700 %s` is safer", home, home.stat().st_mode & 0o777, home,
+            )  # fmt: skip
 
     def start(self) -> None:
         from profiler.exporter import serve_metrics

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -203,13 +204,17 @@ def test_importing_the_hook_imports_no_framework():
 
 
 class SettledClient(Client):
-    """A client whose connection attempt is over when it is made. (Client.close waits up to
-    AUTOSTART_TIMEOUT_S for ``ready`` while the connecting thread is alive; with no daemon it
-    never becomes ready, so a close racing a just-started, failing connect waits the full 20 s.)"""
+    """A client whose first connection attempt is over when it is made: with no daemon, its
+    connecting thread has warned and gone on to retry in the background (it keeps retrying
+    until ``close``, which ends it at once). Without this, a close racing a just-started
+    attempt could wait for that attempt."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._thread.join()
+        deadline = time.monotonic() + 30
+        while not (self._warned or self.ready.is_set()) and self._thread.is_alive():
+            assert time.monotonic() < deadline, "the connection attempt did not settle"
+            time.sleep(0.01)
 
 
 @pytest.fixture
