@@ -334,6 +334,64 @@ class EnergyCallback:
         return state
 
 
+KERAS_DEFAULT_BATCH_SIZE = 32  # what fit() uses for array inputs when batch_size is not given
+
+
+def auto_callback(keras_module: Any) -> bool:
+    """``profiler run --hooks``: make every ``fit()`` of ``keras_module.Model`` (Keras 3's
+    ``keras`` or legacy ``tf_keras``; called by :mod:`hooks.autoload` when one is imported)
+    add an :class:`EnergyCallback` unless its ``callbacks`` already hold one (an explicit
+    callback wins, so no step is counted twice). Samples per step are ``fit``'s ``batch_size``,
+    else Keras's default 32 for array inputs, else not counted (datasets, generators). Returns
+    whether ``fit`` was wrapped (once per class)."""
+    model = getattr(keras_module, "Model", None)
+    fit = getattr(model, "fit", None)
+    if fit is None or getattr(fit, "_profiler_auto", False):
+        return False
+    model.fit = _fit_with_callback(fit)
+    return True
+
+
+def _fit_with_callback(fit: Callable) -> Callable:
+    import functools
+    import inspect
+
+    signature = inspect.signature(fit)
+
+    @functools.wraps(fit)
+    def fit_profiled(self: Any, *args: Any, **kwargs: Any) -> Any:
+        global auto_errors
+        try:
+            args, kwargs = _with_callback(signature, self, args, kwargs)
+        except Exception:  # noqa: BLE001 - the hook boundary: fit runs as the user called it
+            auto_errors += 1
+        return fit(self, *args, **kwargs)
+
+    fit_profiled._profiler_auto = True  # type: ignore[attr-defined]
+    return fit_profiled
+
+
+auto_errors = 0  # exceptions swallowed while adding the automatic callback
+
+
+def _with_callback(signature: Any, model: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``fit``'s arguments with an :class:`EnergyCallback` added to ``callbacks`` when they hold
+    none (a ``CallbackList`` object is left as it is)."""
+    bound = signature.bind_partial(model, *args, **kwargs)
+    given = bound.arguments.get("callbacks")
+    if given is not None and not isinstance(given, (list, tuple)):
+        return args, kwargs
+    callbacks = list(given or [])
+    if any(isinstance(cb, EnergyCallback) for cb in callbacks):
+        return args, kwargs
+    batch_size = bound.arguments.get("batch_size")
+    if batch_size is None and hasattr(bound.arguments.get("x"), "shape"):
+        batch_size = KERAS_DEFAULT_BATCH_SIZE
+    callbacks.append(EnergyCallback(batch_size=batch_size))
+    bound.arguments["callbacks"] = callbacks
+    return bound.args[1:], bound.kwargs
+
+
 def framework_of(model: Any) -> tuple[str, str]:
     """``(framework, version)`` for the package the model's class comes from: ``"tf_keras"`` or
     ``"keras-<backend>"`` (``keras-tensorflow``, ``keras-torch``, ``keras-jax``). Without a model,

@@ -91,7 +91,9 @@ def cuda_device_uuid() -> str | None:
 class _Tracked:
     """A run in this process: the recorder, the CUDA switch-over and the run's end."""
 
-    def __init__(self, client: Client, batch_size: int | None) -> None:
+    def __init__(self, client: Client, batch_size: int | None, *, auto: bool = False) -> None:
+        if not auto:  # an explicit hook: the automatic one (profiler run --hooks) steps aside
+            _hand_over_auto()
         self.client = client
         self.recorder = StepRecorder(client, batch_size=batch_size)
         self._cuda_checked = False
@@ -139,6 +141,20 @@ class _Tracked:
         except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
             self.recorder.hook_errors += 1
         self.client.close(status)
+
+    def release(self) -> None:
+        """Stop without ``bye``: send the steps so far and leave the run to another hook of
+        this process (the automatic hook handing over to an explicit one)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        atexit.unregister(self._at_exit)
+        self._remove_hooks()
+        try:
+            self.recorder.finish()
+        except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
+            self.recorder.hook_errors += 1
+        self.client.close(send_bye=False)
 
     def _at_exit(self) -> None:
         failure = getattr(sys, "last_value", None)
@@ -191,13 +207,16 @@ class TrackHandle(_Tracked):
     :class:`hooks.recorder.StepRecorder`), handed to the client every :data:`FLUSH_INTERVAL_S`.
     """
 
-    def __init__(self, client: Client, batch_size: int | None) -> None:
-        super().__init__(client, batch_size)
+    def __init__(self, client: Client, batch_size: int | None, *, auto: bool = False) -> None:
+        super().__init__(client, batch_size, auto=auto)
         self._optimizer: int | None = None
-        self._handles = [
+        # On the optimizer's own hook (the steady state on CPU): the global hooks are gone.
+        self.fast = False
+        # The automatic hook feeds an auto handle from its own global hooks instead.
+        self._handles = [] if auto else [
             register_optimizer_step_pre_hook(self._pre),
             register_optimizer_step_post_hook(self._post),
-        ]
+        ]  # fmt: skip
         self.fast_hook = self._make_fast_hook()
 
     def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -219,6 +238,7 @@ class TrackHandle(_Tracked):
                 if self.recorder.device_clock is None and self.recorder.memory_probe is None:
                     self._remove_hooks()
                     self._handles = [optimizer.register_step_post_hook(self.fast_hook)]
+                    self.fast = True
         except Exception:  # noqa: BLE001 - the hook boundary
             self.recorder.hook_errors += 1
 
@@ -311,6 +331,81 @@ def track(
     """
     fields = _fields(name, project, user, batch_size, total_steps, "pytorch.track")
     return TrackHandle(Client(job_run_id(fields["name"], run_id), fields), batch_size)
+
+
+class AutoTrack:
+    """``profiler run --hooks``: the optimizer-step hook installed when torch is imported, with
+    no line in the script (:mod:`hooks.autoload`, through :func:`auto_track`).
+
+    Nothing is sent until the first ``optimizer.step()``. Then a handle like :func:`track`'s
+    starts with that step (no ``batch_size``: samples are not counted), fed by two global hooks
+    registered once, at install (torch cannot take new global hooks while it runs them); once
+    the handle moves to its optimizer's own hook (CPU), these two return at once. An explicit
+    hook in the process (``track()``, ``StepTimer``, the Lightning and Hugging Face callbacks)
+    takes over: the automatic handle sends the steps it saw and stops without ``bye``, so no
+    step is counted twice and the explicit hook carries on in the same run. Never raises into
+    training: errors are counted in :attr:`errors`.
+    """
+
+    def __init__(self) -> None:
+        self.handle: TrackHandle | None = None
+        self.off = False
+        self.errors = 0
+        self._hooks = [
+            register_optimizer_step_pre_hook(self._pre),
+            register_optimizer_step_post_hook(self._post),
+        ]
+
+    def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.off:
+            return
+        try:
+            handle = self.handle
+            if handle is None:
+                fields = _fields(None, "", None, None, None, "pytorch.auto")
+                client = Client(job_run_id(fields["name"]), fields)
+                handle = self.handle = TrackHandle(client, None, auto=True)
+            if not handle.fast:
+                handle._pre(optimizer, args, kwargs)
+        except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
+            self.errors += 1
+
+    def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        handle = self.handle
+        if self.off or handle is None or handle.fast:
+            return
+        handle._post(optimizer, args, kwargs)
+
+    def hand_over(self) -> None:
+        """An explicit hook starts in this process: stop for good, keeping the steps seen."""
+        if self.off:
+            return
+        self.off = True
+        try:
+            for hook in self._hooks:
+                hook.remove()
+            self._hooks = []
+            if self.handle is not None:
+                self.handle.release()
+        except Exception:  # noqa: BLE001 - the hook boundary
+            self.errors += 1
+
+
+_auto: AutoTrack | None = None
+
+
+def auto_track() -> AutoTrack:
+    """Install the automatic optimizer-step hook once per process (``profiler run --hooks``
+    calls this when torch is imported); returns it."""
+    global _auto
+    if _auto is None:
+        _auto = AutoTrack()
+    return _auto
+
+
+def _hand_over_auto() -> None:
+    if _auto is not None:
+        _auto.hand_over()
 
 
 def _fields(

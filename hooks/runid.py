@@ -73,6 +73,28 @@ def ranks_from_env(env: dict[str, str] | None = None) -> tuple[int, int, int]:
     )
 
 
+# Scheduler metadata taken from the environment into every ``hello`` (key -> variable). Slurm sets
+# its variables in every job; Kubernetes sets POD_NAME/POD_NAMESPACE only when the pod spec passes
+# them through the downward API (see deploy/kubernetes/training-pod-example.yaml).
+ENV_META = {
+    "slurm_job_id": "SLURM_JOB_ID",
+    "slurm_step_id": "SLURM_STEP_ID",
+    "slurm_job_name": "SLURM_JOB_NAME",
+    "slurm_job_user": "SLURM_JOB_USER",
+    "slurm_job_account": "SLURM_JOB_ACCOUNT",
+    "slurm_job_partition": "SLURM_JOB_PARTITION",
+    "k8s_pod": "POD_NAME",
+    "k8s_namespace": "POD_NAMESPACE",
+}
+
+
+def env_meta(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Run metadata from the scheduler's environment (:data:`ENV_META`): the variables that are
+    set and not empty, each value cut to 256 characters."""
+    env = dict(os.environ) if env is None else env
+    return {key: env[var][:256] for key, var in ENV_META.items() if env.get(var)}
+
+
 def default_name() -> str:
     """The script's file name, for runs not given a name."""
     return os.path.basename(sys.argv[0] or "python") or "run"
@@ -102,9 +124,12 @@ def hello_fields(
     ranks: tuple[int, int, int] | None = None,
     devices: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The ``hello`` fields every hook sends (see :mod:`hooks.wire`)."""
+    """The ``hello`` fields every hook sends (see :mod:`hooks.wire`), with the scheduler's
+    metadata (:func:`env_meta`) under ``meta`` when there is any."""
     rank, local_rank, world_size = ranks or ranks_from_env()
+    meta = env_meta()
     return {
+        **({"meta": meta} if meta else {}),
         "name": name or default_name(),
         "project": project,
         "user": user or user_name(),

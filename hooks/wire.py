@@ -16,7 +16,14 @@ run id) and ``pid`` (the sender's process id).
     trainer's settings, or ``none``), ``memory_source`` (``torch.cuda``, ``tf.config`` or empty)
     and the clock anchors ``mono`` (seconds on CLOCK_MONOTONIC) and ``wall`` (unix seconds) taken
     together. Sent at start and again every :data:`HELLO_EVERY_S` seconds, so a restarted daemon
-    learns the run again.
+    learns the run again. Optional: ``meta``, run metadata as an object of at most 32 string
+    values (keys of at most 64 characters): the scheduler's (``slurm_job_id``,
+    ``slurm_job_user``, ``slurm_job_account``, ... ``k8s_pod``, ``k8s_namespace``) and
+    ``profiler run --meta``; ``attach`` (true: ``profiler attach`` records the process from
+    outside and nobody will say ``bye`` for it; its end ends it as ``finished``) and ``watched``
+    (true: ``profiler run`` watches the process and will say ``bye`` with its exit status).
+    Messages a sender sends about another process (``profiler run``, ``attach``, ``detach``)
+    carry ``proxy: true``.
 ``step``
     A batch of finished steps: ``steps`` is a list of ``[step, start_s, end_s, samples]`` with
     times on CLOCK_MONOTONIC in seconds (system-wide on Linux, so the daemon reads the same

@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_identity(run)
     run.add_argument("--hooks", action="store_true",
                      help="also time steps: add the torch/Keras hooks when the program imports "
-                          "them (off by default; [run] hooks = true in profiler.toml)")  # fmt: skip
+                          "them (off by default; run_hooks = true in profiler.toml, "
+                          "or PROFILER_RUN_HOOKS=1)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no summary at the end")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS ...]")
     attach = sub.add_parser("attach", help="record a running process tree as a run from now")
@@ -515,7 +516,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from profiler.proxy import run_command
 
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    hooks = args.hooks or bool(getattr(config, "run_hooks", False))
+    hooks = args.hooks or config.run_hooks
     return run_command(
         config, command, name=args.name, project=args.project, run_id=args.run_id,
         meta=args.meta, hooks=hooks, quiet=args.quiet,

@@ -53,6 +53,8 @@ class Config:
     # Runs kept in memory and in /metrics; past it the oldest finished runs leave first, and
     # a new run is refused (counted) while all are live.
     max_runs: int = 500
+    # `profiler run` adds the torch/Keras step hooks to the command as if given --hooks.
+    run_hooks: bool = False
     # The [cost] and [catalog] tables as written (validated by profiler.pricing), and where
     # they came from, for messages.
     cost: dict[str, Any] = field(default_factory=dict)
@@ -167,6 +169,20 @@ def _count(lo: int, hi: int) -> Callable[[Any], int]:
     return check
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _switch(value: Any) -> bool:
+    """A TOML boolean, or in the environment one of 1/0, true/false, yes/no, on/off."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError("true or false")
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("a non-empty string")
@@ -204,6 +220,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
         "PROFILER_SOCKET_GROUP",
     ),
     "max_runs": (_count(10, 100_000), "an integer from 10 to 100000", "PROFILER_MAX_RUNS"),
+    "run_hooks": (_switch, "true or false (1/0 in the environment)", "PROFILER_RUN_HOOKS"),
 }
 
 

@@ -374,7 +374,7 @@ class Daemon:
         split, or a hook declared it. A run holds a device from the later of its start and the
         span in which it was first seen there, to its end."""
         on_device = dev.pids_seen
-        lineage: list[set[int]] | None = None  # per pid on the device: it and its ancestors
+        nearest: set[str] | None = None  # runs owning the nearest ancestor of a pid on it
         holders = []
         for run in self.runs.values():
             if run.end_mono is not None and run.end_mono <= t0:
@@ -386,10 +386,9 @@ class Daemon:
                     for pid, p in run.processes.items()
                 )
                 if not seen and on_device and run.live:
-                    if lineage is None:
-                        lineage = [self._lineage(pid) for pid in on_device]
-                    living = {pid for pid, p in run.processes.items() if not p.gone}
-                    seen = any(not living.isdisjoint(chain) for chain in lineage)
+                    if nearest is None:
+                        nearest = self._nearest_runs(on_device)
+                    seen = run.id in nearest
                 if not seen or not run.live:
                     continue
                 since = max(run.start_mono, t0)
@@ -397,12 +396,26 @@ class Daemon:
             holders.append(Holder(run.id, since, run.end_mono))
         return holders
 
-    @staticmethod
-    def _lineage(pid: int) -> set[int]:
-        """``pid`` and its living ancestors (read from ``/proc`` when asked)."""
+    def _nearest_runs(self, pids: set[int]) -> set[str]:
+        """The live runs that own, for some pid in ``pids``, the nearest process of its lineage
+        (the pid itself, else its parent, and so on; read from ``/proc`` when asked): a GPU
+        process belongs to the innermost run around it, never to every run above it."""
         from profiler.sensors.host import ancestor_pids
 
-        return {pid, *ancestor_pids(pid)}
+        owner = {
+            pid: run.id
+            for run in self.runs.values()
+            if run.live
+            for pid, p in run.processes.items()
+            if not p.gone
+        }
+        out = set()
+        for pid in pids:
+            for candidate in (pid, *ancestor_pids(pid)):
+                if candidate in owner:
+                    out.add(owner[candidate])
+                    break
+        return out
 
     def _cpu_samples(self, samples: list[CpuSample]) -> None:
         from profiler.sensors.rapl import cpu_total_j
@@ -1069,7 +1082,12 @@ def run_foreground(config: Config) -> None:
     """``profiler daemon``: run until SIGTERM/SIGINT, then flush and exit. Files the daemon
     creates (ledger, status, lock) are owner-only: umask 077."""
     os.umask(0o077)
-    daemon = build_daemon(config)
+    serve(build_daemon(config))
+
+
+def serve(daemon: Daemon) -> None:
+    """Run a built daemon (its lock, ledger, socket and ``/metrics``) until SIGTERM/SIGINT,
+    then flush and exit."""
     service = Service(daemon)
     service.start()
     service.install_signals()

@@ -87,12 +87,21 @@ def format_summary(run: dict[str, Any], status: dict[str, Any], config: Config) 
     """The end-of-run summary as text."""
     mean_ms = None if run["step_time_mean_s"] is None else run["step_time_mean_s"] * 1e3
     p95_ms = None if run["step_time_p95_s"] is None else run["step_time_p95_s"] * 1e3
+    framework = f"{run['framework']} {run['framework_version']}".strip() or "no step hook"
+    if run["framework"] or run["steps"]:
+        step_lines = [
+            f"  steps          {run['steps']:,}    samples {run['samples']:,}"
+            f"    dropped {run['dropped_steps']}",
+            f"  step time      mean {_fmt(mean_ms, '.2f', ' ms')}"
+            f"    p95 {_fmt(p95_ms, '.2f', ' ms')}",
+        ]
+    else:  # `profiler run` without hooks: steps are unknown, not zero
+        step_lines = ["  steps          not timed (add --hooks, or one line in the script)"]
     lines = [
-        f"Run {run['id']}  ({run['name']}, {run['framework']} {run['framework_version']})"
-        f"  {run['status']}",
-        f"  steps          {run['steps']:,}    samples {run['samples']:,}"
-        f"    dropped {run['dropped_steps']}",
-        f"  step time      mean {_fmt(mean_ms, '.2f', ' ms')}    p95 {_fmt(p95_ms, '.2f', ' ms')}",
+        f"Run {run['id']}  ({run['name']}, {framework})  {run['status']}",
+        *step_lines,
+        f"  time           wall {_fmt(run['duration_s'], ',.1f', ' s')}"
+        f"    CPU {_fmt(run.get('cpu_seconds'), ',.1f', ' s')} (process tree)",
         f"  GPU energy     {_fmt(run['gpu_energy_j'], ',.1f', ' J')}"
         f"  ({_fmt(run['gpu_energy_kwh'], '.6f', ' kWh')})",
         f"  GPU power      mean {_fmt(run['gpu_power_mean_w'], '.1f', ' W')}"

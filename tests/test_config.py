@@ -79,6 +79,7 @@ BAD_VALUES = {
     "grafana_token_file": "",
     "socket_group": "no-such-group-here",
     "max_runs": 5,
+    "run_hooks": "maybe",
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import psutil
@@ -166,6 +166,34 @@ def process_tree_cpu_seconds(pid: int) -> float | None:
         except _PROCESS_GONE:
             continue
     return total
+
+
+MAX_ANCESTRY = 64  # parents followed at most (a safety bound; real trees are a few deep)
+
+
+def ancestor_pids(pid: int) -> list[int]:
+    """The living ancestors of ``pid``, its parent first, up to (not including) pid 1 or 0;
+    empty when ``pid`` cannot be seen. Reads one ``/proc/<pid>/stat`` per level."""
+    out: list[int] = []
+    try:
+        ppid = psutil.Process(pid).ppid()
+        while ppid > 1 and len(out) < MAX_ANCESTRY:
+            out.append(ppid)
+            ppid = psutil.Process(ppid).ppid()
+    except _PROCESS_GONE:
+        pass
+    return out
+
+
+def outermost_pids(pids: Iterable[int]) -> set[int]:
+    """The pids of ``pids`` that are not descendants of another one of them: summing
+    :func:`process_tree_cpu_seconds` (or memory) over these counts every process once, where
+    the set holds a process and its child (``profiler run``'s child and a hooked training
+    process it started). A pid that cannot be seen is kept."""
+    pids = set(pids)
+    if len(pids) < 2:
+        return pids
+    return {pid for pid in pids if pids.isdisjoint(ancestor_pids(pid))}
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
