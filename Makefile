@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint format prometheus clean
+.PHONY: demo test lint format prometheus clean bench bench-smoke
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing torch 2.13.0 (CPU) and the project"
@@ -44,3 +44,19 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# Benchmarks (bench/README.md): the peers (CodeCarbon from test-frameworks; Zeus if it installs,
+# else its column reads n/a) and Keras for the callback's overhead come with the test set-up.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(TEST_STAMP)
+	@echo ">> installing Zeus 0.16 (a peer in the benchmarks)"
+	$(BIN)/pip install -q 'zeus==0.16.0' || echo ">> Zeus did not install: its figures show n/a"
+	@touch $@
+
+# All six, one table, JSON in bench/results/ (about 10 minutes).
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run_all.py
+
+# The same, tiny and all at once (about a minute): they run and give numbers; no timing is judged.
+bench-smoke: $(TEST_STAMP)
+	$(BIN)/python bench/run_all.py --smoke
