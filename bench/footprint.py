@@ -22,6 +22,7 @@ Run: ``.venv/bin/python -m bench.footprint [--smoke] [--out FILE]``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -105,49 +106,79 @@ def measure_daemon(shipped: bool, window_s: float) -> dict[str, Any]:
     return {"first_sample_s": first, **usage}
 
 
-def measure_codecarbon(window_s: float) -> dict[str, Any]:
+def _json_line(proc: subprocess.Popen, timeout_s: float) -> tuple[dict[str, Any] | None, str]:
+    """The first stdout line of ``proc`` that is a JSON object (None if it exits or
+    ``timeout_s`` passes first), and the other lines it printed before it."""
+    found: dict[str, Any] = {}
+    other: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                found.update(json.loads(line))
+                return
+            other.append(line.strip())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return (found or None), " | ".join(filter(None, other))
+
+
+def _tail(path: Path, chars: int = 300) -> str:
+    text = path.read_text(errors="replace").strip() if path.exists() else ""
+    return " | ".join(text[-chars:].splitlines())
+
+
+def measure_codecarbon(window_s: float, startup_s: float = 60.0) -> dict[str, Any]:
+    """CodeCarbon's idle tracker next to the daemon; on failure NaNs and ``failed`` (the
+    reason), never zeros."""
     tmp = Path(tempfile.mkdtemp(prefix="profiler-bench-codecarbon-"))
     (tmp / "trace.json").write_text(json.dumps([list(p) for p in training_loop()]))
     env = profiler_env(tmp)
     env["PATH"] = f"{fake_nvidia_smi(tmp / 'bin')}{os.pathsep}{env.get('PATH', '')}"
+    stderr = tmp / "stderr.txt"
     spawned = time.monotonic()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.peers",
-            "codecarbon-idle",
-            "--trace",
-            str(tmp / "trace.json"),
-            "--t0",
-            repr(spawned),
-            "--gpus",
-            str(GPUS),
-        ],
-        env=env,
-        cwd=tmp,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.peers",
+                "codecarbon-idle",
+                "--trace",
+                str(tmp / "trace.json"),
+                "--t0",
+                repr(spawned),
+                "--gpus",
+                str(GPUS),
+            ],
+            env=env,
+            cwd=tmp,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("{"):  # it exited: CodeCarbon missing or broken
+        line, other = _json_line(proc, startup_s)
+        if line is None or line.get("gpu_count") != GPUS:
+            if line is not None:
+                why = f"detected {line.get('gpu_count')} GPUs, not {GPUS}"
+            elif proc.poll() is not None:
+                why = f"exited {proc.returncode} before start() returned"
+            else:
+                why = f"start() did not return within {startup_s:g} s"
+            detail = "; ".join(filter(None, (other, _tail(stderr))))
             nan = float("nan")
-            return {
-                "first_sample_s": nan,
-                "cpu_ratio": nan,
-                "rss_mb": nan,
-                "failed": f"exit {proc.wait(10)}",
-            }
-        started = json.loads(line)["started"]
+            failed = f"{why}: {detail}" if detail else why
+            return {"first_sample_s": nan, "cpu_ratio": nan, "rss_mb": nan, "failed": failed}
         time.sleep(min(2.0, window_s / 2))
         usage = _usage(proc.pid, window_s)
     finally:
         proc.kill()
         proc.wait(10)
-    return {"first_sample_s": started - spawned, **usage}
+    return {"first_sample_s": line["started"] - spawned, **usage, "gpu_model": line["gpu_model"]}
 
 
 def measure(smoke: bool = False) -> dict[str, Any]:
@@ -157,7 +188,12 @@ def measure(smoke: bool = False) -> dict[str, Any]:
     cc: dict[str, Any] = {}
 
     def peer() -> None:
-        cc.update(measure_codecarbon(window))
+        try:
+            cc.update(measure_codecarbon(window))
+        except Exception as e:  # noqa: BLE001 - shown as n/a with the reason, never as zeros
+            nan = float("nan")
+            failed = f"{type(e).__name__}: {e}"
+            cc.update(first_sample_s=nan, cpu_ratio=nan, rss_mb=nan, failed=failed)
 
     thread = threading.Thread(target=peer)
     thread.start()
@@ -176,8 +212,18 @@ def measure(smoke: bool = False) -> dict[str, Any]:
     }
 
 
+def _peer(c: dict[str, Any], key: str, fmt: str, unit: str = "") -> str:
+    """CodeCarbon's figure as text; ``n/a`` when it failed or was not measured."""
+    value = c.get(key, float("nan"))
+    if c.get("failed") or not math.isfinite(value):
+        return "CodeCarbon n/a"
+    return f"CodeCarbon {value:{fmt}}{unit}"
+
+
 def figures(result: dict[str, Any]) -> list[Figure]:
     o, s, c = result["ours"], result["shipped_simulated"], result["codecarbon"]
+    why = c.get("failed") or ("" if math.isfinite(c.get("cpu_ratio", math.nan)) else "not measured")
+    cc_note = f"; CodeCarbon n/a: {why}" if why else ""
     return [
         Figure(
             "footprint_cpu",
@@ -187,8 +233,9 @@ def figures(result: dict[str, Any]) -> list[Figure]:
             f"{o['cpu_ratio']:.2%}",
             f"<= {TARGET_CPU:.0%}",
             o["cpu_ratio"] <= TARGET_CPU,
-            peer=f"CodeCarbon {c.get('cpu_ratio', 0):.2%}",
-            note=f"with PROFILER_GPU=simulated (its load model walks /proc): {s['cpu_ratio']:.2%}",
+            peer=_peer(c, "cpu_ratio", ".2%"),
+            note=f"with PROFILER_GPU=simulated (its load model walks /proc): {s['cpu_ratio']:.2%}"
+            + cc_note,
             extra=result,
         ),
         Figure(
@@ -199,8 +246,8 @@ def figures(result: dict[str, Any]) -> list[Figure]:
             f"{o['rss_mb']:.1f} MB",
             f"<= {TARGET_RSS_MB:g} MB",
             o["rss_mb"] <= TARGET_RSS_MB,
-            peer=f"CodeCarbon {c.get('rss_mb', 0):.1f} MB",
-            note=f"shipped simulated: {s['rss_mb']:.1f} MB",
+            peer=_peer(c, "rss_mb", ".1f", " MB"),
+            note=f"shipped simulated: {s['rss_mb']:.1f} MB{cc_note}",
         ),
         Figure(
             "footprint_first_sample_s",
@@ -210,9 +257,9 @@ def figures(result: dict[str, Any]) -> list[Figure]:
             f"{o['first_sample_s']:.2f} s",
             f"< {TARGET_FIRST_SAMPLE_S:g} s",
             o["first_sample_s"] < TARGET_FIRST_SAMPLE_S,
-            peer=f"CodeCarbon {c.get('first_sample_s', float('nan')):.2f} s",
+            peer=_peer(c, "first_sample_s", ".2f", " s"),
             note=f"shipped simulated: {s['first_sample_s']:.2f} s; interpreter start and "
-            f"imports included",
+            f"imports included{cc_note}",
         ),
     ]
 

@@ -15,7 +15,7 @@ Subcommands (each prints one JSON line on stdout; energies in joules, times mono
     ``ZeusMonitor`` windows around each step of a per-step script, for step lengths in turn.
 ``codecarbon-idle``
     ``EmissionsTracker()`` started at once and left running (for the footprint benchmark); prints
-    ``started`` when ``start()`` returned and runs until killed.
+    ``started`` when ``start()`` returned (with the GPUs it detected) and runs until killed.
 
 CodeCarbon only looks for NVIDIA GPUs when ``nvidia-smi`` runs, so the parent puts a stand-in
 ``nvidia-smi`` (exit status 0) on ``PATH``; see :func:`fake_nvidia_smi`.
@@ -24,6 +24,7 @@ CodeCarbon only looks for NVIDIA GPUs when ``nvidia-smi`` runs, so the parent pu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -140,11 +141,17 @@ def codecarbon_idle(args: argparse.Namespace) -> None:
     sim = make_sim(_load_phases(args.trace), args.t0, args.gpus, repeat=True)
     install_as_pynvml(sim)
     logging.disable(logging.WARNING)
-    from codecarbon import EmissionsTracker
+    # stdout carries only the JSON line: importing CodeCarbon imports ``amdsmi``, which prints
+    # to stdout when ``libamd_smi.so`` is missing; anything printed goes to stderr instead.
+    with contextlib.redirect_stdout(sys.stderr):
+        from codecarbon import EmissionsTracker
 
-    tracker = EmissionsTracker()
-    tracker.start()
-    print(json.dumps({"started": time.monotonic()}), flush=True)
+        tracker = EmissionsTracker()
+        tracker.start()
+        started = time.monotonic()
+        hardware = tracker.get_detected_hardware()
+    line = {"started": started, "gpu_count": hardware.get("gpu_count")}
+    print(json.dumps({**line, "gpu_model": hardware.get("gpu_model")}), flush=True)
     while True:
         time.sleep(3600)
 
