@@ -7,11 +7,11 @@ snapshot under :attr:`Daemon.lock`. Never imports torch or tensorflow.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import threading
@@ -20,17 +20,20 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from profiler import __version__
 from profiler.config import Config
 from profiler.cost import IDLE_UTILIZATION, CostMeter, Priced, RunCost, no_pricing
 from profiler.energy import EnergyCurve, Holder, split_cpu_energy, split_interval
-from profiler.ingest import Bye, Hello, Message, Receiver, StepBatch
+from profiler.ingest import Bye, Hello, Inbox, Message, Receiver, StepBatch
 from profiler.ledger import Ledger, LedgerError, Rollup
 from profiler.pricing import Pricing
 from profiler.runs import ProcessInfo, Run
 from profiler.sensors.base import CpuSample, GpuSample
+
+if TYPE_CHECKING:
+    from profiler.sensors.host import ProcessTable
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ STALE_PENDING_S = 30.0
 # would hold a run open until then).
 FUTURE_SLACK_S = 60.0
 ATTRIBUTION_LAG_S = 0.5  # more than the hooks' flush interval (0.25 s)
+HANDLE_CHUNK = 16  # messages handled per hold of the daemon's lock
 
 
 class DaemonError(Exception):
@@ -63,10 +67,44 @@ class DeviceState:
     def utilization_between(self, t0: float, t1: float) -> float | None:
         """Mean utilization of the samples in ``(t0, t1]``, else of the first sample after
         ``t1``; None when the sensor gives none."""
-        inside = [u for t, u in self.utilization if t0 < t <= t1]
+        inside, after = [], None
+        for t, u in reversed(self.utilization):  # newest first: intervals asked are recent
+            if t <= t0:
+                break
+            if t <= t1:
+                inside.append(u)
+            else:
+                after = u  # ends as the earliest sample after t1
         if inside:
             return sum(inside) / len(inside)
-        return next((u for t, u in self.utilization if t > t1), None)
+        return after
+
+
+@dataclass(frozen=True)
+class Readings:
+    """One pass over the sensors (:meth:`Daemon.read_sensors`); ``started`` is its
+    ``perf_counter`` start, for the pass's duration."""
+
+    gpu: list[GpuSample]
+    cpu: list[CpuSample] | None
+    started: float
+
+
+class Sharing:
+    """How many runs hold one device at a given time, from each run's ``(since, end)`` span
+    (monotonic seconds; ``end`` None while it runs): two sorted lists and two bisections per
+    question, so a pass over many runs' steps stays linear in the steps."""
+
+    def __init__(self, spans: list[tuple[float, float | None]]) -> None:
+        self._starts = sorted(since for since, _end in spans)
+        self._ends = sorted(end for _since, end in spans if end is not None)
+
+    def holders_at(self, t: float) -> int:
+        """Runs holding the device at ``t`` (held from ``since`` to ``end``, both included);
+        at least 1, so a share never divides by zero."""
+        started = bisect.bisect_right(self._starts, t)
+        ended = bisect.bisect_left(self._ends, t)  # spans over before t
+        return max(1, started - ended)
 
 
 def _minute(unix_s: float) -> int:
@@ -118,6 +156,9 @@ class Daemon:
         self.cpu_source = ""
         self._cpu_mark: tuple[float, float] | None = None  # (cpu joules, busy cpu seconds)
         self._proc_cpu: dict[int, float] = {}  # pid -> CPU seconds at the last check
+        # The host's processes as of the last CPU accounting (refreshed once a second): the
+        # ancestry of GPU processes is looked up here, not in /proc, on every sample.
+        self._procs: ProcessTable | None = None
         self._simulated_pids: set[int] = set()  # processes the simulated GPU was told about
         self.flush_failures = 0
 
@@ -297,19 +338,31 @@ class Daemon:
 
     def sample(self) -> None:
         """Read every sensor once, extend the energy curves and attribute the new intervals."""
+        self.apply_readings(self.read_sensors())
+
+    def read_sensors(self) -> Readings:
+        """Read every sensor once. Touches no daemon state, so the main loop calls it without
+        holding :attr:`lock` (an NVML pass over 8 GPUs would otherwise hold up scrapes)."""
         started = time.perf_counter()
+        gpu = self.gpu_sensor.sample() if self.gpu_sensor is not None else []
+        cpu = self.cpu_sensor.sample() if self.cpu_sensor is not None else None
+        return Readings(gpu, cpu, started)
+
+    def apply_readings(self, readings: Readings) -> None:
+        """Extend the energy curves with ``readings`` and attribute the new intervals, give
+        finished steps their energy and end runs whose processes are done (under the lock)."""
         if self.gpu_sensor is not None:
-            for s in self.gpu_sensor.sample():
+            for s in readings.gpu:
                 self._gpu_sample(s)
             for key, n in getattr(self.gpu_sensor, "errors", {}).items():
                 self.health[f"sensor_error:gpu:{key}"] = n
-        if self.cpu_sensor is not None:
-            self._cpu_samples(self.cpu_sensor.sample())
+        if self.cpu_sensor is not None and readings.cpu is not None:
+            self._cpu_samples(readings.cpu)
             for key, n in getattr(self.cpu_sensor, "errors", {}).items():
                 self.health[f"sensor_error:cpu:{key}"] = n
         self._resolve_steps()
         self._end_runs()
-        self.sample_seconds_last = time.perf_counter() - started
+        self.sample_seconds_last = time.perf_counter() - readings.started
 
     def _gpu_sample(self, s: GpuSample) -> None:
         dev = self.devices.get(s.uuid)
@@ -402,6 +455,7 @@ class Daemon:
         process belongs to the innermost run around it, never to every run above it."""
         from profiler.sensors.host import ancestor_pids
 
+        table = self._procs
         owner = {
             pid: run.id
             for run in self.runs.values()
@@ -411,7 +465,8 @@ class Daemon:
         }
         out = set()
         for pid in pids:
-            for candidate in (pid, *ancestor_pids(pid)):
+            known = table.ancestors(pid) if table is not None else None
+            for candidate in (pid, *(ancestor_pids(pid) if known is None else known)):
                 if candidate in owner:
                     out.add(owner[candidate])
                     break
@@ -435,12 +490,9 @@ class Daemon:
         counted with that tree, not again."""
         import psutil
 
-        from profiler.sensors.host import (
-            outermost_pids,
-            process_tree_cpu_seconds,
-            process_tree_rss_bytes,
-        )
+        from profiler.sensors.host import ProcessTable
 
+        table = self._procs = ProcessTable.read()
         times = psutil.cpu_times()
         busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
         run_cpu: dict[str, float] = {}
@@ -449,12 +501,12 @@ class Daemon:
                 continue
             seconds, rss = 0.0, 0
             active = [p for p in run.processes.values() if not (p.said_bye or p.gone)]
-            outermost = outermost_pids(p.pid for p in active)
+            outermost = table.outermost(p.pid for p in active)
             for proc in active:
                 if proc.pid not in outermost:  # counted with its ancestor's tree
                     self._proc_cpu.pop(proc.pid, None)  # a fresh baseline if it stands alone
                     continue
-                cpu = process_tree_cpu_seconds(proc.pid)
+                cpu = table.tree_cpu_seconds(proc.pid)
                 prev = self._proc_cpu.get(proc.pid)
                 if prev is None and _born_with(proc, run):
                     prev = 0.0  # all of its CPU time is the run's (profiler run's child)
@@ -462,7 +514,7 @@ class Daemon:
                     if prev is not None and cpu >= prev:
                         seconds += cpu - prev
                     self._proc_cpu[proc.pid] = cpu
-                rss += process_tree_rss_bytes(proc.pid) or 0
+                rss += table.tree_rss_bytes(proc.pid) or 0
             run.host_rss_bytes = rss
             run_cpu[run.id] = seconds
             if seconds:
@@ -489,6 +541,7 @@ class Daemon:
             (d.curve.last.t_s for d in self.devices.values() if d.curve.last), default=None
         )
         now = self.clock()
+        sharing: dict[str, Sharing] = {}  # per device, built when first needed in this pass
         for run in self.runs.values():
             if not run.pending:
                 continue
@@ -501,23 +554,28 @@ class Daemon:
                 if p.end_mono > horizon:
                     keep.append(p)
                     continue
-                joules = sum(
-                    dev.curve.energy_between(p.start_mono, p.end_mono) / self._sharers(dev, p)
-                    for dev in held
-                )
+                mid = (p.start_mono + p.end_mono) / 2
+                joules = 0.0
+                for dev in held:
+                    if dev.uuid not in sharing:
+                        sharing[dev.uuid] = self._sharing(dev)
+                    joules += dev.curve.energy_between(p.start_mono, p.end_mono) / sharing[
+                        dev.uuid
+                    ].holders_at(mid)
                 run.step_joules.observe(joules)
                 run.step_energy_sum_j += joules
                 run.steps_with_energy += 1
             run.pending = keep
 
-    def _sharers(self, dev: DeviceState, step: Any) -> int:
-        mid = (step.start_mono + step.end_mono) / 2
-        n = 0
-        for run in self.runs.values():
-            since = run.device_since.get(dev.uuid)
-            if since is not None and since <= mid and (run.end_mono is None or run.end_mono >= mid):
-                n += 1
-        return max(1, n)
+    def _sharing(self, dev: DeviceState) -> Sharing:
+        """Which runs hold ``dev`` when: every run that has held it, with its end."""
+        return Sharing(
+            [
+                (run.device_since[dev.uuid], run.end_mono)
+                for run in self.runs.values()
+                if dev.uuid in run.device_since
+            ]
+        )
 
     # ---- run ends ---------------------------------------------------------------------------
 
@@ -891,6 +949,7 @@ class Service:
         self.stop_event = threading.Event()
         self._lock_fd: int | None = None
         self.receiver: Receiver | None = None
+        self.inbox: Inbox | None = None
         self.http = None
         self.metrics_url = ""
 
@@ -943,6 +1002,7 @@ class Service:
             os.chown(self.config.home, -1, group)
             os.chmod(self.config.home, 0o710)
         self.receiver = Receiver(self.config.socket, self.daemon.message_counts, group=group)
+        self.inbox = Inbox(self.receiver)
         tmp = self.config.status_file.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -963,26 +1023,24 @@ class Service:
     def run(self) -> None:
         """Main loop at a fixed rate on the monotonic clock until ``stop_event``."""
         d, cfg = self.daemon, self.config
-        assert self.receiver is not None
+        assert self.inbox is not None
         now = time.monotonic()
         next_sample = now
         next_flush = now + cfg.flush_interval_s
         next_check = now + cfg.process_check_interval_s
         while not self.stop_event.is_set():
             timeout = max(0.0, min(next_sample, next_flush, next_check) - time.monotonic())
-            try:
-                ready, _, _ = select.select([self.receiver], [], [], min(timeout, 0.25))
-            except InterruptedError:
-                continue
-            if ready:
-                messages = self.receiver.drain()
-                with d.lock:
-                    for m in messages:
-                        self._handle(m)
+            messages = self.inbox.get(min(timeout, 0.25))
+            if messages:
+                for i in range(0, len(messages), HANDLE_CHUNK):
+                    with d.lock:  # let a scrape in between chunks of a burst
+                        for m in messages[i : i + HANDLE_CHUNK]:
+                            self._handle(m)
             now = time.monotonic()
             if now >= next_sample:
+                readings = d.read_sensors()
                 with d.lock:
-                    d.sample()
+                    d.apply_readings(readings)
                 next_sample += cfg.sample_interval_s
                 if next_sample < now:
                     next_sample = now + cfg.sample_interval_s
@@ -1011,8 +1069,10 @@ class Service:
     def shutdown(self) -> None:
         d = self.daemon
         if self.receiver is not None:
-            for m in self.receiver.drain():
-                self._handle(m)
+            left = self.inbox.stop() if self.inbox is not None else self.receiver.drain()
+            with d.lock:
+                for m in left:
+                    self._handle(m)
             self.receiver.close()
         with d.lock:
             if d.gpu_sensor is not None:

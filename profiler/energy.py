@@ -92,8 +92,13 @@ class EnergyCurve:
 
     def power_peak_w(self, t0_s: float, t1_s: float) -> float | None:
         """Highest power reading in ``[t0_s, t1_s]`` (watts), or None when there is none."""
-        readings = [p.power_w for p in self._points if t0_s <= p.t_s <= t1_s and p.power_w]
-        return max(readings) if readings else None
+        peak = None
+        for p in reversed(self._points):  # newest first: callers ask about recent intervals
+            if p.t_s < t0_s:
+                break
+            if p.t_s <= t1_s and p.power_w and (peak is None or p.power_w > peak):
+                peak = p.power_w
+        return peak
 
 
 def interpolate(a: CurvePoint, b: CurvePoint, t_s: float) -> float:

@@ -7,8 +7,12 @@ import grp
 import json
 import math
 import os
+import queue
+import select
 import socket
 import struct
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,6 +367,61 @@ class Receiver:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+class Inbox:
+    """Reads a :class:`Receiver` on a thread of its own, as datagrams arrive, into a queue
+    that the daemon's loop takes from (:meth:`get`).
+
+    Linux queues only ``net.unix.max_dgram_qlen`` datagrams (10 by default) on a datagram
+    socket; while the loop is busy sampling or flushing the ledger, senders would find it full
+    and have to hold their steps. This thread keeps the socket empty instead. It stops reading
+    while :data:`MAX_QUEUED` batches wait (a loop that cannot keep up), so memory stays bounded
+    and senders hold their steps as the hooks do for a busy daemon."""
+
+    MAX_QUEUED = 2000  # batches of datagrams waiting for the loop
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self._queue: queue.SimpleQueue[list[Message]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="ingest", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            if self._queue.qsize() >= self.MAX_QUEUED:
+                time.sleep(0.01)
+                continue
+            try:
+                ready, _, _ = select.select([self.receiver], [], [], 0.25)
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):  # the socket was closed: the daemon is stopping
+                return
+            if ready:
+                batch = self.receiver.drain()
+                if batch:
+                    self._queue.put(batch)
+
+    def get(self, timeout: float) -> list[Message]:
+        """The messages received so far, waiting up to ``timeout`` seconds for the first."""
+        try:
+            out = self._queue.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                out.extend(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    def stop(self) -> list[Message]:
+        """Stop the reading thread; returns every message it had received and the loop had not
+        taken, followed by what was still queued on the socket."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.get(0.0) + self.receiver.drain()
 
 
 def _sender(ancdata: list[tuple[int, int, bytes]]) -> Sender | None:

@@ -199,11 +199,10 @@ def exported_series_names(home: Path) -> set[str]:
     samples count too."""
     import re
 
-    from prometheus_client import CollectorRegistry, generate_latest
     from test_cost import pricing
     from test_daemon_energy import hello, make_daemon
 
-    from profiler.exporter import DaemonCollector
+    from profiler.exporter import render_metrics
     from profiler.ingest import StepBatch, StepExtras
 
     d, _sim, clock = make_daemon(home, [[(100.0, 250.0)]])
@@ -216,10 +215,8 @@ def exported_series_names(home: Path) -> set[str]:
         d.sample()
         d.handle(StepBatch("r", os.getpid(), ((i, clock.now - 0.1, clock.now, 8, extras),), 0))
     d.cpu_energy_j = {"package-0": (100.0, "rapl")}  # as a CPU sensor would give
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(d))
-    text = generate_latest(registry).decode()
-    assert 'profiler_run_cost_total{component="gpu_time",run="r"}' in text
+    text = render_metrics(d).decode()
+    assert 'profiler_run_cost_total{run="r",component="gpu_time"}' in text
     names: set[str] = set()
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
     for line in text.splitlines():

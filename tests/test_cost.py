@@ -153,9 +153,8 @@ def test_idle_gpu_time_and_steps_after_a_nan_loss_are_waste(tmp_path):
 
 
 def test_metrics_show_live_cost_rate_and_projection(tmp_path):
-    from prometheus_client import CollectorRegistry, generate_latest
 
-    from profiler.exporter import DaemonCollector
+    from profiler.exporter import render_metrics
 
     d, sim, clock = make_daemon(tmp_path, [[(4000.0, 250.0)]])
     d.set_pricing(pricing(kind="flat", gph=3.6, kwh=0.2, pue=1.5, carbon=300.0))
@@ -166,9 +165,7 @@ def test_metrics_show_live_cost_rate_and_projection(tmp_path):
     d.runs["live"].total_steps = 400
     run_for(d, clock, 100.0, every=lambda now: d.handle(StepBatch(
         "live", pid, ((int(now - t0), now - 1.0, now, 8, None),), 0)))  # fmt: skip
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(d))
-    text = generate_latest(registry).decode()
+    text = render_metrics(d).decode()
     run = d.runs["live"]
     # one GPU at 250 W: 3.6/h for the GPU plus 0.25 kW x 1.5 x 0.2/kWh = 0.075/h
     assert sample_value(text, "profiler_run_cost_rate_per_hour", run="live") == pytest.approx(

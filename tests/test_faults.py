@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 from conftest import profiler_env, sample_value, start_daemon, wait_for
-from prometheus_client import CollectorRegistry, generate_latest
 from test_daemon_energy import FakeClock, hello
 
 from profiler.config import Config
 from profiler.daemon import Daemon
-from profiler.exporter import DaemonCollector
+from profiler.exporter import render_metrics
 from profiler.ingest import Bye, StepBatch
 from profiler.sensors.nvml import NvmlSensor
 from profiler.sensors.simulated import SimulatedNVML
@@ -135,9 +134,7 @@ def make_daemon(tmp_path: Path, phases, count: int = 1, **sensor_args):
 
 
 def metrics_text(d: Daemon) -> str:
-    registry = CollectorRegistry()
-    registry.register(DaemonCollector(d))
-    return generate_latest(registry).decode()
+    return render_metrics(d).decode()
 
 
 def advance(d: Daemon, clock: FakeClock, seconds: float, every: float = 0.1) -> None:

@@ -137,3 +137,38 @@ def test_receiver_counts_over_a_real_socket(tmp_path):
     finally:
         r.close()
     assert not (tmp_path / "d.sock").exists()
+
+
+def test_the_inbox_keeps_the_socket_empty_while_the_loop_is_busy(tmp_path):
+    """Linux queues only ~10 datagrams on the socket: with the inbox thread reading it, 200
+    sent while nobody calls get() all arrive, none refused, in order."""
+    from profiler.ingest import Inbox
+
+    path = str(tmp_path / "d.sock")
+    r = Receiver(tmp_path / "d.sock")
+    inbox = Inbox(r)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    try:
+        now = time.monotonic()
+        give_up = now + 10  # with nobody reading, the 11th send would be refused forever
+        for i in range(200):
+            msg = wire.encode(wire.steps("r", os.getpid(), [[i, now, now, 1]]))
+            while True:
+                try:
+                    s.sendto(msg, path)
+                    break
+                except BlockingIOError:  # the thread has not caught up yet: try again
+                    assert time.monotonic() < give_up, f"datagram {i} refused for 10 s"
+                    time.sleep(0.001)
+        got: list = []
+        deadline = time.monotonic() + 10
+        while len(got) < 199 and time.monotonic() < deadline:
+            got += inbox.get(0.2)
+        got += inbox.stop()  # the rest, and whatever was still on the socket
+        assert [m.rows[0][0] for m in got] == list(range(200))
+        assert r.counts["received"] == 200
+        assert inbox.get(0.0) == []
+    finally:
+        s.close()
+        r.close()

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 from conftest import REPO, sample_value, wait_for
-from prometheus_client import CollectorRegistry, generate_latest
 from rich.console import Console
 from test_cost import pricing
 from test_daemon_energy import hello, make_daemon
@@ -18,14 +17,12 @@ from test_daemon_energy import hello, make_daemon
 from profiler import watch
 from profiler.config import Config
 from profiler.cost import projected
-from profiler.exporter import DaemonCollector
+from profiler.exporter import render_metrics
 from profiler.ingest import StepBatch
 
 
 def exposition(d) -> str:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(d))
-    return generate_latest(registry).decode()
+    return render_metrics(d).decode()
 
 
 def steps(d, clock, run: str, first: int, n: int, seconds: float = 1.0) -> None:

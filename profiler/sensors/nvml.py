@@ -23,8 +23,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, wait
-from dataclasses import dataclass
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any
 
 from profiler.sensors.base import GpuProcess, GpuSample, SensorUnavailable
@@ -69,12 +70,15 @@ class _SkipDevice(Exception):
     """Internal: the device cannot be read in this sample (already counted in ``errors``)."""
 
 
-class _DeviceWorker:
-    """One daemon thread that makes a device's NVML calls, so that a call that hangs (a stuck
-    driver) holds up neither the other devices nor the daemon's loop, nor its exit."""
+class _Reader:
+    """One daemon thread that makes NVML calls for the sensor, so that a call that hangs (a
+    stuck driver) holds up neither the daemon's loop nor its exit. A reader that hangs is
+    abandoned (:meth:`retire`): it ends once its call returns, and a fresh one takes over."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
         threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
@@ -82,13 +86,30 @@ class _DeviceWorker:
         self._jobs.put((fn, future))
         return future
 
+    def retire(self) -> None:
+        """End the thread after the job it is on."""
+        self._jobs.put(None)
+
     def _serve(self) -> None:
-        while True:
-            fn, future = self._jobs.get()
+        while (job := self._jobs.get()) is not None:
+            fn, future = job
             try:
                 future.set_result(fn())
             except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
                 future.set_exception(e)
+
+
+@dataclass
+class _Pass:
+    """The devices one reader goes through in turn, and how far it got (``lock`` guards the
+    fields the sampler and the reader both touch)."""
+
+    devices: list[_DeviceState]
+    samples: list[GpuSample] = field(default_factory=list)
+    current: _DeviceState | None = None  # the device whose calls are under way
+    done: int = 0  # devices finished (read, or skipped for an error)
+    abandoned: bool = False  # the sampler stopped waiting: go no further
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def nvml_error_name(error: BaseException) -> str:
@@ -115,7 +136,7 @@ class NvmlSensor:
         self._nvml = _import_pynvml() if nvml is None else nvml
         self._clock = clock
         self.call_timeout_s = call_timeout_s
-        self._workers: dict[int, _DeviceWorker] = {}
+        self._reader: _Reader | None = None
         self._stuck: dict[int, Future[Any]] = {}  # device index -> its call still running
         self.source = "simulated" if getattr(self._nvml, "SIMULATED", False) else "nvml"
         self.errors: Counter[str] = Counter()
@@ -200,14 +221,19 @@ class NvmlSensor:
     # ---- sampling
 
     def sample(self) -> list[GpuSample]:
-        """Read every device once, in parallel; a device that cannot be read is left out (see
-        ``errors``). Waits at most ``call_timeout_s`` seconds: a device whose calls take longer
-        is counted once as ``gpu<index>:Timeout`` and left out until its call returns (its
-        energy counter then covers the gap)."""
+        """Read every device once; a device that cannot be read is left out (see ``errors``).
+
+        One reader thread goes through the devices in turn (a thread per device would cost a
+        thread wake-up per device per sample). When a device's calls take longer than
+        ``call_timeout_s`` (a hung driver call), that device is counted once as
+        ``gpu<index>:Timeout`` and left out until its call returns (its energy counter then
+        covers the gap); the reader stuck in it is abandoned and the devices after it are read
+        by a fresh one. So a pass waits at most ``call_timeout_s`` per device that hangs in it,
+        and usually not at all."""
         with self._lock:
             if self._closed:
                 return []
-            pending: list[tuple[_DeviceState, Future[Any]]] = []
+            todo = []
             for dev in self._devices:
                 index = dev.info.index
                 stuck = self._stuck.get(index)
@@ -216,28 +242,55 @@ class NvmlSensor:
                         continue
                     del self._stuck[index]
                     log.warning("GPU %d answers again after a hung NVML call", index)
-                worker = self._workers.get(index)
-                if worker is None:
-                    worker = self._workers[index] = _DeviceWorker(f"nvml-gpu{index}")
-                pending.append((dev, worker.submit(lambda d=dev: self._sample_device(d))))
-            done, _ = wait([f for _, f in pending], timeout=self.call_timeout_s)
-            out = []
-            for dev, future in pending:
-                if future not in done:
-                    index = dev.info.index
-                    self._stuck[index] = future
-                    self.errors[f"gpu{index}:Timeout"] += 1
-                    log.warning(
-                        "GPU %d: an NVML call took over %g s; sampling the other GPUs without it",
-                        index,
-                        self.call_timeout_s,
-                    )
-                    continue
+                todo.append(dev)
+            out: list[GpuSample] = []
+            while todo:
+                if self._reader is None:
+                    self._reader = _Reader("nvml-reader")
+                work = _Pass(todo)
+                future = self._reader.submit(lambda work=work: self._read_pass(work))
                 try:
-                    out.append(future.result())
-                except _SkipDevice:
-                    continue
+                    future.result(timeout=self.call_timeout_s)
+                except FutureTimeout:
+                    pass
+                with work.lock:
+                    work.abandoned = True
+                    out.extend(work.samples)
+                    hung, done = work.current, work.done
+                if hung is None:  # finished (or between two devices, just now)
+                    return out
+                index = hung.info.index
+                self._stuck[index] = future
+                self.errors[f"gpu{index}:Timeout"] += 1
+                log.warning(
+                    "GPU %d: an NVML call took over %g s; sampling the other GPUs without it",
+                    index,
+                    self.call_timeout_s,
+                )
+                self._reader.retire()
+                self._reader = None
+                todo = work.devices[done + 1 :]
             return out
+
+    def _read_pass(self, work: _Pass) -> None:
+        """Read ``work.devices`` in turn (on the reader thread), appending to ``work.samples``;
+        stop early once the sampler has abandoned the pass."""
+        for dev in work.devices:
+            with work.lock:
+                if work.abandoned:
+                    return
+                work.current = dev
+            try:
+                sample = self._sample_device(dev)
+            except _SkipDevice:
+                sample = None
+            with work.lock:
+                if work.abandoned:  # this call outlived the wait: its result comes too late
+                    return
+                if sample is not None:
+                    work.samples.append(sample)
+                work.done += 1
+                work.current = None
 
     def _sample_device(self, dev: _DeviceState) -> GpuSample:
         nv = self._nvml

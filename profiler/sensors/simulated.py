@@ -40,7 +40,7 @@ from typing import Any
 import psutil
 import pynvml
 
-from profiler.sensors.host import outermost_pids, process_tree_cpu_seconds
+from profiler.sensors.host import ProcessTable, process_tree_cpu_seconds
 
 MIB = 1024**2
 GIB = 1024**3
@@ -51,6 +51,8 @@ RETENTION_S = 3600.0
 DRIVER_VERSION = "550.54.15"
 DEFAULT_MODEL = "A100-SXM4-40GB"
 MAX_COUNT = 64
+PROCESS_LIST_TTL_S = 0.5
+"""How long the list of a device's living processes is reused before psutil is asked again."""
 _COMPACT_AT = 1024  # drop expired load-mode segments in batches of at least this many
 _NOT_MIG = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId of a process on a non-MIG GPU
 
@@ -274,6 +276,7 @@ class _Device:
     lost: bool = False
     counter_base_j: float = 0.0  # energy at the last simulated driver reload
     counter_offset_mj: int = 0
+    living: tuple[float, list[ProcessInfo]] | None = None  # (when, processes) last looked up
 
     @property
     def load_mode(self) -> bool:
@@ -480,6 +483,7 @@ class SimulatedNVML:
         with self._lock:
             dev = self._devices[index]
             dev.processes[pid] = used_memory_bytes
+            dev.living = None
             cpu_s = process_tree_cpu_seconds(pid)
             if cpu_s is not None:
                 dev.cpu_prev_s[pid] = cpu_s
@@ -490,6 +494,7 @@ class SimulatedNVML:
             for dev in self._devices:
                 dev.processes.pop(pid, None)
                 dev.cpu_prev_s.pop(pid, None)
+                dev.living = None
 
     def set_energy_counter_supported(self, index: int, supported: bool) -> None:
         """False: ``nvmlDeviceGetTotalEnergyConsumption`` raises NVMLError_NotSupported."""
@@ -568,12 +573,13 @@ class SimulatedNVML:
     def _recompute_load(self, dev: _Device, now: float) -> None:
         wall_s = now - dev.last_recompute_s
         busy_s, alive = 0.0, 0
-        outermost = outermost_pids(dev.processes)
+        table = ProcessTable.read()  # one scan of /proc for all the device's processes
+        outermost = table.outermost(dev.processes)
         for pid in list(dev.processes):
             if pid not in outermost:  # inside another attached process's tree: counted there
                 dev.cpu_prev_s.pop(pid, None)
                 continue
-            cpu_s = process_tree_cpu_seconds(pid)
+            cpu_s = table.tree_cpu_seconds(pid)
             if cpu_s is None:
                 dev.cpu_prev_s.pop(pid, None)
                 continue
@@ -594,6 +600,13 @@ class SimulatedNVML:
         return min(m.power_limit_w, max(m.idle_w, watts))
 
     def _living_processes(self, dev: _Device) -> list[ProcessInfo]:
+        """The device's processes that still run, looked up at most every
+        :data:`PROCESS_LIST_TTL_S` seconds (of real time: processes are real) or when the
+        attached set changes; NVML, too, lists what its last look saw."""
+        now = time.monotonic()
+        cached = dev.living
+        if cached is not None and now - cached[0] < PROCESS_LIST_TTL_S:
+            return cached[1]
         out = []
         for pid, given in list(dev.processes.items()):
             if not _alive(pid):  # ended: forget it, so a reused pid is not listed
@@ -601,6 +614,7 @@ class SimulatedNVML:
                 dev.cpu_prev_s.pop(pid, None)
                 continue
             out.append(ProcessInfo(pid, given if given is not None else _rss_bytes(pid)))
+        dev.living = (now, out)
         return out
 
 

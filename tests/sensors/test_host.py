@@ -1,7 +1,8 @@
-"""HostSensor (TDP x load estimate), the psutil process-tree helpers and discover_cpu_sensor."""
+"""HostSensor (TDP x load estimate), the process-tree table (/proc) and discover_cpu_sensor."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ import pytest
 from profiler.sensors.host import (
     IDLE_FRACTION,
     HostSensor,
+    ProcessTable,
+    ProcStat,
     default_tdp_w,
     discover_cpu_sensor,
     process_tree_cpu_seconds,
@@ -213,19 +216,48 @@ def test_gone_process_is_none() -> None:
     assert process_tree_cpu_seconds(gone.pid) is None
 
 
-def test_vanishing_descendants_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+def _stat(pid: int, comm: str, ppid: int, ticks: tuple[int, int, int, int], rss_pages: int) -> str:
+    """A /proc/<pid>/stat line with the fields ProcessTable reads (the rest zero)."""
+    fields = ["S", str(ppid)] + ["0"] * 9 + [str(t) for t in ticks] + ["0"] * 6
+    fields += [str(rss_pages)] + ["0"] * 27
+    return f"{pid} ({comm}) " + " ".join(fields) + "\n"
+
+
+def test_process_table_reads_a_proc_tree_from_files(tmp_path: Path) -> None:
+    """A fixture /proc: 10 -> 11 -> 12, and 13 beside them; a command name with spaces and
+    parentheses; an entry that is not a process, one whose stat vanished, one unreadable."""
+    tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+    for pid, comm, ppid, ticks, rss in (
+        (10, "python", 1, (100, 50, 30, 20), 1000),
+        (11, "pt_data_worker (0) :)", 10, (10, 10, 0, 0), 200),
+        (12, "grand", 11, (5, 5, 0, 0), 100),
+        (13, "other", 1, (999, 0, 0, 0), 5),
+    ):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(_stat(pid, comm, ppid, ticks, rss))
+    (tmp_path / "self").mkdir()
+    (tmp_path / "14").mkdir()  # gone: no stat file any more
+    (tmp_path / "15").mkdir()
+    (tmp_path / "15" / "stat").write_text("garbage")
+    table = ProcessTable.read(tmp_path)
+    assert sorted(table.stats) == [10, 11, 12, 13]
+    assert table.stats[11] == ProcStat(10, 20 / tick, 200 * page)
+    assert sorted(table.descendants(10)) == [11, 12]
+    assert table.ancestors(12) == [11, 10] and table.ancestors(99) is None
+    assert table.tree_cpu_seconds(10) == pytest.approx((200 + 20 + 10) / tick)
+    assert table.tree_rss_bytes(11) == 300 * page
+    assert table.tree_cpu_seconds(14) is None and table.tree_rss_bytes(99) is None
+    assert table.outermost({10, 12, 13}) == {10, 13}
+    assert table.outermost({12, 99}) == {12, 99}  # one it cannot place is kept
+    assert ProcessTable.read(tmp_path / "missing").stats == {}
+
+
+def test_the_table_matches_psutil_for_this_process() -> None:
     me = psutil.Process()
-
-    class Vanished:
-        pid = 999_999
-
-        def memory_info(self) -> object:
-            raise psutil.NoSuchProcess(self.pid)
-
-        def cpu_times(self) -> object:
-            raise psutil.AccessDenied(self.pid)
-
-    monkeypatch.setattr(psutil.Process, "children", lambda self, recursive=False: [Vanished()])
-    assert process_tree_rss_bytes(me.pid) == pytest.approx(me.memory_info().rss, rel=0.2)
-    total = process_tree_cpu_seconds(me.pid)
-    assert total is not None and total > 0.0
+    table = ProcessTable.read()
+    t = me.cpu_times()
+    assert table.stats[me.pid].ppid == me.ppid()
+    assert table.stats[me.pid].cpu_s == pytest.approx(
+        t.user + t.system + t.children_user + t.children_system, abs=0.5
+    )
+    assert table.tree_rss_bytes(me.pid) == pytest.approx(me.memory_info().rss, rel=0.2)
