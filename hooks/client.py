@@ -43,6 +43,7 @@ AUTOSTART_TIMEOUT_S = 20.0
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 5.0
 CLOSE_WAIT_S = 1.0  # at exit, how long to keep offering queued steps to a busy daemon
+BYE_WAIT_S = 0.25  # and then how long the last messages (dropped count, bye) may wait for room
 
 
 def proxied(run_id: str, env: dict[str, str] | None = None) -> bool:
@@ -279,6 +280,15 @@ class Client:
                 )
             return False
 
+    def _send_patiently(self, message: dict[str, Any], until: float) -> bool:
+        """Send one message, retrying while the daemon's queue is full, until monotonic
+        ``until``; gives up at once when there is no daemon."""
+        while not self._send(message):
+            if self._stale or time.monotonic() >= until:
+                return False
+            time.sleep(0.01)
+        return True
+
     def _sendto(self, message: dict[str, Any]) -> None:
         self._sock.sendto(wire.encode(message), self.path)
 
@@ -323,11 +333,13 @@ class Client:
                 self._take()
                 self._in_a_row, self._in_a_row_n = [], 0
             if self.ready.is_set():
+                last_try = max(deadline, time.monotonic()) + BYE_WAIT_S
                 if self.dropped:
                     empty = wire.packed_steps(self.run_id, self.pid, array("d"), {}, self.dropped)
-                    self._send(empty)
+                    self._send_patiently(empty, last_try)
                 if send_bye:
-                    self._send(wire.bye(self.run_id, self.pid, status, time.monotonic()))
+                    bye = wire.bye(self.run_id, self.pid, status, time.monotonic())
+                    self._send_patiently(bye, last_try)
             self._sock.close()
             if self.dropped_total:
                 log.warning(

@@ -300,7 +300,7 @@ class EnergyCallback:
     def _count(self, end_index: int) -> int:
         """Batches covered by the hook call ending at batch ``end_index``."""
         begin, self._begin_index = self._begin_index, None
-        if begin is None:
+        if begin is None or begin == end_index:  # one batch per call (steps_per_execution 1)
             return 1
         last = int(end_index)
         if self._steps_per_epoch:

@@ -129,11 +129,18 @@ class StepRecorder:
             start = end
         self._start = None
         self._last_end = end
-        if count == 1 and loss is None and self.device_clock is None and not self.memory_probe:
-            self.steps += 1  # the common case, kept short: one row, no extras
-            n = self.batch_size if samples is None else samples
-            self.client.step(self.steps, start, end, n)
-            return
+        if count == 1 and self.device_clock is None and not self.memory_probe:
+            # the common cases, kept short: one row, with no loss or a finite float loss
+            if loss is None:
+                self.steps += 1
+                self.client.step(self.steps, start, end, self.batch_size if samples is None
+                                 else samples)  # fmt: skip
+                return
+            if type(loss) is float and loss - loss == 0.0:  # finite (inf - inf is NaN)
+                self.steps += 1
+                self.client.step(self.steps, start, end, self.batch_size if samples is None
+                                 else samples, {"loss": loss})  # fmt: skip
+                return
         count = max(1, int(count))
         if samples is None:
             samples = self.batch_size * count

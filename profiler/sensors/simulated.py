@@ -349,6 +349,7 @@ class SimulatedNVML:
             raise ValueError("noise and load_period_s must be >= 0")
         self.model = GPU_MODELS[name]
         self.noise, self.load_period_s = float(noise), float(load_period_s)
+        self._table: tuple[float, ProcessTable] | None = None  # (when, scan) for load mode
         self._clock = clock
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
@@ -570,10 +571,18 @@ class SimulatedNVML:
             self._recompute_load(dev, now)
         return dev, now
 
+    def _process_table(self) -> ProcessTable:
+        """The host's processes, scanned at most once per ``load_period_s`` of real time (one
+        scan serves every device of a sampling pass)."""
+        now = time.monotonic()
+        if self._table is None or now - self._table[0] >= self.load_period_s:
+            self._table = (now, ProcessTable.read())
+        return self._table[1]
+
     def _recompute_load(self, dev: _Device, now: float) -> None:
         wall_s = now - dev.last_recompute_s
         busy_s, alive = 0.0, 0
-        table = ProcessTable.read()  # one scan of /proc for all the device's processes
+        table = self._process_table() if dev.processes else ProcessTable({})
         outermost = table.outermost(dev.processes)
         for pid in list(dev.processes):
             if pid not in outermost:  # inside another attached process's tree: counted there
