@@ -1,8 +1,11 @@
 """The node daemon: one per machine, serving every training process on it.
 
-One thread runs the main loop (receive messages, sample sensors at a fixed rate on the monotonic
+One thread runs the main loop (apply messages, sample sensors at a fixed rate on the monotonic
 clock, attribute energy, end runs, flush the ledger); the HTTP server thread only reads a
-snapshot under :attr:`Daemon.lock`. Never imports torch or tensorflow.
+snapshot under :attr:`Daemon.lock`. Beside them, the ingest thread (:class:`profiler.ingest.Inbox`)
+keeps the socket read while the loop is busy, and the NVML sensor makes its calls on a reader
+thread of its own (a hung driver call cannot stop the loop). Sensors are read without the
+lock; what they return is applied under it. Never imports torch or tensorflow.
 """
 
 from __future__ import annotations

@@ -91,6 +91,13 @@ class Family:
         return head + "".join(self.lines)
 
 
+def single(name: str, kind: str, help_text: str, value: float) -> Family:
+    """A family of one sample without labels."""
+    family = Family(name, kind, help_text)
+    family.add("", value)
+    return family
+
+
 def render_metrics(daemon: Daemon) -> bytes:
     """The whole ``/metrics`` page from one consistent snapshot (taken under the daemon's
     lock), UTF-8 encoded."""
@@ -108,17 +115,20 @@ def _families(d: Daemon) -> Iterator[Family]:
     build.add(labels(("version", "gpu_source", "hostname"),
                      (__version__, d.gpu_source, d.hostname)), 1)  # fmt: skip
     yield build
-    start = Family(
-        "profiler_daemon_start_time_seconds", "gauge", "When the daemon started (unix seconds)."
+    yield single(
+        "profiler_daemon_start_time_seconds",
+        "gauge",
+        "When the daemon started (unix seconds).",
+        d.started_at,
     )
-    start.add("", d.started_at)
-    yield start
-    received = Family(
-        "profiler_messages_received", "counter", "Datagrams the daemon received from hooks."
+    counts = dict(d.message_counts)
+    received = single(
+        "profiler_messages_received",
+        "counter",
+        "Datagrams the daemon received from hooks.",
+        counts.get("received", 0),
     )
     malformed = Family("profiler_messages_malformed", "counter", "Datagrams rejected, by reason.")
-    counts = dict(d.message_counts)
-    received.add("", counts.get("received", 0))
     rejected = Family(
         "profiler_messages_rejected",
         "counter",
@@ -150,30 +160,30 @@ def _families(d: Daemon) -> Iterator[Family]:
             _, sensor, reason = key.split(":", 2)
             errors.add(labels(("sensor", "reason"), (sensor, reason)), n)
     yield errors
-    ledger_errors = Family(
-        "profiler_ledger_write_errors", "counter", "Failed ledger flushes (data kept in memory)."
+    yield single(
+        "profiler_ledger_write_errors",
+        "counter",
+        "Failed ledger flushes (data kept in memory).",
+        d.health.get("ledger_write_errors", 0),
     )
-    ledger_errors.add("", d.health.get("ledger_write_errors", 0))
-    yield ledger_errors
-    handler_errors = Family(
+    yield single(
         "profiler_message_handler_errors",
         "counter",
         "Messages that raised inside the daemon (a bug: see the daemon log); it goes on.",
+        d.health.get("handler_errors", 0),
     )
-    handler_errors.add("", d.health.get("handler_errors", 0))
-    yield handler_errors
-    latency = Family(
-        "profiler_sample_duration_seconds", "gauge", "Time the last sampling pass took (seconds)."
+    yield single(
+        "profiler_sample_duration_seconds",
+        "gauge",
+        "Time the last sampling pass took (seconds).",
+        d.sample_seconds_last,
     )
-    latency.add("", d.sample_seconds_last)
-    yield latency
-    interval = Family(
+    yield single(
         "profiler_sample_interval_seconds",
         "gauge",
         "Configured sensor sampling interval (seconds).",
+        d.config.sample_interval_s,
     )
-    interval.add("", d.config.sample_interval_s)
-    yield interval
 
 
 def _device_labels(d: Daemon) -> dict[str, str]:
@@ -364,9 +374,7 @@ def _costs(d: Daemon) -> Iterator[Family]:
     )  # fmt: skip
     for name, help_text, value in prices:
         if value is not None:
-            price = Family(name, "gauge", help_text)
-            price.add("", value)
-            yield price
+            yield single(name, "gauge", help_text, value)
     fam = {
         "cost": Family(
             "profiler_run_cost", "counter",
@@ -418,13 +426,12 @@ def _costs(d: Daemon) -> Iterator[Family]:
             remaining = (run.total_steps - run.steps) * per_step
             fam["projected_end"].add(r, now + remaining)
     yield from fam.values()
-    mismatches = Family(
+    yield single(
         "profiler_cost_currency_mismatches",
         "counter",
         "Work not billed because the pricing's currency differs from the run's.",
+        d.cost_meter.currency_mismatches,
     )
-    mismatches.add("", d.cost_meter.currency_mismatches)
-    yield mismatches
 
 
 MEMORY_KINDS = ("allocated", "peak_allocated", "reserved")
