@@ -383,7 +383,9 @@ class Inbox:
 
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
-        self._queue: queue.SimpleQueue[list[Message]] = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: on CPython 3.11 SimpleQueue.get(timeout=...) can block
+        # for good when a signal (the daemon's SIGTERM) interrupts it near its deadline.
+        self._queue: queue.Queue[list[Message]] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name="ingest", daemon=True)
         self._thread.start()

@@ -172,3 +172,32 @@ def test_the_inbox_keeps_the_socket_empty_while_the_loop_is_busy(tmp_path):
     finally:
         s.close()
         r.close()
+
+
+def test_a_signal_during_the_inbox_wait_never_makes_it_wait_for_good(tmp_path):
+    """The daemon's SIGTERM handler runs while its loop waits in Inbox.get. On CPython 3.11 a
+    SimpleQueue.get(timeout) whose handler outlasts the deadline blocks until the next datagram
+    (the daemon then never stopped, seen once in CI); the inbox must return at its timeout."""
+    import signal
+    import threading
+
+    from profiler.ingest import Inbox
+
+    r = Receiver(tmp_path / "d.sock")
+    inbox = Inbox(r)
+    rescue = threading.Timer(10, lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(
+        wire.encode(wire.bye("r", os.getpid(), "finished", time.monotonic())),
+        str(tmp_path / "d.sock")))  # fmt: skip
+    rescue.start()
+    old = signal.signal(signal.SIGALRM, lambda *_: time.sleep(0.3))  # outlives the deadline
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        started = time.monotonic()
+        assert inbox.get(0.25) == []
+        assert time.monotonic() - started < 5  # not the 10 s rescue
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        rescue.cancel()
+        inbox.stop()
+        r.close()
