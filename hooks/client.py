@@ -123,6 +123,7 @@ class Client:
         self.closed = False
         self._closing = threading.Event()
         self._stale = False  # a send failed: say hello again before the next message
+        self._busy = False  # the last failed send found the daemon's queue full (not gone)
         self._thread = threading.Thread(target=self._connect, name="profiler-connect", daemon=True)
         self._thread.start()
 
@@ -268,10 +269,12 @@ class Client:
                 self._stale = False
             return True
         except BlockingIOError:  # the daemon's receive queue is full
+            self._busy = True
             if self.ready.is_set():
                 self._warn("the profiler daemon is not keeping up; holding steps until it does")
             return False
         except OSError:  # no daemon, socket gone
+            self._busy = False
             self._stale = True
             if self.ready.is_set():
                 self._warn(
@@ -283,11 +286,13 @@ class Client:
     def _send_patiently(self, message: dict[str, Any], until: float) -> bool:
         """Send one message, retrying while the daemon's queue is full, until monotonic
         ``until``; gives up at once when there is no daemon."""
-        while not self._send(message):
-            if self._stale or time.monotonic() >= until:
+        while True:
+            self._busy = False
+            if self._send(message):
+                return True
+            if not self._busy or time.monotonic() >= until:  # no daemon, or out of time
                 return False
             time.sleep(0.01)
-        return True
 
     def _sendto(self, message: dict[str, Any]) -> None:
         self._sock.sendto(wire.encode(message), self.path)

@@ -357,11 +357,12 @@ class Daemon:
         if self.gpu_sensor is not None:
             for s in readings.gpu:
                 self._gpu_sample(s)
-            for key, n in getattr(self.gpu_sensor, "errors", {}).items():
+            # a copy: a reader thread back from a hung call may add a key meanwhile
+            for key, n in dict(getattr(self.gpu_sensor, "errors", {})).items():
                 self.health[f"sensor_error:gpu:{key}"] = n
         if self.cpu_sensor is not None and readings.cpu is not None:
             self._cpu_samples(readings.cpu)
-            for key, n in getattr(self.cpu_sensor, "errors", {}).items():
+            for key, n in dict(getattr(self.cpu_sensor, "errors", {})).items():
                 self.health[f"sensor_error:cpu:{key}"] = n
         self._resolve_steps()
         self._end_runs()
@@ -572,13 +573,13 @@ class Daemon:
 
     def _sharing(self, dev: DeviceState) -> Sharing:
         """Which runs hold ``dev`` when: every run that has held it, with its end."""
-        return Sharing(
-            [
-                (run.device_since[dev.uuid], run.end_mono)
-                for run in self.runs.values()
-                if dev.uuid in run.device_since
-            ]
-        )
+        spans = [
+            (run.device_since[dev.uuid], run.end_mono)
+            for run in self.runs.values()
+            if dev.uuid in run.device_since
+        ]
+        # a run that ended before it was first seen on the device never held it
+        return Sharing([(since, end) for since, end in spans if end is None or end >= since])
 
     # ---- run ends ---------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import grp
 import json
+import logging
 import math
 import os
 import queue
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from hooks import wire
+
+log = logging.getLogger(__name__)
 
 MAX_STEPS_PER_MESSAGE = 10_000
 MAX_TEXT = 256
@@ -387,6 +390,7 @@ class Inbox:
         # for good when a signal (the daemon's SIGTERM) interrupts it near its deadline.
         self._queue: queue.Queue[list[Message]] = queue.Queue()
         self._stop = threading.Event()
+        self.errors = 0  # unexpected failures reading the socket (logged once)
         self._thread = threading.Thread(target=self._read, name="ingest", daemon=True)
         self._thread.start()
 
@@ -401,10 +405,18 @@ class Inbox:
                 continue
             except (OSError, ValueError):  # the socket was closed: the daemon is stopping
                 return
-            if ready:
+            if not ready:
+                continue
+            try:
                 batch = self.receiver.drain()
-                if batch:
-                    self._queue.put(batch)
+            except Exception:  # noqa: BLE001 - a bug here must not stop all ingest
+                self.errors += 1
+                if self.errors == 1:
+                    log.exception("reading the socket failed; ingest goes on")
+                time.sleep(0.01)
+                continue
+            if batch:
+                self._queue.put(batch)
 
     def get(self, timeout: float) -> list[Message]:
         """The messages received so far, waiting up to ``timeout`` seconds for the first."""

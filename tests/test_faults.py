@@ -346,3 +346,20 @@ def test_a_busy_daemon_delays_steps_but_loses_none(tmp_path):
         reader.join()
         receiver.close()
     assert got == list(range(3000)) and sum(dropped) == 0 and client.dropped_total == 0
+
+
+def test_slow_gpus_each_get_their_own_time_and_none_is_taken_for_hung():
+    """Four GPUs whose power and energy reads take 0.12 s each (0.24 s a device): one reader
+    goes through them in turn for about 1 s, but no single device is over the 0.3 s limit."""
+    sim = SimulatedNVML("A100-SXM4-40GB", 4, traces=[[(60.0, 200.0)]] * 4)
+    sensor = NvmlSensor(sim, call_timeout_s=0.3)
+    sensor.sample()
+    for i in range(4):
+        sim.set_hang(i, 0.12)
+    try:
+        assert [s.index for s in sensor.sample()] == [0, 1, 2, 3]
+        assert not any(key.endswith(":Timeout") for key in sensor.errors)
+    finally:
+        for i in range(4):
+            sim.set_hang(i, 0.0)
+        sensor.close()

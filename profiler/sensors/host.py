@@ -177,9 +177,12 @@ class ProcessTable:
     def descendants(self, pid: int) -> list[int]:
         """The living descendants of ``pid`` (children first)."""
         children = self._children_of()
-        out, todo = [], list(children.get(pid, ()))
+        out, todo, seen = [], list(children.get(pid, ())), {pid}
         while todo:
             child = todo.pop()
+            if child in seen:  # a pid reused during the scan can make a cycle
+                continue
+            seen.add(child)
             out.append(child)
             todo.extend(children.get(child, ()))
         return out
@@ -192,8 +195,8 @@ class ProcessTable:
             return None
         out: list[int] = []
         ppid = stat.ppid
-        while ppid > 1 and len(out) < MAX_ANCESTRY:
-            out.append(ppid)
+        while ppid > 1 and len(out) < MAX_ANCESTRY and ppid != pid and ppid not in out:
+            out.append(ppid)  # (a pid reused during the scan can make a cycle: stop there)
             parent = self.stats.get(ppid)
             if parent is None:
                 break

@@ -39,6 +39,8 @@ NO_ENERGY = "none"
 SIMULATED_HINT = "set PROFILER_GPU=simulated to use the simulated GPU"
 CALL_TIMEOUT_S = 0.5
 """How long one sampling pass waits for a device's NVML calls before leaving it out."""
+POLL_S = 0.05
+"""How often a pass that has not finished is checked for a device over its time (seconds)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class _Pass:
     devices: list[_DeviceState]
     samples: list[GpuSample] = field(default_factory=list)
     current: _DeviceState | None = None  # the device whose calls are under way
+    current_since: float = 0.0  # since when (monotonic seconds)
     done: int = 0  # devices finished (read, or skipped for an error)
     abandoned: bool = False  # the sampler stopped waiting: go no further
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -225,11 +228,11 @@ class NvmlSensor:
 
         One reader thread goes through the devices in turn (a thread per device would cost a
         thread wake-up per device per sample). When a device's calls take longer than
-        ``call_timeout_s`` (a hung driver call), that device is counted once as
-        ``gpu<index>:Timeout`` and left out until its call returns (its energy counter then
-        covers the gap); the reader stuck in it is abandoned and the devices after it are read
-        by a fresh one. So a pass waits at most ``call_timeout_s`` per device that hangs in it,
-        and usually not at all."""
+        ``call_timeout_s`` (a hung driver call; each device has its own budget, counted from
+        when its calls start), that device is counted once as ``gpu<index>:Timeout`` and left
+        out until its call returns (its energy counter then covers the gap); the reader stuck
+        in it is abandoned and the devices after it are read by a fresh one. So a pass waits
+        at most ``call_timeout_s`` per device that hangs in it, and usually not at all."""
         with self._lock:
             if self._closed:
                 return []
@@ -249,15 +252,12 @@ class NvmlSensor:
                     self._reader = _Reader("nvml-reader")
                 work = _Pass(todo)
                 future = self._reader.submit(lambda work=work: self._read_pass(work))
-                try:
-                    future.result(timeout=self.call_timeout_s)
-                except FutureTimeout:
-                    pass
+                hung = self._wait_for(work, future)
                 with work.lock:
                     work.abandoned = True
                     out.extend(work.samples)
-                    hung, done = work.current, work.done
-                if hung is None:  # finished (or between two devices, just now)
+                    done = work.done
+                if hung is None:  # finished, or stalled between devices: read next pass
                     return out
                 index = hung.info.index
                 self._stuck[index] = future
@@ -272,6 +272,31 @@ class NvmlSensor:
                 todo = work.devices[done + 1 :]
             return out
 
+    def _wait_for(self, work: _Pass, future: Future[Any]) -> _DeviceState | None:
+        """Wait for a pass while it makes progress: None once it is done (or has made no
+        progress at all for ``call_timeout_s``: a reader not scheduled), else the device whose
+        calls have run for ``call_timeout_s`` (hung). Each device gets its own
+        ``call_timeout_s``, however many come before it."""
+        step = min(POLL_S, self.call_timeout_s)
+        seen, since = (None, -1), time.monotonic()
+        while True:
+            try:
+                future.result(timeout=step)
+                return None
+            except FutureTimeout:
+                pass
+            with work.lock:
+                state = (work.current, work.done)
+                started = work.current_since
+            now = time.monotonic()
+            if state != seen:
+                seen, since = state, now
+            current = state[0]
+            if current is not None and now - started >= self.call_timeout_s:
+                return current
+            if current is None and now - since >= self.call_timeout_s:
+                return None
+
     def _read_pass(self, work: _Pass) -> None:
         """Read ``work.devices`` in turn (on the reader thread), appending to ``work.samples``;
         stop early once the sampler has abandoned the pass."""
@@ -280,6 +305,7 @@ class NvmlSensor:
                 if work.abandoned:
                     return
                 work.current = dev
+                work.current_since = time.monotonic()
             try:
                 sample = self._sample_device(dev)
             except _SkipDevice:

@@ -261,3 +261,10 @@ def test_the_table_matches_psutil_for_this_process() -> None:
         t.user + t.system + t.children_user + t.children_system, abs=0.5
     )
     assert table.tree_rss_bytes(me.pid) == pytest.approx(me.memory_info().rss, rel=0.2)
+
+
+def test_a_pid_reused_during_the_scan_cannot_make_the_tree_loop() -> None:
+    table = ProcessTable({100: ProcStat(200, 1.0, 10), 200: ProcStat(100, 2.0, 20)})
+    assert table.descendants(100) == [200]
+    assert table.tree_cpu_seconds(100) == pytest.approx(3.0)
+    assert table.ancestors(100) == [200]
