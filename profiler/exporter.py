@@ -107,9 +107,10 @@ def render_metrics(daemon: Daemon) -> bytes:
 
 
 def _families(d: Daemon) -> Iterator[Family]:
-    yield from _devices(d)
+    device_labels = _device_labels(d)  # rendered once, for the device and the run series
+    yield from _devices(d, device_labels)
     yield from _cpu(d)
-    yield from _runs(d)
+    yield from _runs(d, device_labels)
     yield from _costs(d)
     build = Family("profiler_build_info", "gauge", "Profiler daemon version and GPU source.")
     build.add(labels(("version", "gpu_source", "hostname"),
@@ -194,7 +195,7 @@ def _device_labels(d: Daemon) -> dict[str, str]:
     }
 
 
-def _devices(d: Daemon) -> Iterator[Family]:
+def _devices(d: Daemon, device_labels: dict[str, str]) -> Iterator[Family]:
     info = Family(
         "profiler_gpu_info",
         "gauge",
@@ -212,7 +213,6 @@ def _devices(d: Daemon) -> Iterator[Family]:
         "profiler_gpu_energy_joules", "counter", "GPU energy since the daemon started (joules)."
     )
     idle = Family("profiler_gpu_idle_energy_joules", "counter", "GPU energy no run held (joules).")
-    device_labels = _device_labels(d)
     for dev in d.devices.values():
         s = dev.latest
         if s is None:
@@ -256,7 +256,7 @@ RUN_INFO_LABELS = (
 )  # fmt: skip
 
 
-def _runs(d: Daemon) -> Iterator[Family]:
+def _runs(d: Daemon, device_labels: dict[str, str]) -> Iterator[Family]:
     info = Family("profiler_run_info", "gauge", "Runs and their descriptive labels (value 1).")
     f = {
         "energy": Family("profiler_run_energy_joules", "counter",
@@ -297,7 +297,6 @@ def _runs(d: Daemon) -> Iterator[Family]:
         "profiler_step_energy_joules", "histogram", "GPU energy per step (joules)."
     )
     simulated = "true" if d.gpu_source == "simulated" else "false"
-    device_labels = _device_labels(d)
     for run in d.runs.values():
         r = f'run="{label_value(run.id)}"'
         info.add(
