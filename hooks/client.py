@@ -24,11 +24,13 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from array import array
 from pathlib import Path
 from typing import Any
 
 from hooks import wire
+from hooks.runid import checked_run_id, not_for_new_runs
 
 log = logging.getLogger("hooks")
 
@@ -75,8 +77,27 @@ def spawn_daemon(home: Path) -> subprocess.Popen:
         )
 
 
+# Every client of this process, so that a forked child can silence the ones it inherits.
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _silence_inherited() -> None:
+    """In a child just forked (``os.fork``, multiprocessing's fork): the clients it inherits
+    speak for its parent's runs, so they go quiet for good: no step, ``hello`` or ``bye`` of the
+    child ever reaches the parent's run, and the child's exit cannot end it."""
+    for client in list(_clients):
+        client.forget_inherited()
+
+
 class Client:
-    """One process's connection to the daemon, for one run."""
+    """One process's connection to the daemon, for one run.
+
+    A client belongs to the process that made it: in a forked child it is silent (it sends
+    nothing and its ``close`` says no ``bye``), so the child neither writes into nor ends its
+    parent's run. After :meth:`close`, steps handed to it are discarded (not counted as
+    dropped: they were never the run's). ``run_id`` is checked against the daemon's rules
+    (:func:`hooks.runid.checked_run_id`): an id it would refuse or rewrite is replaced, with one
+    warning line."""
 
     def __init__(
         self,
@@ -88,7 +109,7 @@ class Client:
         flush_every: int = STEPS_PER_DATAGRAM,
         flush_interval_s: float = 0.1,
     ) -> None:
-        self.run_id = run_id
+        self.run_id = checked_run_id(run_id, hello_fields.get("name"))
         self.pid = os.getpid()
         self.home = home or wire.default_home()
         self.path = str(wire.socket_path(self.home))
@@ -107,17 +128,15 @@ class Client:
         self._in_a_row_n = 0
         self.dropped = 0  # steps not delivered, not yet reported
         self.dropped_total = 0
+        # Steps and samples the socket took for the daemon (told in every hello, so a daemon
+        # restarted after losing some can count them).
+        self.sent_steps = 0
+        self.sent_samples = 0
         self.errors = 0  # exceptions swallowed at the hook boundary
         self._last_flush = time.monotonic()
         self.since = self._last_flush  # sent in hello: when this process began its run
         self._last_hello = 0.0
         self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        except OSError:
-            pass
         self._warned = False
         self.ready = threading.Event()
         self.closed = False
@@ -125,7 +144,20 @@ class Client:
         self._stale = False  # a send failed: say hello again before the next message
         self._busy = False  # the last failed send found the daemon's queue full (not gone)
         self._thread = threading.Thread(target=self._connect, name="profiler-connect", daemon=True)
-        self._thread.start()
+        try:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.setblocking(False)
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            except OSError:
+                pass
+            self._thread.start()
+        except (OSError, RuntimeError) as e:  # out of file descriptors or threads
+            self.errors += 1
+            self.closed = True
+            self._closing.set()
+            self._warn(f"cannot open a connection to the profiler daemon ({e}); not recording")
+        _clients.add(self)
 
     # ---- the hot path -------------------------------------------------------------------------
 
@@ -166,7 +198,11 @@ class Client:
         return rows
 
     def flush(self) -> None:
-        """Send what is queued, if the daemon is reachable; never raises."""
+        """Send what is queued, if the daemon is reachable; never raises. After :meth:`close`
+        (or in a forked child), what was handed over since is discarded."""
+        if self.closed:
+            self._discard()
+            return
         try:
             self._flush()
         except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
@@ -220,6 +256,8 @@ class Client:
             if not self._send(message):
                 return False
             self.dropped = 0
+            self.sent_steps += cut
+            self.sent_samples += int(sum(chunk[3::4]))
             self._take(keep=self._n - cut)
         return True
 
@@ -244,12 +282,32 @@ class Client:
             if not self._send(message):
                 return False
             self.dropped = 0
+            self.sent_steps += len(chunk)
+            self.sent_samples += len(chunk) * samples
             self._in_a_row_n -= len(chunk)
             if len(chunk) == len(ends):
                 self._in_a_row.pop(0)
             else:
                 self._in_a_row[0] = (first + len(chunk), chunk[-1], ends[len(chunk) :], samples)
         return True
+
+    def _discard(self) -> None:
+        self._values, self._extras, self._n = array("d"), {}, 0
+        self._in_a_row, self._in_a_row_n = [], 0
+
+    def forget_inherited(self) -> None:
+        """In a forked child: go quiet for good (see :func:`_silence_inherited`); the child's
+        copy of the socket is closed, the parent's stays open."""
+        if self.pid == os.getpid():
+            return
+        if not self.closed:  # the parent's live run: a track() in the child starts its own
+            not_for_new_runs(self.run_id)
+        self.closed = True  # no lock is taken here: a parent's thread may have held it
+        self._discard()
+        try:
+            self._sock.close()
+        except (OSError, AttributeError):
+            pass
 
     def _count_dropped(self, n: int) -> None:
         self.dropped += n
@@ -299,7 +357,8 @@ class Client:
 
     def _hello_message(self) -> dict[str, Any]:
         self._last_hello = time.monotonic()
-        fields = dict(self.hello_fields, mono=time.monotonic(), wall=time.time(), since=self.since)
+        fields = dict(self.hello_fields, mono=time.monotonic(), wall=time.time(), since=self.since,
+                      sent=[self.sent_steps, self.sent_samples])  # fmt: skip
         return wire.hello(self.run_id, self.pid, **fields)
 
     def _send_hello(self) -> bool:
@@ -346,6 +405,7 @@ class Client:
                     bye = wire.bye(self.run_id, self.pid, status, time.monotonic())
                     self._send_patiently(bye, last_try)
             self._sock.close()
+            self._discard()
             if self.dropped_total:
                 log.warning(
                     "profiler: %d steps of run %s were not delivered to the daemon",
@@ -382,8 +442,15 @@ class Client:
             self._warn(f"could not reach the profiler daemon ({e})")
 
     def _start_daemon(self) -> bool:
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.home / "autostart.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.home / "autostart.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError as e:  # a plain file, /proc/..., no permission, a read-only disk
+            self._warn(
+                f"cannot use {self.home} as the profiler's home ({e.strerror or e}), so no "
+                "daemon can start; set PROFILER_HOME to a writable directory"
+            )
+            return False
         with os.fdopen(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self._send_hello():  # another process started it while we waited
@@ -405,3 +472,6 @@ class Client:
         if not self._warned:
             self._warned = True
             log.warning("profiler: %s; training goes on", text)
+
+
+os.register_at_fork(after_in_child=_silence_inherited)

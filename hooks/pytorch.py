@@ -24,13 +24,32 @@ The run ends when the handle is stopped (``.stop()`` or leaving its ``with`` blo
 interpreter exit (status ``failed`` when an uncaught exception ended the program,
 ``interrupted`` on Ctrl-C). Nothing here raises into training: errors are counted in
 ``handle.errors``.
+
+Unusual but legal use, all without raising into training:
+
+- **A second** ``track()`` **replaces the first**: the first handle's run ends (``finished``,
+  its steps kept) and the new handle counts the steps from then on, so no step is counted in
+  two runs. When both name the same run (``run_id=``, ``PROFILER_RUN_ID``), the first hands
+  over without ``bye`` and the run carries on. :class:`StepTimer` s are independent runs.
+- ``stop()`` twice, from another thread or from a signal handler: the first call ends the run,
+  later ones do nothing; steps after ``stop()`` are not recorded. torch's hook dicts are never
+  changed while torch may be iterating them (see :class:`_GlobalHooks`).
+- **Fork** (``os.fork``, multiprocessing's ``fork``): the handles a child inherits go quiet for
+  good: the child's steps, its exit and its crash never reach its parent's run. A ``track()``
+  in the child starts a run of its own (a new id, unless ``run_id=`` names one).
+- A run id the daemon would refuse or rewrite (control characters, over 256 characters) is
+  replaced, with one warning line (:func:`hooks.runid.checked_run_id`).
 """
 
 from __future__ import annotations
 
 import atexit
+import math
+import os
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,8 +107,86 @@ def cuda_device_uuid() -> str | None:
     return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
 
 
+def _is_last(handle: Any) -> bool:
+    """Whether a torch hook handle's hook is the last in its dict: torch may remove that one
+    while iterating the dict (its iterator is then already done), no other."""
+    hooks = handle.hooks_dict_ref()
+    return hooks is not None and next(reversed(hooks), None) == handle.id
+
+
+class _GlobalHooks:
+    """torch's two global optimizer-step hooks, registered once for all of this process's
+    :class:`TrackHandle` s.
+
+    torch iterates its dicts of hooks while it calls them, and a dict changed meanwhile makes
+    ``optimizer.step()`` raise (``OrderedDict mutated during iteration``) unless the entry
+    removed is the last one. So handles never touch torch's dicts: they join and leave
+    :attr:`handles`, a tuple replaced whole (safe from a hook, another thread or a signal
+    handler), and the pair removes itself once no handle is left, only where torch is not
+    iterating the dict in question: the post hook removes the pre hook (and itself when it is
+    the last global post hook), the pre hook the post hook, and a handle's own optimizer hook
+    (:meth:`tidy`, every flush) both."""
+
+    def __init__(self) -> None:
+        self.handles: tuple[TrackHandle, ...] = ()
+        self._pre: Any = None
+        self._post: Any = None
+
+    def join(self, handle: TrackHandle) -> None:
+        self.handles = (*self.handles, handle)
+        if self._pre is None:
+            self._pre = register_optimizer_step_pre_hook(self._on_pre)
+        if self._post is None:
+            self._post = register_optimizer_step_post_hook(self._on_post)
+
+    def leave(self, handle: TrackHandle) -> None:
+        self.handles = tuple(h for h in self.handles if h is not handle)
+
+    def _on_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        handles = self.handles
+        for handle in handles:
+            handle._pre(optimizer, args, kwargs)
+        if not handles:
+            self._drop_post()  # torch is iterating the pre hooks now, not the post hooks
+            if self._pre is not None and _is_last(self._pre):
+                self._drop_pre()
+
+    def _on_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        for handle in self.handles:
+            handle._post(optimizer, args, kwargs)
+        if not self.handles:
+            self._drop_pre()
+            if self._post is not None and _is_last(self._post):
+                self._drop_post()
+
+    def tidy(self) -> None:
+        """From an optimizer's own post hook (torch is done with the global pre hooks and has
+        not begun the global post hooks): remove both if no handle is left."""
+        if not self.handles:
+            self._drop_pre()
+            self._drop_post()
+
+    def _drop_pre(self) -> None:
+        hook, self._pre = self._pre, None
+        if hook is not None:
+            hook.remove()
+
+    def _drop_post(self) -> None:
+        hook, self._post = self._post, None
+        if hook is not None:
+            hook.remove()
+
+
+_global_hooks = _GlobalHooks()
+# This process's live runs (for a forked child to silence the ones it inherits).
+_runs: weakref.WeakSet[_Tracked] = weakref.WeakSet()
+
+
 class _Tracked:
-    """A run in this process: the recorder, the CUDA switch-over and the run's end."""
+    """A run in this process: the recorder, the CUDA switch-over and the run's end.
+
+    The run ends once: by :meth:`stop` (or :meth:`release`), whichever comes first, from any
+    thread; later calls do nothing. In a forked child an inherited run is silent for good."""
 
     def __init__(self, client: Client, batch_size: int | None, *, auto: bool = False) -> None:
         if not auto:  # an explicit hook: the automatic one (profiler run --hooks) steps aside
@@ -98,7 +195,9 @@ class _Tracked:
         self.recorder = StepRecorder(client, batch_size=batch_size)
         self._cuda_checked = False
         self._stopped = False
+        self._ending = threading.Lock()  # taken once, by the call that ends the run
         atexit.register(self._at_exit)
+        _runs.add(self)
 
     @property
     def run_id(self) -> str:
@@ -130,12 +229,25 @@ class _Tracked:
     def _remove_hooks(self) -> None:
         pass
 
-    def stop(self, status: str = "finished") -> None:
-        """Stop tracking: send the remaining steps and ``bye``."""
-        if self._stopped:
-            return
+    @property
+    def stopped(self) -> bool:
+        """Whether the run has ended here (stopped, released, replaced, or inherited by fork)."""
+        return self._stopped
+
+    def _end(self) -> bool:
+        """Claim the run's end: True for the first caller only (any thread)."""
+        if not self._ending.acquire(blocking=False):
+            return False
         self._stopped = True
+        atexit.unregister(self._at_exit)
         self._remove_hooks()
+        return True
+
+    def stop(self, status: str = "finished") -> None:
+        """Stop tracking: send the remaining steps and ``bye`` (``status``: ``finished``,
+        ``failed`` or ``interrupted``). Only the first call (from any thread) does anything."""
+        if not self._end():
+            return
         try:
             self.recorder.finish()
         except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
@@ -144,17 +256,24 @@ class _Tracked:
 
     def release(self) -> None:
         """Stop without ``bye``: send the steps so far and leave the run to another hook of
-        this process (the automatic hook handing over to an explicit one)."""
-        if self._stopped:
+        this process (the automatic hook handing over to an explicit one, a second
+        ``track()`` in the same run)."""
+        if not self._end():
             return
-        self._stopped = True
-        atexit.unregister(self._at_exit)
-        self._remove_hooks()
         try:
             self.recorder.finish()
         except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
             self.recorder.hook_errors += 1
         self.client.close(send_bye=False)
+
+    def _forget_inherited(self) -> None:
+        """In a forked child: this run is the parent's; end it here without a word (the
+        client is silenced by :mod:`hooks.client`'s own fork handler)."""
+        if self._ending.acquire(blocking=False):
+            self._stopped = True
+            atexit.unregister(self._at_exit)
+            self._remove_hooks()
+        del self.recorder.ends[:]
 
     def _at_exit(self) -> None:
         failure = getattr(sys, "last_value", None)
@@ -208,16 +327,16 @@ class TrackHandle(_Tracked):
     """
 
     def __init__(self, client: Client, batch_size: int | None, *, auto: bool = False) -> None:
+        self._due = [time.monotonic() + FLUSH_INTERVAL_S]  # the fast hook's next flush
+        self._own_hook: Any = None  # the fast hook's handle on its optimizer
         super().__init__(client, batch_size, auto=auto)
         self._optimizer: int | None = None
-        # On the optimizer's own hook (the steady state on CPU): the global hooks are gone.
+        # On the optimizer's own hook (the steady state on CPU): off the global hooks.
         self.fast = False
-        # The automatic hook feeds an auto handle from its own global hooks instead.
-        self._handles = [] if auto else [
-            register_optimizer_step_pre_hook(self._pre),
-            register_optimizer_step_post_hook(self._post),
-        ]  # fmt: skip
         self.fast_hook = self._make_fast_hook()
+        # The automatic hook feeds an auto handle from its own global hooks instead.
+        if not auto:
+            _global_hooks.join(self)
 
     def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         try:
@@ -236,35 +355,52 @@ class TrackHandle(_Tracked):
             if not self._cuda_checked:
                 self._check_cuda()
                 if self.recorder.device_clock is None and self.recorder.memory_probe is None:
-                    self._remove_hooks()
-                    self._handles = [optimizer.register_step_post_hook(self.fast_hook)]
+                    # torch is done with this optimizer's own post hooks for this step
+                    _global_hooks.leave(self)
+                    self._own_hook = optimizer.register_step_post_hook(self.fast_hook)
                     self.fast = True
         except Exception:  # noqa: BLE001 - the hook boundary
             self.recorder.hook_errors += 1
 
     def _make_fast_hook(self) -> Any:
-        """The steady-state hook, with what it touches bound to locals."""
+        """The steady-state hook, with what it touches bound to locals. Every flush it also
+        removes the idle global hooks; once the run has ended (``due`` is -inf) it drops what
+        it appended and removes itself when torch allows (it is its optimizer's last hook)."""
         monotonic = time.monotonic
-        append = self.recorder.ends.append
-        due = [monotonic() + FLUSH_INTERVAL_S]
+        ends = self.recorder.ends
+        append = ends.append
+        due = self._due
         recorder = self.recorder
+        handle = self
 
         def fast_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
             now = monotonic()
             append(now)
             if now >= due[0]:
-                due[0] = now + FLUSH_INTERVAL_S
                 try:
+                    if handle._stopped:
+                        del ends[:]
+                        handle._unhook_fast()
+                        return
+                    due[0] = now + FLUSH_INTERVAL_S
                     recorder.drain_ends()
+                    _global_hooks.tidy()
                 except Exception:  # noqa: BLE001 - the hook boundary
                     recorder.hook_errors += 1
 
         return fast_hook
 
+    def _unhook_fast(self) -> None:
+        own = self._own_hook
+        if own is not None and _is_last(own):
+            self._own_hook = None
+            own.remove()
+
     def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        """Leave the global hooks and tell the fast hook, which removes itself at its next call
+        (never from here: torch may be iterating its optimizer's hooks in another thread)."""
+        _global_hooks.leave(self)
+        self._due[0] = -math.inf
 
 
 @dataclass
@@ -286,15 +422,19 @@ class StepTimer(_Tracked):
     @contextmanager
     def step(self, samples: int | None = None, loss: Any = None) -> Iterator[StepMark]:
         """Time one step; ``samples`` defaults to the timer's ``batch_size``. The step counts
-        only if its block finishes without an exception."""
+        only if its block finishes without an exception, and not after :meth:`stop`."""
         mark = StepMark(samples, loss)
+        live = not self._stopped
         try:
-            if not self._cuda_checked and self.recorder.steps == 0:
+            if live and not self._cuda_checked and self.recorder.steps == 0:
                 self._check_cuda()
-            self.recorder.begin()
+            if live:
+                self.recorder.begin()
         except Exception:  # noqa: BLE001 - the hook boundary
             self.recorder.hook_errors += 1
         yield mark
+        if not live or self._stopped:
+            return
         try:
             self.recorder.end(samples=mark.samples, loss=mark.loss)
         except Exception:  # noqa: BLE001 - the hook boundary
@@ -327,10 +467,27 @@ def track(
 
     ``batch_size`` is samples per optimizer step on this rank (0/None: samples are not counted);
     ``total_steps`` lets dashboards project the end. The run id is ``run_id``, else
-    ``PROFILER_RUN_ID``, ``TORCHELASTIC_RUN_ID`` or ``SLURM_JOB_ID``, else generated from the name.
+    ``PROFILER_RUN_ID``, ``TORCHELASTIC_RUN_ID`` or ``SLURM_JOB_ID``, else generated from the name
+    (an id the daemon would refuse or rewrite is replaced, with one warning line).
+
+    One ``track()`` run per process at a time: a second ``track()`` replaces the first, whose
+    run ends ``finished`` with the steps it counted (or, when both name the same run, carries on
+    in the new handle); no step is counted twice. Never raises into training.
     """
+    global _current
     fields = _fields(name, project, user, batch_size, total_steps, "pytorch.track")
-    return TrackHandle(Client(job_run_id(fields["name"], run_id), fields), batch_size)
+    client = Client(job_run_id(fields["name"], run_id), fields)
+    previous = _current
+    if previous is not None and not previous.stopped:
+        if previous.run_id == client.run_id:
+            previous.release()
+        else:
+            previous.stop("finished")
+    handle = _current = TrackHandle(client, batch_size)
+    return handle
+
+
+_current: TrackHandle | None = None  # the live track() handle, which a second track() replaces
 
 
 class AutoTrack:
@@ -392,6 +549,20 @@ class AutoTrack:
 
 
 _auto: AutoTrack | None = None
+
+
+def _forget_inherited() -> None:
+    """In a forked child: the runs it inherits are its parent's (see :class:`_Tracked`); the
+    automatic hook goes off (the child's steps would count twice as the parent's rank)."""
+    global _current
+    _current = None
+    if _auto is not None:
+        _auto.off = True
+    for run in list(_runs):
+        run._forget_inherited()
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
 
 
 def auto_track() -> AutoTrack:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import getpass
+import hashlib
+import logging
 import os
 import re
 import secrets
@@ -11,6 +13,54 @@ import socket
 import sys
 import time
 from typing import Any
+
+log = logging.getLogger("hooks")
+
+# The daemon takes a run id of 1 to 256 printable characters (``profiler.ingest``: longer ids are
+# cut and control characters dropped), so the hooks never send one it would change.
+RUN_ID_MAX_CHARS = 256
+
+
+def run_id_problem(run_id: str) -> str | None:
+    """Why the daemon would refuse or rewrite ``run_id`` (``None``: it takes it as it is). A run
+    id is 1 to :data:`RUN_ID_MAX_CHARS` printable characters (``str.isprintable``: no newline,
+    tab or other control character)."""
+    if not isinstance(run_id, str):
+        return f"is a {type(run_id).__name__}, not a string"
+    if not run_id:
+        return "is empty"
+    if len(run_id) > RUN_ID_MAX_CHARS:
+        return f"has {len(run_id)} characters"
+    bad = next((ch for ch in run_id if not ch.isprintable()), None)
+    if bad is not None:
+        return f"has the unprintable character {bad!r}"
+    return None
+
+
+def checked_run_id(run_id: str, name: str | None = None) -> str:
+    """``run_id`` if the daemon takes it as it is; else, with one warning line naming the
+    problem, a valid id derived from it: its printable characters (at most 200) and 8 hex digits
+    of its SHA-256, so every rank given the same invalid id still names the same run. Never
+    raises."""
+    if isinstance(run_id, int) and not isinstance(run_id, bool):
+        run_id = str(run_id)  # run_id=1234: the same id, as the string the daemon takes
+    problem = run_id_problem(run_id)
+    if problem is None:
+        return run_id
+    text = run_id if isinstance(run_id, str) else str(run_id)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    kept = "".join(ch for ch in text[:200] if ch.isprintable()).strip() or (name or "run")[:40]
+    fixed = f"{kept}-{digest}"
+    shown = repr(text[:40]) + ("..." if len(text) > 40 else "")
+    log.warning(
+        "profiler: run id %s %s; the daemon takes 1 to %d printable characters; recording as "
+        "run id %s instead; training goes on",
+        shown,
+        problem,
+        RUN_ID_MAX_CHARS,
+        fixed,
+    )
+    return fixed
 
 
 def run_id_from_env(name: str, env: dict[str, str] | None = None) -> str:
@@ -31,6 +81,12 @@ def run_id_from_env(name: str, env: dict[str, str] | None = None) -> str:
 # Ids this process generated and exported for the ranks it launches (not to be reused by a second
 # run in this same process).
 _generated_here: set[str] = set()
+
+
+def not_for_new_runs(run_id: str) -> None:
+    """A run that a new hook of this process must not join by inheritance (``PROFILER_RUN_ID``):
+    in a forked child, the parent's runs. An explicit ``run_id=`` still joins it."""
+    _generated_here.add(run_id)
 
 
 def job_run_id(name: str, explicit: str | None = None) -> str:

@@ -22,6 +22,8 @@ run id) and ``pid`` (the sender's process id).
     ``profiler run --meta``; ``attach`` (true: ``profiler attach`` records the process from
     outside and nobody will say ``bye`` for it; its end ends it as ``finished``) and ``watched``
     (true: ``profiler run`` watches the process and will say ``bye`` with its exit status).
+    ``sent`` (``[steps, samples]``: what this process's hook has handed to the daemon's socket
+    for the run so far; a daemon restarted after losing some counts the difference).
     Messages a sender sends about another process (``profiler run``, ``attach``, ``detach``)
     carry ``proxy: true``.
 ``step``

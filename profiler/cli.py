@@ -1,7 +1,9 @@
 """The ``profiler`` command: a thin face over the daemon, the ledger and the demo.
 
 Every user mistake ends with one line ``profiler: error: ...`` that says what to do next, and
-exit status 2; "not running" answers exit 1.
+exit status 2; "not running" answers exit 1. Output into a closed pipe (``| head -1``) ends
+quietly with status 141, as ``ls`` does. The daemon is the process holding ``daemon.lock``
+(:mod:`profiler.daemonlock`); no other process is ever signalled.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -21,6 +24,15 @@ from typing import Any, NoReturn
 from hooks.client import spawn_daemon
 from profiler import __version__
 from profiler.config import Config, ConfigError, load_config
+from profiler.daemonlock import (
+    HomeUnusable,
+    LockState,
+    command_line,
+    home_error,
+    lock_state,
+    looks_like_daemon,
+    start_ticks,
+)
 from profiler.energy import percentile
 from profiler.ledger import Ledger, LedgerError
 
@@ -155,17 +167,42 @@ def _run_identity(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:  # --help, --version: their output may meet a closed pipe
+            sys.stdout.flush()
+            raise
         config = load_config(args.config)
         handler = COMMANDS[args.command]
-        return handler(config, args)
+        code = handler(config, args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except (CliError, ConfigError, LedgerError) as e:
         print(f"profiler: error: {e}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as e:  # a ledger read that LedgerError did not cover
+        print(f"profiler: error: cannot read the ledger ({e}); if it is damaged, move it aside",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("profiler: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (``profiler runs | head -1``): stop quietly, as ``ls``
+    does, with the shell's status for SIGPIPE. Output still buffered goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def entry() -> None:
@@ -176,25 +213,53 @@ def entry() -> None:
 
 
 def daemon_status(config: Config) -> dict[str, Any] | None:
-    """The running daemon's status file, or None when no daemon holds this home's lock."""
-    if not config.lock_file.exists():
-        return None
-    fd = os.open(config.lock_file, os.O_RDONLY)
+    """The running daemon's status file, or None when no process holds this home's lock.
+
+    The daemon is the process holding ``daemon.lock`` (:mod:`profiler.daemonlock`); its status
+    file is trusted only when it names that process. When the file is missing, corrupt or names
+    another process, the answer holds ``pid`` (the lock holder if it is proven to be a profiler
+    daemon, else None), ``home`` and ``status_error`` (why the rest is unknown)."""
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # held: a daemon runs
-        else:
-            return None
-    finally:
-        os.close(fd)
+        state = lock_state(config.lock_file)
+    except HomeUnusable as e:
+        raise CliError(f"{e}: PROFILER_HOME={config.home} is not usable by you") from None
+    error = ""
     for _ in range(50):  # the daemon writes its status file just after taking the lock
+        if not state.held:
+            return None
         try:
-            return json.loads(config.status_file.read_text())
-        except (OSError, ValueError):
-            time.sleep(0.1)
-    return {"pid": None, "home": str(config.home)}
+            status = json.loads(config.status_file.read_text())
+        except FileNotFoundError:
+            error = f"its status file {config.status_file} is missing"
+        except OSError as e:
+            error = f"its status file {config.status_file} cannot be read ({e.strerror})"
+        except ValueError:  # written whole (rename), so corrupt for good: no point waiting
+            error = f"its status file {config.status_file} is corrupt"
+            break
+        else:
+            if isinstance(status, dict) and _proven(state, status):
+                return status
+            error = f"its status file {config.status_file} names another process"
+        time.sleep(0.1)
+        state = lock_state(config.lock_file)
+    pid = state.pid if state.pid is not None and looks_like_daemon(state.pid) else None
+    if state.pid is not None and pid is None:
+        args = "".join(c if c.isprintable() else " " for c in " ".join(
+            command_line(state.pid) or ["?"]))[:60]  # fmt: skip
+        error = f"it is held by pid {state.pid} ({args}), which is not a profiler daemon"
+    return {"pid": pid, "home": str(config.home), "status_error": error}
+
+
+def _proven(state: LockState, status: dict[str, Any]) -> bool:
+    """Whether ``status`` (a daemon's status file) names the process holding the lock: the pid
+    ``/proc/locks`` gives; where it gives none, the same pid, start time and program."""
+    pid = status.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+        return False
+    if state.pid is not None:
+        return pid == state.pid and looks_like_daemon(pid)
+    ticks = status.get("start_ticks")
+    return ticks is not None and ticks == start_ticks(pid) and looks_like_daemon(pid)
 
 
 def cmd_daemon(config: Config, args: argparse.Namespace) -> int:
@@ -210,17 +275,41 @@ def cmd_daemon(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def start_background(config: Config, timeout_s: float = 20.0) -> dict[str, Any]:
-    """Start ``profiler daemon`` detached (log in ``<home>/daemon.log``); wait until it serves."""
-    proc = spawn_daemon(config.home)
+def start_background(config: Config, timeout_s: float = 20.0) -> tuple[dict[str, Any], bool]:
+    """Start ``profiler daemon`` detached (log in ``<home>/daemon.log``) unless one runs; wait
+    until it serves. Returns its status and whether this call started it. Holds
+    ``<home>/autostart.lock`` meanwhile (as the hooks do), so that any number of concurrent
+    starts make one daemon and the others find it running."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise CliError(f"the daemon exited at start: {_last_error(config.log_file)}")
+    try:
+        config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(config.home / "autostart.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise CliError(home_error(config.home, e)) from None
+    with os.fdopen(fd, "a") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CliError(f"another process has been starting the daemon for over "
+                                   f"{timeout_s:g} s; see {config.log_file}") from None  # fmt: skip
+                time.sleep(0.05)
         status = daemon_status(config)
-        if status and status.get("pid") == proc.pid:
-            return status
-        time.sleep(0.1)
+        if status:
+            return status, False
+        try:
+            proc = spawn_daemon(config.home)
+        except OSError as e:
+            raise CliError(home_error(config.home, e)) from None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise CliError(f"the daemon exited at start: {_last_error(config.log_file)}")
+            status = daemon_status(config)
+            if status and status.get("pid") == proc.pid:
+                return status, True
+            time.sleep(0.1)
     raise CliError(f"the daemon did not start within {timeout_s:g} s; see {config.log_file}")
 
 
@@ -234,34 +323,61 @@ def _last_error(log_file: Path) -> str:
 
 def cmd_start(config: Config, args: argparse.Namespace) -> int:
     status = daemon_status(config)
-    if status:
-        pid, url = status.get("pid"), status.get("metrics_url")
-        print(f"daemon already running (pid {pid}), metrics at {url}")
+    started = False
+    if not status:
+        status, started = start_background(config)
+    if not started:
+        print(f"daemon already running (pid {status.get('pid') or 'unknown'}), "
+              f"metrics at {status.get('metrics_url') or 'unknown'}")  # fmt: skip
+        if status.get("status_error"):
+            print(f"profiler: warning: {status['status_error']}", file=sys.stderr)
         return 0
-    status = start_background(config)
     print(f"daemon started (pid {status['pid']}): metrics at {status['metrics_url']}, "
           f"GPU: {status['gpu']}")  # fmt: skip
     return 0
 
 
-def cmd_stop(config: Config, args: argparse.Namespace) -> int:
-    status = daemon_status(config)
-    if not status or not status.get("pid"):
-        print(f"no daemon running for {config.home}")
-        return 1
-    pid = int(status["pid"])
+def stop_daemon(config: Config, status: dict[str, Any], timeout_s: float = 15.0) -> int | None:
+    """SIGTERM the daemon ``status`` names (a pid :func:`daemon_status` proved to hold the
+    lock; never another) and wait until it lets the lock go. Returns its pid, or None when it
+    had already gone; CliError when no proven daemon pid is known or it does not stop."""
+    pid = status.get("pid")
+    if not pid:
+        raise CliError(f"a process holds {config.lock_file}, but none proven to be the daemon "
+                       f"({status.get('status_error')}); nothing was signalled")  # fmt: skip
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not lock_state(config.lock_file).held:
+            return pid
+        time.sleep(0.1)
+    raise CliError(f"daemon pid {pid} did not stop within {timeout_s:g} s; "
+                   f"`kill -9 {pid}` forces it")  # fmt: skip
+
+
+def cmd_stop(config: Config, args: argparse.Namespace) -> int:
+    status = daemon_status(config)
+    pid = stop_daemon(config, status) if status else None
+    if pid is None:
         print(f"no daemon running for {config.home}")
         return 1
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if daemon_status(config) is None:
-            print(f"daemon stopped (pid {pid}); ledger flushed to {config.ledger}")
-            return 0
-        time.sleep(0.1)
-    raise CliError(f"daemon pid {pid} did not stop within 15 s; `kill -9 {pid}` forces it")
+    from profiler.recovery import read_exit_report
+
+    # What the daemon's final flush did, as it recorded it: never claimed when not known.
+    outcome = read_exit_report(config, pid)
+    if outcome is None:
+        print(f"profiler: error: daemon stopped (pid {pid}) without saying whether its final "
+              f"ledger write worked; see {config.log_file}", file=sys.stderr)  # fmt: skip
+        return 1
+    if not outcome.ok:
+        print(f"profiler: error: daemon stopped (pid {pid}), but {outcome.message}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"daemon stopped (pid {pid}); {outcome.message}")
+    return 0
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
@@ -275,6 +391,11 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     status = {"running": True, **status}
     if args.json:
         print(json.dumps(status, indent=1))
+        return 0
+    if status.get("status_error"):
+        print(f"daemon running (pid {status['pid'] or 'unknown'}), but {status['status_error']}: "
+              "its metrics URL, socket and settings are unknown; `profiler stop` and "
+              "`profiler start` write it again")  # fmt: skip
         return 0
     print(f"daemon running (pid {status['pid']}, version {status.get('version')})")
     for key in ("metrics_url", "socket", "ledger", "log", "gpu", "cpu", "pricing"):
@@ -295,6 +416,11 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
     timed = meta.get("timed_steps", steps)
     cost_meta = meta.get("cost", {})
     currency = row.get("currency") or None  # absent in a schema-1 ledger
+    # Unknown = no source could measure it: with no GPU sensor (``PROFILER_GPU=none``) GPU time,
+    # and the money and waste priced from it, are unknown (null); with a sensor, 0 GPU-seconds
+    # for a run that held no device is a measured zero.
+    gpu_known = row["gpu_source"] != "none"
+    priced = currency is not None and gpu_known
     return {
         "id": row["id"],
         "name": row["name"],
@@ -310,14 +436,18 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "steps": steps,
         "samples": row["samples"],
         "dropped_steps": row["dropped_steps"],
+        # steps a hook sent that a daemon killed before its flush did not record (no timing)
+        "unrecorded_steps": meta.get("unrecorded_steps", 0),
         # seconds no daemon measured (run began before it, or it restarted): energy missing
         "unmeasured_s": meta.get("unmeasured_s", 0.0),
+        # GPU joules of restart gaps, read from the GPU's own energy counter (in gpu_energy_j)
+        "gap_gpu_energy_j": meta.get("gap_gpu_energy_j", 0.0),
         "step_time_mean_s": row["step_time_sum_s"] / timed if timed else None,
         "step_time_p50_s": percentile(sorted(meta.get("durations", [])), 0.5),
         "step_time_p95_s": row["step_time_p95_s"],
         "gpu_energy_j": energy,
         "gpu_energy_kwh": energy / 3.6e6 if energy is not None else None,
-        "gpu_seconds": row["gpu_seconds"],
+        "gpu_seconds": row["gpu_seconds"] if gpu_known else None,
         "gpu_power_mean_w": energy / duration if energy is not None and duration else None,
         "gpu_power_peak_w": row["gpu_power_peak_w"],
         "cpu_energy_j": row["cpu_energy_j"] if row["meta"].get("cpu_energy_source") else None,
@@ -332,16 +462,18 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "ranks": _ranks(meta),
         # money is null for runs never priced; CO2 null where no grid intensity was known
         "currency": currency,
-        "cost": (row["cost_gpu_time"] + row["cost_energy"]) if currency else None,
-        "cost_gpu_time": row["cost_gpu_time"] if currency else None,
+        "cost": (row["cost_gpu_time"] + row["cost_energy"]) if priced else None,
+        "cost_gpu_time": row["cost_gpu_time"] if priced else None,
         "cost_energy": row["cost_energy"] if currency else None,
         "co2_g": row["co2_g"] if cost_meta.get("co2_known") else None,
-        "waste_cost": row["waste_cost"] if currency else None,
-        "waste": cost_meta.get("waste", {}),
-        "waste_gpu_seconds": cost_meta.get("waste_gpu_seconds", {}),
+        "waste_cost": row["waste_cost"] if priced else None,
+        "waste": cost_meta.get("waste", {}) if gpu_known else None,
+        "waste_gpu_seconds": cost_meta.get("waste_gpu_seconds", {}) if gpu_known else None,
         "pricing_profiles": cost_meta.get("pricing_profiles", []),
         "last_loss": meta.get("last_loss"),
-        "nonfinite_loss_steps": meta.get("nonfinite_loss_steps", 0),
+        # null when the hook never reported a loss (nothing counted NaN steps)
+        "nonfinite_loss_steps": meta.get("nonfinite_loss_steps")
+        or (None if meta.get("last_loss") is None else 0),
         "first_nonfinite_step": meta.get("first_nonfinite_step"),
         "cpu_seconds": meta.get("cpu_seconds"),
         # run metadata: Slurm job, Kubernetes pod, `profiler run --meta`
@@ -360,6 +492,7 @@ def _ranks(meta: dict[str, Any]) -> list[dict[str, Any]]:
         where[rank] = (local, world)
         devices.setdefault(rank, set()).update(meta.get("process_devices", {}).get(pid, []))
     peaks = meta.get("rank_memory_peak", {})
+    samples_unknown = meta.get("samples_source") == "none"
     out = []
     for key, n in sorted(meta.get("rank_steps", {}).items(), key=lambda kv: int(kv[0])):
         peak = peaks.get(key)
@@ -369,7 +502,8 @@ def _ranks(meta: dict[str, Any]) -> list[dict[str, Any]]:
             "world_size": where.get(int(key), (None, None))[1],
             "devices": sorted(devices.get(int(key), ())),
             "steps": n,
-            "samples": meta.get("rank_samples", {}).get(key, 0),
+            # null when the run's samples are unknown (no batch size: not counted)
+            "samples": None if samples_unknown else meta.get("rank_samples", {}).get(key, 0),
             "pids": sorted(pids.get(int(key), [])),
             "memory_peak_allocated_bytes": peak[0] if peak else None,
             "memory_peak_reserved_bytes": peak[1] if peak else None,
@@ -401,16 +535,27 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> int:
     for r in runs:
         kwh = "n/a" if r["gpu_energy_kwh"] is None else f"{r['gpu_energy_kwh']:.5f}"
         sim = "*" if r["simulated"] else ""
-        cost = f"{r['cost']:.4f} {r['currency']}" if r["currency"] else "-"
+        cost = "-" if r["cost"] is None else f"{r['cost']:.4f} {r['currency']}"
         co2 = "-" if r["co2_g"] is None else f"{r['co2_g']:.1f}"
         print(
             f"{r['id'][:36]:<36} {r['name'][:16]:<16} {r['framework'][:10]:<10} "
-            f"{r['status']:<11} {r['steps']:>8} {r['samples']:>10} {kwh + sim:>10} "
-            f"{r['gpu_seconds'] / 3600:>8.4f} {cost:>12} {co2:>9}"
+            f"{r['status']:<11} {_count(r['steps']):>8} {_count(r['samples']):>10} "
+            f"{kwh + sim:>10} "
+            f"{_hours(r['gpu_seconds']):>8} {cost:>12} {co2:>9}"
         )
     if any(r["simulated"] for r in runs):
         print("* measured on the simulated GPU, not hardware")
     return 0
+
+
+def _hours(seconds: float | None) -> str:
+    """GPU-seconds as GPU-hours for the runs table: "-" when unknown (no GPU sensor)."""
+    return "-" if seconds is None else f"{seconds / 3600:.4f}"
+
+
+def _count(value: int | None) -> str:
+    """A count for the runs table: "-" when unknown (null), never 0."""
+    return "-" if value is None else str(value)
 
 
 def cmd_report(config: Config, args: argparse.Namespace) -> int:
@@ -446,7 +591,7 @@ def cmd_report(config: Config, args: argparse.Namespace) -> int:
         print(text, end="")
         return 0
     try:
-        args.out.write_text(text, newline="")
+        args.out.write_text(text, encoding="utf-8", newline="")
     except OSError as e:
         raise CliError(f"--out {args.out}: cannot write ({e.strerror})") from e
     print(f"wrote {args.out}", file=sys.stderr)

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from profiler.report import md_cell
+from profiler.report import display_text, json_safe, md_cell
 
 FORMATS = ("table", "md", "json")
 
@@ -113,9 +113,11 @@ def compare(runs: list[dict[str, Any]], refs: list[str]) -> list[dict[str, Any]]
 
 
 def render(rows: list[dict[str, Any]], fmt: str) -> str:
-    """``table`` (aligned text), ``md`` (a Markdown table) or ``json``."""
+    """``table`` (aligned text for a terminal: control characters and bidirectional overrides in
+    names cleaned), ``md`` (a Markdown table, user text inert: :func:`profiler.report.md_cell`)
+    or ``json`` (strict JSON: text exact but for lone surrogates, unknown figures null)."""
     if fmt == "json":
-        return json.dumps(rows, indent=1)
+        return json.dumps(json_safe(rows), indent=1, allow_nan=False)
     header = ["", *(f"{r['name']} ({r['id']})" for r in rows)]
     body = []
     for f in FIGURES:
@@ -138,6 +140,8 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
         lines.append("|" + "---|" * len(header))
         lines += ["| " + " | ".join(md_cell(c) for c in cells) + " |" for cells in body]
         return "\n".join(lines + [""] + [f"_{n}_" for n in notes])
+    header = [display_text(c) for c in header]
+    body = [[display_text(c) for c in cells] for cells in body]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines = [_aligned(cells, widths) for cells in [header, *body]]
     return "\n".join(lines + notes)

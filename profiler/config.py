@@ -7,6 +7,7 @@ key, where it came from, and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import sys
@@ -84,18 +85,13 @@ class Config:
         return self.home / "daemon.log"
 
 
-def _positive_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("a number")
-    number = float(value)
-    if not number > 0 or number == float("inf"):
-        raise ValueError("a number > 0")
-    return number
-
-
 def _bounded(lo: float, hi: float) -> Callable[[Any], float]:
+    """A number from ``lo`` to ``hi``, both included (so never NaN or infinite)."""
+
     def check(value: Any) -> float:
-        number = _positive_float(value)
+        if isinstance(value, bool):
+            raise ValueError("a number")
+        number = float(value)
         if not lo <= number <= hi:
             raise ValueError(f"a number from {lo:g} to {hi:g}")
         return number
@@ -189,6 +185,15 @@ def _text(value: Any) -> str:
     return value
 
 
+def _hostname(value: Any) -> str:
+    """A non-empty name of printable characters (it is a label on every series and shown in
+    terminals), at most 256 of them."""
+    text = _text(value)
+    if not text.isprintable() or len(text) > 256:
+        raise ValueError("a host name of printable characters")
+    return text
+
+
 # key -> (validator, what is allowed, environment variable)
 _KEYS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
     "metrics_host": (_host, "an IP address such as 127.0.0.1", "PROFILER_METRICS_HOST"),
@@ -211,7 +216,11 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
     ),
     "cpu_tdp_w": (_optional_watts, 'watts from 1 to 5000, or "auto"', "PROFILER_CPU_TDP"),
     "rapl_root": (_text, "a directory path", "PROFILER_RAPL_ROOT"),
-    "hostname": (_text, "a non-empty host name", "PROFILER_HOSTNAME"),
+    "hostname": (
+        _hostname,
+        "a non-empty host name of printable characters (at most 256)",
+        "PROFILER_HOSTNAME",
+    ),
     "grafana_url": (_url, "an http:// or https:// URL", "PROFILER_GRAFANA_URL"),
     "grafana_token_file": (_text, "a file path", "PROFILER_GRAFANA_TOKEN_FILE"),
     "socket_group": (
@@ -257,19 +266,42 @@ def _read_toml(path: Path) -> dict[str, Any]:
             if not isinstance(data[table], dict):
                 raise ConfigError(f"{path}: '{table}' must be a table ([{table}])")
             values[table] = data.pop(table)
-    section = data.get("daemon", data) if isinstance(data.get("daemon"), dict) else data
+    daemon = data.pop("daemon", {})
+    if not isinstance(daemon, dict):
+        raise ConfigError(f"{path}: 'daemon' must be a table ([daemon])")
     known = {f.name for f in fields(Config)} - {
         "home", "process_check_interval_s", "source", "cost", "catalog", "budget",
     }  # fmt: skip
-    for key, value in section.items():
-        if key == "daemon":
-            continue
-        if key not in known:
-            raise ConfigError(
-                f"{path}: unknown key '{key}' (known keys: {', '.join(sorted(known))})"
-            )
-        values[key] = _validate(key, value, str(path))
+    # keys at the top level and under [daemon] are the same keys; both places are read
+    for where, section in ((str(path), data), (f"{path} [daemon]", daemon)):
+        for key, value in section.items():
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key '{key}'{_belongs(key, known)}")
+            if key in values:
+                raise ConfigError(
+                    f"{path}: '{key}' is set twice, at the top level and under [daemon]; keep one"
+                )
+            values[key] = _validate(key, value, where)
     return values
+
+
+def _belongs(key: str, known: set[str]) -> str:
+    """Where a misplaced key belongs, or the nearest known key, or the known keys."""
+    from profiler.pricing import COST_KEYS, ONPREM_KEYS
+
+    if key in COST_KEYS:
+        return ": it belongs under [cost] (write [cost] above it; see `profiler prices`)"
+    if key in ONPREM_KEYS:
+        return ": it belongs under [cost.onprem]"
+    if key in ("monthly", "projects"):
+        return ": it belongs under [budget]"
+    if key in ("instances", "gpus", "electricity"):
+        return f": it belongs under [catalog] ([catalog.{key}...])"
+    tables = {"cost": "[cost]", "catalog": "[catalog]", "budget": "[budget]", "daemon": "[daemon]"}
+    close = difflib.get_close_matches(key, sorted(known | set(tables)), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {tables.get(close[0], repr(close[0]))}?)"
+    return f" (known keys: {', '.join(sorted(known))})"
 
 
 def _validate(key: str, value: Any, where: str) -> Any:

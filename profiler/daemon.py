@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -28,10 +29,29 @@ from typing import TYPE_CHECKING, Any
 from profiler import __version__
 from profiler.config import Config
 from profiler.cost import IDLE_UTILIZATION, CostMeter, Priced, RunCost, no_pricing
-from profiler.energy import EnergyCurve, Holder, split_cpu_energy, split_interval
+from profiler.daemonlock import home_error, lock_state, start_ticks
+from profiler.energy import (
+    CounterMark,
+    CounterTrack,
+    EnergyCurve,
+    Holder,
+    split_cpu_energy,
+    split_gap,
+    split_interval,
+)
 from profiler.ingest import Bye, Hello, Inbox, Message, Receiver, StepBatch
 from profiler.ledger import Ledger, LedgerError, Rollup
 from profiler.pricing import Pricing
+from profiler.recovery import (
+    FlushOutcome,
+    Held,
+    make_reserve,
+    read_recovery,
+    recovery_path,
+    release_reserve,
+    write_exit_report,
+    write_recovery,
+)
 from profiler.runs import ProcessInfo, Run
 from profiler.sensors.base import CpuSample, GpuSample
 
@@ -64,6 +84,7 @@ class DeviceState:
     idle_j: float = 0.0
     attributed_to: float | None = None  # monotonic seconds: energy before this is split
     pids_seen: set[int] = field(default_factory=set)
+    counter: CounterTrack = field(default_factory=CounterTrack)  # the driver's raw counter
     # (monotonic seconds, utilization ratio) of recent samples, for judging idle intervals.
     utilization: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=256))
 
@@ -163,7 +184,14 @@ class Daemon:
         # ancestry of GPU processes is looked up here, not in /proc, on every sample.
         self._procs: ProcessTable | None = None
         self._simulated_pids: set[int] = set()  # processes the simulated GPU was told about
+        # pid watched by `profiler run` -> (that command's pid, its create time): while the
+        # watcher lives, a gone child waits for its bye; a watcher gone (killed) sends none.
+        self._watchers: dict[int, tuple[int, float | None]] = {}
         self.flush_failures = 0
+        # Restored runs: the raw energy counter marks their last flush stored (run -> device
+        # uuid -> mark), and the restart gap added to their unmeasured_s (run -> seconds).
+        self._gap_marks: dict[str, dict[str, CounterMark]] = {}
+        self._gap_unmeasured_s: dict[str, float] = {}
 
     # ---- messages -------------------------------------------------------------------------
 
@@ -258,18 +286,36 @@ class Daemon:
                 setattr(run, key, f[key])
         run.batch_size = f["batch_size"] or run.batch_size
         run.total_steps = f["total_steps"] or run.total_steps
+        # A process's own hello comes from a hook that times steps (0 steps is then a count);
+        # `profiler run`/`attach` speak for processes (proxy) and time none: unknown, not 0.
+        run.steps_known = run.steps_known or not msg.proxy
         if created:
             self._announce(run, "start")
         proc = run.processes.get(msg.pid)
         if proc is None:
-            proc = ProcessInfo(pid=msg.pid, create_time=_create_time(msg.pid))
+            proc = run.new_process(msg.pid, _create_time(msg.pid))
             run.processes[msg.pid] = proc
         if msg.pid not in self._simulated_pids:  # new, or restored from a previous daemon
             self._attach_simulated(msg.pid, f["local_rank"], f["devices"])
         proc.rank, proc.local_rank, proc.world_size = f["rank"], f["local_rank"], f["world_size"]
         proc.devices = f["devices"]
+        if f.get("sent") is not None:
+            self._count_unrecorded(run, proc, *f["sent"])
         self._hello_extras(run, proc, f)
+        if f.get("watched") and msg.proxy and msg.sender is not None:
+            self._watchers[msg.pid] = (msg.sender.pid, _create_time(msg.sender.pid))
         run.dirty = True
+
+    def _count_unrecorded(self, run: Run, proc: ProcessInfo, steps: int, samples: int) -> None:
+        """Steps the process's hook sent that no daemon recorded: into the run's totals and
+        the current minute's rollup (the lead rank's steps, every rank's samples)."""
+        before = proc.samples
+        added = run.count_unrecorded(proc, steps, samples)
+        if added:
+            rollup = self._rollup(run.id, self.wall())
+            rollup.steps += added if proc.rank == run.lead_rank() else 0
+            rollup.samples += proc.samples - before
+            self.health["unrecorded_steps"] += added
 
     @staticmethod
     def _hello_extras(run: Run, proc: ProcessInfo, f: dict[str, Any]) -> None:
@@ -302,7 +348,7 @@ class Daemon:
             self.health["messages_for_ended_run"] += 1
             return None
         if pid not in run.processes:
-            run.processes[pid] = ProcessInfo(pid=pid, create_time=_create_time(pid))
+            run.processes[pid] = run.new_process(pid, _create_time(pid))
         return run
 
     def _steps(self, msg: StepBatch) -> None:
@@ -375,12 +421,92 @@ class Daemon:
         dev.latest = s
         if s.utilization_ratio is not None:
             dev.utilization.append((s.t_s, s.utilization_ratio))
+        first = dev.curve.first is None
+        if not (dev.curve.last is not None and s.t_s <= dev.curve.last.t_s):  # as the curve
+            dev.counter.observe(s.t_s, s.energy_j, s.counter_j, s.counter_id)
         if s.energy_j is None:
             return
         dev.curve.append(s.t_s, s.energy_j, s.power_w)
+        if first:
+            self._credit_gap(dev, s)
         for pid in (p.pid for p in s.processes):
             dev.pids_seen.add(pid)
         self._attribute(dev, s.t_s - ATTRIBUTION_LAG_S)
+
+    def _credit_gap(self, dev: DeviceState, s: GpuSample) -> None:
+        """The device's first reading in this daemon: give the restored runs that held it at
+        the previous daemon's last flush the energy its counter measured since (from their
+        stored mark to ``s``), in equal shares, with the device-seconds and their cost; they
+        hold it from here on. Counter-sourced, not estimated: only when the counter's epoch is
+        the same, it did not go backwards and every run that held the device lives (see
+        :func:`split_gap`); otherwise the gap stays in their ``unmeasured_s`` (counted in health
+        as ``restart_gap_unmeasured:<reason>``). A run whose every held device got its gap
+        measured has the restart gap taken out of its ``unmeasured_s``."""
+        marks = {
+            run_id: by_device[dev.uuid]
+            for run_id, by_device in self._gap_marks.items()
+            if dev.uuid in by_device
+        }
+        if not marks:
+            return
+        live = {run_id for run_id in marks if run_id in self.runs and self.runs[run_id].live}
+        share = split_gap(marks, live, s.t_s, s.counter_j, s.counter_id)
+        if share.reason is not None:
+            self.health[f"restart_gap_unmeasured:{share.reason}"] += 1
+            log.warning(
+                "GPU %d: the energy since the last flush before the restart is not measured "
+                "(%s); it stays in unmeasured_s of run(s) %s",
+                dev.index, share.reason.replace("_", " "), ", ".join(sorted(marks)),
+            )  # fmt: skip
+            for run_id in marks:
+                self._gap_unmeasured_s.pop(run_id, None)  # stays unmeasured
+        minute_wall = self.wall() - (self.clock() - s.t_s)
+        span = s.t_s - next(iter(marks.values())).t_s
+        for run_id, joules in share.energy_j.items():
+            run = self.runs[run_id]
+            seconds = share.seconds[run_id]
+            run.gpu_energy_j[dev.uuid] = run.gpu_energy_j.get(dev.uuid, 0.0) + joules
+            run.gpu_seconds[dev.uuid] = run.gpu_seconds.get(dev.uuid, 0.0) + seconds
+            run.gap_gpu_energy_j += joules
+            run.device_since.setdefault(dev.uuid, s.t_s)
+            priced = self.cost_meter.gpu_interval(run.cost, dev.uuid, seconds, joules, span, s.t_s)
+            rollup = self._rollup(run_id, minute_wall)
+            rollup.gpu_energy_j += joules
+            rollup.gpu_seconds += seconds
+            _add_priced(rollup, priced)
+            run.dirty = True
+            self.health["restart_gap_measured"] += 1
+        for run_id in marks:
+            del self._gap_marks[run_id][dev.uuid]
+            if not self._gap_marks[run_id]:
+                del self._gap_marks[run_id]
+                gap_s = self._gap_unmeasured_s.pop(run_id, None)
+                if gap_s is not None and run_id in self.runs:
+                    run = self.runs[run_id]
+                    run.unmeasured_s = max(0.0, run.unmeasured_s - gap_s)
+                    run.dirty = True
+
+    def _counter_marks(self) -> dict[str, CounterMark]:
+        """Per device uuid: its raw counter where its energy was last split, and the runs that
+        held it there; stored with each flush of those runs (``meta.gpu_counters``) so that a
+        restarted daemon can measure the gap (:meth:`_credit_gap`). Devices whose counter cannot
+        be read there (no counter, a reset since) get none."""
+        marks = {}
+        for dev in self.devices.values():
+            upto = dev.attributed_to
+            if upto is None:
+                continue
+            reading = dev.counter.counter_at(dev.curve, upto)
+            if reading is None:
+                continue
+            holders = tuple(sorted(
+                run.id for run in self.runs.values()
+                if dev.uuid in run.device_since and run.device_since[dev.uuid] < upto
+                and (run.end_mono is None or run.end_mono > upto)
+            ))  # fmt: skip
+            if holders:
+                marks[dev.uuid] = CounterMark(upto, reading[0], reading[1], holders)
+        return marks
 
     def _attribute(self, dev: DeviceState, upto: float) -> None:
         """Split the device's energy from where the last split stopped up to ``upto`` among the
@@ -587,9 +713,11 @@ class Daemon:
         """Mark processes that are gone (pid absent, or reused by another process). An
         attached process (``profiler attach``) that is gone has ended as expected: it counts
         as having said ``bye`` (``finished``; its exit status cannot be known) at the time it
-        was found gone, which is then the run's last event. A process ``profiler run``
-        watches is given :data:`WATCHED_GRACE_S` for that command's ``bye`` (its exit status
-        and end time) before it counts as gone."""
+        was found gone. A process ``profiler run`` watches is given :data:`WATCHED_GRACE_S`
+        for that command's ``bye`` (its exit status and end time) before it counts as gone,
+        unless that command is itself gone (killed: no bye will come). A process found gone
+        lived until then (at most one check late): that time is the run's last event, so its
+        wall time ends where its energy and GPU time stop."""
         now = self.clock()
         for run in self.runs.values():
             if not run.live:
@@ -598,17 +726,22 @@ class Daemon:
                 if proc.said_bye or proc.gone:
                     continue
                 if not _alive(proc.pid, proc.create_time):
-                    if proc.watched:
-                        if proc.missing_since is None:
-                            proc.missing_since = now
-                        if now - proc.missing_since < WATCHED_GRACE_S:
-                            continue
+                    if proc.missing_since is None:
+                        proc.missing_since = now
+                    waiting = now - proc.missing_since < WATCHED_GRACE_S
+                    if proc.watched and waiting and self._watcher_alive(proc.pid):
+                        continue
                     proc.gone = True
                     if proc.attached:
                         proc.said_bye = True
-                        run.last_event_mono = max(run.last_event_mono, now)
+                    run.last_event_mono = max(run.last_event_mono, proc.missing_since)
                     run.dirty = True
             self._close_if_done(run)
+
+    def _watcher_alive(self, pid: int) -> bool:
+        """Whether the ``profiler run`` watching ``pid`` still runs (unknown: assumed so)."""
+        watcher = self._watchers.get(pid)
+        return watcher is None or _alive(*watcher)
 
     def _end_runs(self) -> None:
         # A run is closed once energy is attributed past its end on every device.
@@ -639,6 +772,7 @@ class Daemon:
         for pid in run.processes:
             self._proc_cpu.pop(pid, None)
             self._simulated_pids.discard(pid)
+            self._watchers.pop(pid, None)
             if detach is not None:
                 detach(pid)
         self.flush()
@@ -684,8 +818,20 @@ class Daemon:
                 log.error("%s; costs go on at the new prices", e)
 
     def open_ledger(self) -> None:
+        """Open (or create) the ledger: re-create tables found missing (one line in the log),
+        merge what an earlier daemon could not write (its recovery file), record the pricing
+        and continue the runs the ledger holds as running."""
         self.ledger = Ledger(self.config.ledger)
-        self.ledger.record_pricing(self.wall(), self.cost_meter.pricing)
+        if self.ledger.repaired:
+            log.warning(
+                "%s had lost its %s table(s): re-created them empty (what they held is gone)",
+                self.config.ledger, ", ".join(self.ledger.repaired),
+            )  # fmt: skip
+        self._merge_recovery()
+        try:
+            self.ledger.record_pricing(self.wall(), self.cost_meter.pricing)
+        except LedgerError as e:
+            log.error("%s; costs go on at these prices", e)
         for row in self.ledger.runs(status="running"):
             run = self._restored(row)
             alive = {
@@ -693,8 +839,17 @@ class Daemon:
                 for pid, ct in row["meta"].get("pids", {}).items()
                 if _alive(int(pid), ct)
             }
+            declared = row["meta"].get("process_devices", {})
+            ranks = row["meta"].get("ranks", {})
             for pid, ct in alive.items():
-                run.processes[pid] = ProcessInfo(pid=pid, create_time=ct)
+                proc = run.processes[pid] = run.new_process(pid, ct)
+                # the GPUs its hook declared: held from this daemon's first reading, not only
+                # once the hook says hello again (NVML may not list the process)
+                proc.devices = tuple(declared.get(str(pid), ()))
+                # and its rank, so the lowest rank still times the run's steps meanwhile
+                rank = ranks.get(str(pid))
+                if isinstance(rank, list) and len(rank) == 3:
+                    proc.rank, proc.local_rank, proc.world_size = rank
             if not alive:
                 run.status = "lost"
                 run.ended_at = run.to_wall(run.last_event_mono)
@@ -705,7 +860,10 @@ class Daemon:
         """A run this daemon does not know: a previous daemon may have recorded it."""
         if self.ledger is None:
             return None
-        row = self.ledger.run(run_id)
+        try:
+            row = self.ledger.run(run_id)
+        except LedgerError:
+            return None  # the ledger cannot answer now; the flush logs why
         if row is None or row["status"] != "running":
             return None
         run = self.runs[run_id] = self._restored(row)
@@ -720,15 +878,53 @@ class Daemon:
         if flushed is not None and flushed < self.started_mono:
             run.unmeasured_s += self.started_mono - flushed
             run.dirty = True
+            stored = row["meta"].get("gpu_counters")
+            marks = {
+                uuid: mark
+                for uuid, m in (stored.items() if isinstance(stored, dict) else ())
+                if (mark := CounterMark.from_meta(m)) is not None
+                and run.id in mark.holders
+                and uuid not in self.devices  # else its first reading in this daemon is past
+            }
+            if marks:  # the GPUs' counters may measure the gap: see _credit_gap
+                self._gap_marks[run.id] = marks
+                self._gap_unmeasured_s[run.id] = self.started_mono - flushed
         return run
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Write dirty runs and the rollups gathered since the last flush (one transaction).
-        On failure keep everything in memory and try again at the next flush."""
+        On failure keep everything in memory and try again at the next flush. True when all
+        that was held is in the ledger. A ledger file deleted or replaced under the daemon is
+        re-created and given every run still in memory; a table found missing is re-created and
+        the write done again in full."""
         if self.ledger is None:
-            return
+            return True
+        reason = self.ledger.gone()
+        if reason is not None and not self._reopen_ledger(reason):
+            return False
+        if self._recovery_pending:
+            self._merge_recovery()
+        try:
+            self._write_held()
+        except LedgerError as e:
+            if not e.repaired:
+                return self._flush_failed(e)
+            log.warning("%s; writing every run in memory again (the rows they held are gone)", e)
+            for run in self.runs.values():
+                run.dirty = True
+            try:
+                self._write_held()
+            except LedgerError as again:
+                return self._flush_failed(again)
+        if self.flush_failures:
+            log.warning("ledger writes work again after %d failures", self.flush_failures)
+        self.flush_failures = 0
+        return True
+
+    def _held(self) -> tuple[list[Run], Held]:
+        """What is not in the ledger yet: the dirty runs, and for :meth:`Ledger.write` their
+        rows and device totals, the rollups and the idle rollups."""
         dirty = [r for r in self.runs.values() if r.dirty]
-        rows = [self._run_row(r) for r in dirty]
         devices = [
             (r.id, uuid, self.devices[uuid].model if uuid in self.devices else "", j,
              r.gpu_seconds.get(uuid, 0.0))
@@ -736,29 +932,133 @@ class Daemon:
             for uuid, j in r.gpu_energy_j.items()
         ]  # fmt: skip
         idle = [(uuid, minute, j) for (uuid, minute), j in self._idle.items()]
-        try:
-            self.ledger.write(rows, devices, self._rollups.values(), idle)
-        except (OSError, LedgerError, Exception) as e:  # noqa: BLE001 - sqlite3 errors vary
-            self.flush_failures += 1
-            if self.flush_failures == 1:
-                log.error("ledger write failed (%s); keeping data in memory and retrying", e)
-            self.health["ledger_write_errors"] += 1
-            return
-        if self.flush_failures:
-            log.warning("ledger writes work again after %d failures", self.flush_failures)
-        self.flush_failures = 0
+        marks = self._counter_marks()
+        rows = [self._run_row(r, marks) for r in dirty]
+        return dirty, Held(rows, devices, list(self._rollups.values()), idle)
+
+    def _write_held(self) -> None:
+        dirty, held = self._held()
+        assert self.ledger is not None
+        self.ledger.write(held.runs, held.devices, held.rollups, held.idle)
+        self._forget_held(dirty)
+
+    def _forget_held(self, dirty: list[Run]) -> None:
+        """What was held is written (to the ledger or the recovery file)."""
         for r in dirty:
             r.dirty = False
         self._rollups.clear()
         self._idle.clear()
 
-    def _run_row(self, run: Run) -> dict[str, Any]:
+    def _flush_failed(self, error: Exception) -> bool:
+        self.flush_failures += 1
+        self.last_flush_error = str(error)
+        if self.flush_failures == 1:
+            log.error("ledger write failed (%s); keeping data in memory and retrying", error)
+        self.health["ledger_write_errors"] += 1
+        return False
+
+    def _reopen_ledger(self, reason: str) -> bool:
+        """The ledger file was deleted or replaced while this daemon wrote it: say so once and
+        write a new one, with every run still in memory (marked dirty). False (counted as a
+        failed write) when no new one can be opened; the next flush tries again."""
+        path = self.config.ledger
+        assert self.ledger is not None
+        if self.flush_failures == 0:
+            log.error(
+                "ledger %s was %s while the daemon ran: writing a new one with the %d run(s) "
+                "in memory; runs that had already left memory, and the minute rollups written "
+                "before, are not in it", path, reason, len(self.runs),
+            )  # fmt: skip
+        try:
+            self.ledger.close()
+        except sqlite3.Error:
+            pass  # the old file is gone; there is nothing more to write there
+        if reason == "deleted" and not path.exists():
+            for suffix in ("-wal", "-shm"):  # a stale log must not be replayed into a new file
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        try:
+            self.ledger = Ledger(path)
+        except (LedgerError, OSError) as e:  # the old, closed one stays: gone() says so again
+            return self._flush_failed(e)
+        for run in self.runs.values():
+            run.dirty = True
+        try:
+            self.ledger.record_pricing(self.wall(), self.cost_meter.pricing)
+        except LedgerError as e:
+            log.error("%s; costs go on at these prices", e)
+        return True
+
+    # ---- recovery: what a final flush could not write ----------------------------------------
+
+    def final_flush(self) -> FlushOutcome:
+        """The flush before exit. If the ledger does not take it, free the space set aside
+        (:func:`make_reserve`) and try again; failing that, write what is held to the recovery
+        file beside the ledger (JSON lines, 0600), which the next daemon merges in. The outcome
+        says plainly what was not written and where it went."""
+        ledger = self.config.ledger
+        if self.flush():
+            return FlushOutcome(True, f"ledger flushed to {ledger}")
+        if release_reserve(self.config) and self.flush():
+            return FlushOutcome(True, f"ledger flushed to {ledger}")
+        dirty, held = self._held()
+        shown = ", ".join(r.id for r in dirty[:5]) + (", ..." if len(dirty) > 5 else "")
+        what = f"{len(dirty)} run(s) ({shown}) and {len(held.rollups)} minute rollup(s)"
+        path = recovery_path(self.config)
+        try:
+            write_recovery(path, held)
+        except (OSError, ValueError) as e:
+            return FlushOutcome(
+                False,
+                f"the final ledger write failed ({self.last_flush_error}) and so did writing "
+                f"{path} ({e}): {what} are lost",
+            )
+        self._forget_held(dirty)
+        return FlushOutcome(
+            False,
+            f"the final ledger write failed ({self.last_flush_error}): {what} went to {path}, "
+            "which the next daemon merges into the ledger",
+        )
+
+    def _merge_recovery(self) -> None:
+        """Merge the recovery file an earlier final flush left (all of it in one transaction),
+        then remove it; when the ledger does not take it, it stays for a later flush."""
+        path = recovery_path(self.config)
+        assert self.ledger is not None
+        try:
+            held, bad = read_recovery(path)
+        except FileNotFoundError:
+            self._recovery_pending = False
+            return
+        except OSError as e:
+            self._recovery_pending = True
+            log.error("cannot read %s (%s); it stays for a later flush", path, e)
+            return
+        try:
+            self.ledger.write(held.runs, held.devices, held.rollups, held.idle)
+        except LedgerError as e:
+            if not self._recovery_pending:
+                log.error("cannot merge %s into the ledger yet (%s); it stays", path, e)
+            self._recovery_pending = True
+            return
+        self._recovery_pending = False
+        path.unlink(missing_ok=True)
+        log.warning(
+            "merged %s into %s: %d run row(s) and %d minute rollup(s) an earlier daemon could "
+            "not write%s", path, self.config.ledger, len(held.runs), len(held.rollups),
+            f"; {bad} unreadable line(s) skipped" if bad else "",
+        )  # fmt: skip
+
+    def _run_row(self, run: Run, marks: dict[str, CounterMark] | None = None) -> dict[str, Any]:
+        if marks is None:
+            marks = self._counter_marks()
         row = {k: getattr(run, k) for k in (
             "id", "name", "project", "user", "framework", "framework_version", "hook", "host",
             "status", "started_at", "ended_at", "steps", "samples", "dropped_steps",
             "step_time_sum_s", "step_energy_sum_j", "steps_with_energy", "gpu_power_peak_w",
             "batch_size", "total_steps",
         )}  # fmt: skip
+        row["steps"] = run.known_steps  # NULL: unknown (no hook timed steps), never 0
+        row["samples"] = run.known_samples
         row["step_time_p95_s"] = run.step_time_quantile_s(0.95)
         row["gpu_energy_j"] = run.total_gpu_energy_j if run.gpu_energy_j else None
         row["gpu_seconds"] = run.total_gpu_seconds
@@ -788,6 +1088,8 @@ class Daemon:
             "samples_source": run.samples_source,
             "memory_source": run.memory_source,
             "timed_steps": run.timed_steps,
+            "steps_known": run.steps_known,
+            "samples_count": run.samples,
             "rank_steps": {str(k): v for k, v in run.rank_steps.items()},
             "rank_samples": {str(k): v for k, v in run.rank_samples.items()},
             "rank_memory_peak": {str(k): list(v) for k, v in run.rank_memory_peak.items()},
@@ -797,7 +1099,16 @@ class Daemon:
             "cpu_energy_source": run.cpu_energy_source,
             "owner_uid": run.owner_uid,
             "unmeasured_s": run.unmeasured_s,
+            "gap_gpu_energy_j": run.gap_gpu_energy_j,
+            "unrecorded_steps": run.unrecorded_steps,
+            "process_counts": {
+                **{str(pid): list(c) for pid, c in run.process_counts.items()},
+                **{str(p.pid): [p.steps, p.samples] for p in run.processes.values()},
+            },
             "flushed_mono": self.clock(),
+            "gpu_counters": {
+                uuid: mark.to_meta() for uuid, mark in marks.items() if run.id in mark.holders
+            },
             "run_meta": dict(run.meta),
             "cpu_seconds": run.cpu_seconds,
             # processes that said bye or are gone (`profiler run` waits on its child's)
@@ -842,8 +1153,12 @@ def _run_from_row(row: dict[str, Any]) -> Run:
                 "steps", "samples", "dropped_steps", "step_time_sum_s", "step_energy_sum_j",
                 "steps_with_energy", "gpu_power_peak_w", "batch_size", "total_steps"):  # fmt: skip
         setattr(run, key, row[key])
+    # NULL steps/samples are unknown; the counters restart from what was counted.
+    run.steps_known = bool(meta.get("steps_known", row["steps"] is not None))
+    run.steps = row["steps"] or 0
+    run.samples = row["samples"] if row["samples"] is not None else meta.get("samples_count", 0)
     run.step_time_max_s = meta.get("step_time_max_s", 0.0)
-    run.timed_steps = meta.get("timed_steps", row["steps"])
+    run.timed_steps = meta.get("timed_steps", run.steps)
     run.cost = RunCost.from_meta(meta.get("cost", {}))
     run.nonfinite_since_mono = meta.get("nonfinite_since_mono")
     for key in ("clock", "samples_source", "memory_source", "last_loss", "nonfinite_loss_steps",
@@ -863,6 +1178,11 @@ def _run_from_row(row: dict[str, Any]) -> Run:
     run.cpu_energy_source = meta.get("cpu_energy_source", "")
     run.owner_uid = meta.get("owner_uid")
     run.unmeasured_s = meta.get("unmeasured_s", 0.0)
+    run.gap_gpu_energy_j = meta.get("gap_gpu_energy_j", 0.0)
+    run.unrecorded_steps = meta.get("unrecorded_steps", 0)
+    run.process_counts = {
+        int(pid): (int(c[0]), int(c[1])) for pid, c in meta.get("process_counts", {}).items()
+    }
     run.meta = dict(meta.get("run_meta", {}))
     run.cpu_seconds = meta.get("cpu_seconds", 0.0)
     run.dirty = False
@@ -960,13 +1280,22 @@ class Service:
     def acquire_lock(self) -> None:
         """One daemon per home: hold an exclusive lock on ``daemon.lock`` for life."""
         home = self.config.home
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.config.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.config.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise DaemonError(home_error(home, e)) from None
+        # A CLI testing the lock holds it shared for an instant: retry for up to 1 s.
+        for attempt in range(20):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt < 19:
+                    time.sleep(0.05)
+        else:
             os.close(fd)
-            other = _read_status(self.config.status_file).get("pid", "?")
+            other = lock_state(self.config.lock_file).pid or "?"
             raise DaemonError(
                 f"a daemon (pid {other}) already runs for {self.config.home}; "
                 "use `profiler status`, or `profiler stop` first"
@@ -985,6 +1314,13 @@ class Service:
 
         self.acquire_lock()
         self.daemon.open_ledger()
+        try:
+            make_reserve(self.config)
+        except OSError as e:
+            log.warning(
+                "cannot set aside space for a last ledger write in %s (%s): on a full disk, "
+                "what the daemon holds at exit may not be written", self.config.home, e.strerror,
+            )  # fmt: skip
         try:
             self.http, port = serve_metrics(
                 self.daemon, self.config.metrics_host, self.config.metrics_port
@@ -1007,11 +1343,7 @@ class Service:
             os.chmod(self.config.home, 0o710)
         self.receiver = Receiver(self.config.socket, self.daemon.message_counts, group=group)
         self.inbox = Inbox(self.receiver)
-        tmp = self.config.status_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(self.daemon.status(self.metrics_url), indent=1))
-        tmp.replace(self.config.status_file)
+        self._write_status()
         log.info(
             "daemon %s listening on %s, metrics at %s; %s",
             __version__,
@@ -1019,6 +1351,20 @@ class Service:
             self.metrics_url,
             self.daemon.gpu_description,
         )
+
+    def _write_status(self) -> None:
+        """``daemon.json``, whole or not at all (written aside, then renamed): the status, and
+        this process's start time (``/proc/<pid>/stat`` ticks), which with the pid names this
+        process for good (``profiler stop`` signals nothing else)."""
+        status = dict(self.daemon.status(self.metrics_url), start_ticks=start_ticks(os.getpid()))
+        tmp = self.config.status_file.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(status, indent=1))
+            tmp.replace(self.config.status_file)
+        except OSError as e:
+            raise DaemonError(home_error(self.config.home, e)) from None
 
     def install_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -1082,7 +1428,7 @@ class Service:
             if d.gpu_sensor is not None:
                 d.sample()
                 d.attribute_all()
-            d.flush()
+            outcome = d.final_flush()
         if self.http is not None:
             self.http.shutdown()
         if d.annotator is not None:
@@ -1091,18 +1437,19 @@ class Service:
             d.ledger.close()
         if d.gpu_sensor is not None:
             d.gpu_sensor.close()
+        release_reserve(self.config)  # set aside again by the next daemon
+        try:
+            write_exit_report(self.config, os.getpid(), outcome)
+        except OSError as e:
+            log.error("cannot record the outcome of the final flush for `profiler stop` (%s)", e)
         try:
             self.config.status_file.unlink()
         except FileNotFoundError:
             pass
-        log.info("daemon stopped; ledger flushed to %s", self.config.ledger)
-
-
-def _read_status(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+        if outcome.ok:
+            log.info("daemon stopped; %s", outcome.message)
+        else:
+            log.error("daemon stopped; %s", outcome.message)
 
 
 def build_daemon(config: Config) -> Daemon:

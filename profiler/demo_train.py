@@ -7,10 +7,14 @@ and the daemon never imports it.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-import torch
-from torch import nn
+try:
+    import torch
+    from torch import nn
+except ImportError as e:  # one line, not a traceback (`profiler demo` checks this first)
+    sys.exit(f"profiler demo: cannot import torch ({e}); install it: `pip install torch`")
 
 from hooks.pytorch import track  # the one added line is below, at the start of main()
 

@@ -190,3 +190,121 @@ def split_cpu_energy(
         return {run: 0.0 for run in run_cpu_s}
     denominator = max(busy_cpu_s, used)
     return {run: energy_j * seconds / denominator for run, seconds in run_cpu_s.items()}
+
+
+# ---- a device's raw energy counter, across a daemon restart
+
+COUNTER_TOLERANCE_J = 1e-3
+"""How far (joules, one counter tick) the raw counter may drift from the curve before the two
+are taken to have parted (a counter reset the sensor re-based over)."""
+
+
+@dataclass(frozen=True)
+class CounterMark:
+    """A device's raw energy counter ``counter_j`` (joules, the driver's own counter of epoch
+    ``counter_id``) at monotonic time ``t_s``, up to which the device's energy was split among
+    runs, and the runs holding it then (``holders``). A daemon stores it with each flush so that
+    the daemon after it can measure the energy of the gap between them."""
+
+    t_s: float
+    counter_j: float
+    counter_id: str
+    holders: tuple[str, ...]
+
+    def to_meta(self) -> dict[str, object]:
+        return {"t_s": self.t_s, "counter_j": self.counter_j, "counter_id": self.counter_id,
+                "holders": list(self.holders)}  # fmt: skip
+
+    @classmethod
+    def from_meta(cls, meta: object) -> CounterMark | None:
+        """The mark stored by :meth:`to_meta`, or None when ``meta`` is not one (an older
+        daemon's ledger, a damaged row): the gap then stays unmeasured."""
+        if not isinstance(meta, dict):
+            return None
+        t_s, counter_j, counter_id = meta.get("t_s"), meta.get("counter_j"), meta.get("counter_id")
+        holders = meta.get("holders")
+        numbers = (t_s, counter_j)
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
+            return None
+        if not isinstance(counter_id, str) or not isinstance(holders, list):
+            return None
+        if not all(isinstance(h, str) for h in holders):
+            return None
+        return cls(float(t_s), float(counter_j), counter_id, tuple(holders))
+
+
+class CounterTrack:
+    """Follows a device's raw counter beside its :class:`EnergyCurve`: while the counter and the
+    curve move together (same epoch, no re-based reset), the counter at any time the curve
+    covers is the curve's energy there plus a constant offset."""
+
+    def __init__(self) -> None:
+        self.counter_id: str | None = None
+        self.offset_j: float | None = None  # counter_j - curve energy_j, while they agree
+        self.since_s: float | None = None  # the first sample with this offset and epoch
+
+    def observe(
+        self, t_s: float, energy_j: float | None, counter_j: float | None, counter_id: str | None
+    ) -> None:
+        """Take one sample (joules on the curve, the raw counter in joules and its epoch)."""
+        if energy_j is None or counter_j is None or counter_id is None:
+            self.counter_id = self.offset_j = self.since_s = None
+            return
+        offset = counter_j - energy_j
+        same = (
+            counter_id == self.counter_id
+            and self.offset_j is not None
+            and abs(offset - self.offset_j) <= COUNTER_TOLERANCE_J
+        )
+        if not same:
+            self.counter_id, self.offset_j, self.since_s = counter_id, offset, t_s
+
+    def counter_at(self, curve: EnergyCurve, t_s: float) -> tuple[float, str] | None:
+        """(raw counter in joules, its epoch) at ``t_s``, read off the curve; None when the
+        counter and the curve have not moved together since before ``t_s``."""
+        if self.offset_j is None or self.since_s is None or self.counter_id is None:
+            return None
+        if not (self.since_s <= t_s and curve.covers(t_s)):
+            return None
+        return curve.energy_at(t_s) + self.offset_j, self.counter_id
+
+
+@dataclass(frozen=True)
+class GapShare:
+    """What the gap between a stored mark and a new daemon's first reading gives each run:
+    ``energy_j`` and device-``seconds`` per run id (equal shares), or, when it gives nothing,
+    ``reason`` (why the gap stays unmeasured)."""
+
+    energy_j: dict[str, float]
+    seconds: dict[str, float]
+    reason: str | None = None
+
+
+def split_gap(
+    marks: dict[str, CounterMark],
+    live: set[str],
+    t_s: float,
+    counter_j: float | None,
+    counter_id: str | None,
+) -> GapShare:
+    """Share the energy one device's counter measured between the runs' stored ``marks`` (run id
+    -> its mark for this device) and a new reading (``counter_j`` joules of epoch ``counter_id``
+    at ``t_s``) among the runs holding the device at the mark.
+
+    Only when every holder is among ``live`` (restored, processes alive: they held the device
+    throughout), all of them stored the same mark, the epoch is the same and the counter did not
+    go backwards; otherwise no run gets anything and ``reason`` says why."""
+    if not marks:
+        return GapShare({}, {}, "no_mark")
+    mark = next(iter(marks.values()))
+    if any(m != mark for m in marks.values()) or set(marks) != set(mark.holders):
+        return GapShare({}, {}, "holders_differ")
+    if not set(mark.holders) <= live:
+        return GapShare({}, {}, "holder_ended")
+    if counter_j is None or counter_id is None or counter_id != mark.counter_id:
+        return GapShare({}, {}, "counter_changed")
+    if counter_j < mark.counter_j or t_s < mark.t_s:
+        return GapShare({}, {}, "counter_backwards")
+    n = len(mark.holders)
+    joules, seconds = (counter_j - mark.counter_j) / n, (t_s - mark.t_s) / n
+    return GapShare({run: joules for run in mark.holders}, {run: seconds for run in mark.holders})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import socket
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,8 +35,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def label_value(text: str) -> str:
-    """A label value escaped for the text format (backslash, double quote, newline)."""
-    if "\\" in text or '"' in text or "\n" in text:
+    """A label value escaped for the text format (backslash, double quote). Characters that are
+    not printable (control characters such as ESC and newline, lone surrogates) are dropped
+    first, as the daemon does with the text hooks send, so what any source supplied (a run, the
+    configured hostname, a GPU's model name) reaches no terminal or dashboard raw."""
+    if not text.isprintable():
+        text = "".join(ch for ch in text if ch.isprintable())
+    if "\\" in text or '"' in text:
         text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return text
 
@@ -316,13 +322,17 @@ def _runs(d: Daemon, device_labels: dict[str, str]) -> Iterator[Family]:
                     f["memory"].add(f'{r},rank="{proc.rank}",kind="{kind}"', value)
         if run.last_loss is not None:
             f["loss"].add(r, run.last_loss)
-        f["nonfinite"].add(r, run.nonfinite_loss_steps)
+        if run.last_loss is not None or run.nonfinite_loss_steps:  # no loss reported: unknown
+            f["nonfinite"].add(r, run.nonfinite_loss_steps)
         for key, per_device in (("energy", run.gpu_energy_j), ("gpu_seconds", run.gpu_seconds)):
             for uuid, value in sorted(per_device.items()):
                 dl = device_labels.get(uuid) or labels(DEVICE_LABELS, ("", uuid, "", d.hostname))
                 f[key].add(f"{r},{dl}", value)
-        f["steps"].add(r, run.steps)
-        f["samples"].add(r, run.samples)
+        # Unknown is left out, never 0: no hook timed steps, or the hook counts no samples.
+        if run.known_steps is not None:
+            f["steps"].add(r, run.known_steps)
+        if run.known_samples is not None:
+            f["samples"].add(r, run.known_samples)
         f["dropped"].add(r, run.dropped_steps)
         f["unmeasured"].add(r, run.unmeasured_s)
         f["start"].add(r, run.started_at)
@@ -334,7 +344,8 @@ def _runs(d: Daemon, device_labels: dict[str, str]) -> Iterator[Family]:
             f["rss"].add(r, run.host_rss_bytes)
         if run.total_steps:
             f["total"].add(r, run.total_steps)
-        step_seconds.add_histogram(r, run.step_seconds.cumulative(), run.step_seconds.total)
+        if run.steps_known:  # no hook times its steps: no step durations, not a count of 0
+            step_seconds.add_histogram(r, run.step_seconds.cumulative(), run.step_seconds.total)
         if run.step_joules.n:
             step_joules.add_histogram(r, run.step_joules.cumulative(), run.step_joules.total)
     yield info
@@ -399,22 +410,27 @@ def _costs(d: Daemon) -> Iterator[Family]:
         ),
     }  # fmt: skip
     now, now_mono = d.wall(), d.clock()
+    # With no GPU sensor, GPU time is unknown: so are waste (GPU time held idle) and the money
+    # priced from GPU time (the gpu_time component, the rate, the projection); left out.
+    gpu_known = d.gpu_source != "none"
     for run in d.runs.values():
         r = f'run="{label_value(run.id)}"'
         c = run.cost
         if c.co2_known:
             fam["co2"].add(r, c.co2_g)
-        for reason in WASTE_REASONS:
-            fam["waste_s"].add(f'{r},reason="{reason}"', c.waste_gpu_seconds.get(reason, 0.0))
-            fam["waste_j"].add(f'{r},reason="{reason}"', c.waste_energy_j.get(reason, 0.0))
-        if c.currency:  # priced: money in the run's currency
-            fam["cost"].add(f'{r},component="gpu_time"', c.gpu_time)
-            fam["cost"].add(f'{r},component="energy"', c.energy)
+        if gpu_known:
             for reason in WASTE_REASONS:
+                fam["waste_s"].add(f'{r},reason="{reason}"', c.waste_gpu_seconds.get(reason, 0.0))
+                fam["waste_j"].add(f'{r},reason="{reason}"', c.waste_energy_j.get(reason, 0.0))
+        if c.currency:  # priced: money in the run's currency
+            if gpu_known:
+                fam["cost"].add(f'{r},component="gpu_time"', c.gpu_time)
+            fam["cost"].add(f'{r},component="energy"', c.energy)
+            for reason in WASTE_REASONS if gpu_known else ():
                 fam["waste"].add(f'{r},reason="{reason}"', c.waste.get(reason, 0.0))
         if not run.live:
             continue
-        if c.currency:
+        if c.currency and gpu_known:
             fam["rate"].add(r, c.rate_per_hour(now_mono))
             total = projected(c.total, run.steps, run.total_steps)
             if total is not None:
@@ -437,24 +453,67 @@ MEMORY_KINDS = ("allocated", "peak_allocated", "reserved")
 WASTE_REASONS = ("idle", "nonfinite")
 
 
+ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+
+
 class _MetricsHandler(BaseHTTPRequestHandler):
-    """``GET /metrics`` (and ``/``) renders the page; anything else is 404."""
+    """``GET /metrics`` (and ``/``) renders the page, ``HEAD`` gives its headers, ``OPTIONS``
+    lists the methods; other paths are 404, other HTTP methods 405 (with ``Allow``), methods
+    HTTP does not define 501. A connection idle for ``timeout`` seconds is closed."""
 
     daemon: Daemon  # set on the subclass made by serve_metrics
+    timeout = 30  # seconds a client may take to send its request
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
+    def _page(self) -> bytes | None:
         if self.path.split("?", 1)[0] not in ("/metrics", "/"):
             self.send_error(404, "only /metrics is served here")
-            return
+            return None
         body = render_metrics(self.daemon)
         self.send_response(200)
         self.send_header("Content-Type", CONTENT_TYPE)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        return body
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
+        body = self._page()
+        if body is not None:
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._page()
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self.send_response(204)
+        self.send_header("Allow", ALLOWED_METHODS)
+        self.end_headers()
+
+    def _not_allowed(self) -> None:
+        self.send_response(405, "Method Not Allowed")
+        body = b"only GET, HEAD and OPTIONS are served here\n"
+        self.send_header("Allow", ALLOWED_METHODS)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
         self.wfile.write(body)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the protocol's name
         pass  # one line per scrape would flood the daemon's log
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    """A listen backlog for a burst of scrapes (many Prometheus replicas, dashboards, ``watch``
+    sessions at once): http.server's 5 makes the kernel drop the rest's SYNs, which then wait
+    for a retransmission (1 s and more). A client that hangs up mid-answer is not an error."""
+
+    request_queue_size = 1024  # the kernel caps it at net.core.somaxconn
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # the scraper went away; nothing to log
+        super().handle_error(request, client_address)
 
 
 def serve_metrics(daemon: Daemon, host: str, port: int) -> tuple[ThreadingHTTPServer, int]:
@@ -462,7 +521,7 @@ def serve_metrics(daemon: Daemon, host: str, port: int) -> tuple[ThreadingHTTPSe
     background thread; returns (server, bound port). OSError if the address cannot be bound."""
     handler = type("MetricsHandler", (_MetricsHandler,), {"daemon": daemon})
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    server_class = type("MetricsServer", (ThreadingHTTPServer,), {"address_family": family})
+    server_class = type("MetricsServer", (_MetricsServer,), {"address_family": family})
     server = server_class((host, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()

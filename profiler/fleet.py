@@ -27,6 +27,8 @@ from profiler.report import (
     Totals,
     _group,
     _total,
+    check_begun,
+    check_budget,
     parse_month,
 )  # fmt: skip
 
@@ -51,7 +53,8 @@ def query(base: str, expr: str, timeout: float = 30.0) -> list[dict[str, Any]]:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             body = json.loads(r.read())
     except urllib.error.HTTPError as e:
-        raise ReportError(f"Prometheus refused a query ({e.read().decode()[:200]})") from e
+        reason = " ".join(e.read().decode(errors="replace").split())[:200]  # one line
+        raise ReportError(f"Prometheus refused a query ({reason})") from e
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise ReportError(f"--prometheus {base}: cannot query it ({e})") from e
     if body.get("status") != "success":
@@ -89,8 +92,17 @@ def fleet_runs(base: str, start: float, end: float) -> list[RunLine]:
         totals = Totals(
             cost=v["cost_gpu_time"] + v["cost_energy"], cost_gpu_time=v["cost_gpu_time"],
             cost_energy=v["cost_energy"], waste_cost=v["waste_cost"],
-            kwh=(v["gpu_j"] + v["cpu_j"]) / 3.6e6, co2_kg=v["co2_kg"], gpu_hours=v["gpu_hours"],
-            runs=1, steps=round(v["steps"]), samples=round(v["samples"]),
+            kwh=(v["gpu_j"] + v["cpu_j"]) / 3.6e6, runs=1,
+            # likewise emissions (no known grid intensity) and GPU time (no GPU sensor)
+            co2_kg=v["co2_kg"] if key in parts["co2_kg"] else None,
+            gpu_hours=v["gpu_hours"] if key in parts["gpu_hours"] else None,
+            co2_unknown_runs=int(key not in parts["co2_kg"]),
+            gpu_hours_unknown_runs=int(key not in parts["gpu_hours"]),
+            # a daemon leaves a run's steps/samples series out when they are unknown
+            steps=round(v["steps"]) if key in parts["steps"] else None,
+            samples=round(v["samples"]) if key in parts["samples"] else None,
+            steps_unknown_runs=int(key not in parts["steps"]),
+            samples_unknown_runs=int(key not in parts["samples"]),
         )  # fmt: skip
         lines.append(RunLine(
             id=key[1], name=m.get("name", key[1]), project=m.get("project", ""),
@@ -112,8 +124,8 @@ def build_fleet_report(
     """The month's report for every node Prometheus scrapes (see the module docstring)."""
     now = dt.datetime.now(UTC).timestamp() if now is None else now
     label, start, end = parse_month(month, dt.datetime.fromtimestamp(now, UTC).date())
-    if start >= now:
-        raise ReportError(f"--month {label}: it has not begun")
+    check_budget(budget)
+    check_begun(label, start, now)
     runs = fleet_runs(base, start, min(end, now))
     _plabel, prev_start, _ = parse_month(None, dt.datetime.fromtimestamp(start, UTC).date())
     previous_runs = fleet_runs(base, prev_start, start)
@@ -121,7 +133,7 @@ def build_fleet_report(
     currency = priced.most_common(1)[0][0] if priced else ""
     totals = _total(runs, currency)
     forecast = None
-    if start <= now < end:
+    if start < now < end:
         forecast = totals.cost * (end - start) / (now - start)
     return MonthReport(
         month=label, currency=currency, totals=totals, previous=_total(previous_runs, currency),

@@ -34,6 +34,12 @@ prefixed ``x_``. In the CSV a null is an empty field; no non-null value is ever 
 are written in plain positional notation (never an exponent), exactly as the float's shortest
 representation, so nothing is rounded away. Open ``out`` with ``newline=""``: rows end in
 CRLF as in RFC 4180.
+
+User-supplied text (run id and name, project, user, framework, pricing profile) is exact, with
+two exceptions for the spreadsheets a FOCUS file is opened in (OWASP's CSV Injection advice): a
+value that starts with ``=``, ``+``, ``-``, ``@``, tab, carriage return or newline (or a
+full-width ``=+-@``) gets a leading apostrophe, so it is shown as text and never evaluated,
+and a lone surrogate becomes U+FFFD. Inside ``Tags`` (a JSON object) values are exact.
 """
 
 from __future__ import annotations
@@ -108,8 +114,14 @@ CUSTOM_COLUMNS = (
     "x_User",
 )
 COLUMNS = FOCUS_COLUMNS + CUSTOM_COLUMNS
+# Columns holding text users (or their configuration) supplied.
+USER_TEXT_COLUMNS = frozenset((
+    "ChargeDescription", "ResourceId", "ResourceName", "SubAccountId", "SubAccountName", "Tags",
+    "x_Framework", "x_PricingProfile", "x_Project", "x_RunId", "x_User",
+))  # fmt: skip
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _MARKET = re.compile(r"\((on_demand|spot|reserved_1y)\)\s*$")
 _PRICING_CATEGORY = {"on_demand": "Standard", "spot": "Dynamic", "reserved_1y": "Other"}
 # Enough digits for the exact sum of two doubles of any magnitudes seen in practice.
@@ -169,7 +181,7 @@ def write_focus(usages: Iterable[FocusUsage], month_start: dt.date, out: TextIO)
     rows.sort(key=lambda r: (r["ChargePeriodStart"], r["ResourceId"]))
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
-    writer.writerows([r[c] for c in COLUMNS] for r in rows)
+    writer.writerows([_cell(c, r[c]) for c in COLUMNS] for r in rows)
     return len(rows)
 
 
@@ -256,6 +268,31 @@ def _row(u: FocusUsage, first: dt.date, after: dt.date) -> dict[str, str | None]
         "x_Simulated": simulated,
         "x_User": u.user or None,
     }
+
+
+# What makes a spreadsheet (Excel, LibreOffice, Google Sheets) read a cell as a formula when it
+# starts a cell, after OWASP's CSV Injection advice, plus the full-width forms some locales treat
+# the same way, and a leading newline.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def spreadsheet_text(text: str) -> str:
+    """A user-supplied CSV cell that a spreadsheet shows as text: OWASP's CSV Injection advice,
+    a leading apostrophe on a cell that starts with ``=``, ``+``, ``-``, ``@``, tab, carriage
+    return (or newline, or a full-width ``=+-@``), so it is never evaluated; the csv module
+    quotes and doubles quotes as needed. Lone surrogates become U+FFFD (UTF-8 cannot hold
+    them). Any other text is written exactly."""
+    if text.startswith(FORMULA_TRIGGERS):
+        text = "'" + text
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _cell(column: str, value: str | None) -> str | None:
+    """A user-supplied text column through :func:`spreadsheet_text`; the others (figures, dates,
+    constants, and ``Tags``, a JSON object that starts with ``{``) as they are."""
+    if value is None or column not in USER_TEXT_COLUMNS:
+        return value
+    return spreadsheet_text(value)
 
 
 def _moment(day: dt.date) -> str:

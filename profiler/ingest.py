@@ -170,6 +170,14 @@ def _hello_fields(body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, str) or not sanitize(key) or len(key) > 64:
             raise Malformed("bad_field", "meta")
         out["meta"][sanitize(key)] = sanitize(value)
+    # What the hook has sent for the run so far: [steps, samples].
+    sent = body.get("sent")
+    if sent is not None:
+        if not (isinstance(sent, list) and len(sent) == 2 and all(
+            type(n) is int and 0 <= n <= MAX_STEP * 1024 for n in sent
+        )):  # fmt: skip
+            raise Malformed("bad_field", "sent")
+        out["sent"] = (sent[0], sent[1])
     # `profiler attach`: the process is recorded from outside; nobody will say `bye` for it.
     # `profiler run`: the sender watches the process and says `bye` with its exit status.
     for key in ("attach", "watched"):

@@ -17,9 +17,10 @@ Carbon intensity (gCO2e/kWh), first that applies: ``carbon_g_per_kwh`` (environm
 ``PROFILER_COUNTRY`` from the environment; ``region = "gcp:REGION"`` (codecarbon impact.csv);
 ``country`` (+ ``us_state`` for the USA); for a cloud instance with none of these, the instance's
 region: a GCP region from impact.csv, otherwise the region's country (the entry's ``country``
-key, else ``us-*`` and Azure ``*us*`` regions are the USA) from global_energy_mix.json. Without
-codecarbon installed an explicit country/region is an error; the implicit cloud default leaves
-the intensity unknown (``None``).
+key, else ``us-*`` and Azure ``*us*`` regions are the USA) from global_energy_mix.json. These are
+codecarbon's figures, packaged with the profiler (:mod:`profiler.carbon`); should that file be
+missing, an explicit country/region is an error and the implicit cloud default leaves the
+intensity unknown (``None``).
 
 Environment variables win over the file: ``PROFILER_PRICING``, ``PROFILER_MARKET``,
 ``PROFILER_COUNTRY``, ``PROFILER_CARBON_G_PER_KWH``, ``PROFILER_GPU_HOUR_PRICE`` (the last
@@ -289,14 +290,21 @@ def _did_you_mean(value: str, choices: Any, n: int = 1) -> str:
 
 
 def _number(value: Any, key: str, where: str, what: str) -> float:
+    """A finite number; a string (from the environment) is parsed. The error shows ``value``
+    exactly as given."""
+    number: Any = value
     if isinstance(value, str):
         try:
-            value = float(value.strip())
+            number = float(value.strip())
         except ValueError:
-            value = None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            number = None
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, (int, float))
+        or not math.isfinite(number)
+    ):
         raise PricingError(f"{where}: '{key}' must be a number ({what}), got {value!r}")
-    return float(value)
+    return float(number)
 
 
 def _non_negative(value: Any, key: str, where: str, what: str) -> float:

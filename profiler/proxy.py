@@ -23,7 +23,11 @@
   prints the demo's summary to stderr once the daemon has closed the run (``--quiet``: not at
   all, and without waiting) and exits with the child's exit status: its code, or 128 + the
   signal that killed it, like a shell. A command that cannot be started exits 127 (not
-  found) or 126 (not executable), with one line.
+  found) or 126 (not executable), with one line, and a daemon started for it is stopped.
+- A ``--run-id``, ``--name``, ``--project`` or ``--meta`` the daemon would not keep as given
+  (empty, over 256 characters, a control character) is refused with one line before anything
+  runs; so is such a run id from ``PROFILER_RUN_ID``. Killed itself, it leaves the run to the
+  daemon, which ends it (``lost``: no exit status) when the child is gone, at that time.
 
 ``profiler attach PID`` records an already running process tree as a new run from this moment
 (its start is now, not the process's start); its end, or ``profiler detach``, closes the run.
@@ -47,8 +51,9 @@ from typing import Any
 
 from hooks import wire
 from hooks.runid import env_meta, ranks_from_env, run_id_from_env, user_name
-from profiler.cli import CliError, daemon_status, run_record, start_background
+from profiler.cli import CliError, daemon_status, run_record, start_background, stop_daemon
 from profiler.config import Config
+from profiler.ingest import MAX_TEXT
 from profiler.ledger import Ledger, LedgerError
 
 FORWARDED = (
@@ -129,15 +134,64 @@ def hello_for(
     return wire.hello(run_id, pid, **fields)
 
 
+def _unfit(text: str, most: int) -> str | None:
+    """Why the daemon would change ``text`` (it keeps at most ``most`` printable characters),
+    or None when it keeps it as given."""
+    if len(text) > most:
+        return f"{len(text):,} characters, at most {most}"
+    if not text.isprintable():
+        return "a control character (newline, tab, escape) in it"
+    return None
+
+
+def check_run_id(run_id: str, flag: str = "--run-id") -> str:
+    """``run_id`` as given, or CliError when the daemon would not keep it as given (empty,
+    over :data:`~profiler.ingest.MAX_TEXT` characters, a control character): a run id names
+    the run everywhere (ledger, ``/metrics``, other ranks), so it is refused, never changed."""
+    why = "empty" if not run_id else _unfit(run_id, MAX_TEXT)
+    if why is not None:
+        raise CliError(f"{flag} {_shown(run_id)}: {why}; give 1-{MAX_TEXT} printable characters")
+    return run_id
+
+
+def env_run_id(name: str) -> str:
+    """The run id from the environment (:func:`run_id_from_env`), refused with the variable's
+    name when the daemon would change it."""
+    source = next((v for v in ("PROFILER_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+                   if os.environ.get(v)), "the run id")  # fmt: skip
+    return check_run_id(run_id_from_env(name), flag=source)
+
+
+def check_label(flag: str, value: str | None) -> str | None:
+    """``--name``/``--project`` as given (None stays None), or CliError when the daemon would
+    change it (an empty value, over MAX_TEXT characters, a control character)."""
+    if value is None:
+        return None
+    why = "empty" if not value else _unfit(value, MAX_TEXT)
+    if why is not None:
+        raise CliError(f"{flag} {_shown(value)}: {why}; give 1-{MAX_TEXT} printable characters")
+    return value
+
+
+def _shown(text: str) -> str:
+    """``text`` for a one-line message: repr (control characters escaped), cut to 40."""
+    return repr(text) if len(text) <= 40 else repr(text[:40])[:-1] + "...'"
+
+
 def run_meta(given: Sequence[str] | None, env: dict[str, str] | None = None) -> dict[str, str]:
     """The scheduler's metadata from the environment (Slurm job, Kubernetes pod) with the
-    ``--meta KEY=VALUE`` pairs over it; CliError on a pair without ``=`` or an empty key."""
+    ``--meta KEY=VALUE`` pairs over it; CliError on a pair without ``=``, a key not of 1-64
+    printable characters (or with spaces around it), or a value the daemon would change."""
     meta = env_meta(env)
     for pair in given or ():
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip() or len(key) > 64:
-            raise CliError(f"--meta {pair!r}: expected KEY=VALUE (a key of 1-64 characters)")
-        meta[key.strip()] = value[:256]
+        if not sep or not key or key != key.strip() or _unfit(key, 64):
+            raise CliError(f"--meta {_shown(pair)}: expected KEY=VALUE (a key of 1-64 "
+                           "printable characters, no spaces around it)")  # fmt: skip
+        why = _unfit(value, MAX_TEXT)
+        if why is not None:
+            raise CliError(f"--meta {_shown(pair)}: the value has {why}")
+        meta[key] = value
     if len(meta) > META_KEYS_MAX:
         raise CliError(f"--meta: at most {META_KEYS_MAX} keys in all, got {len(meta)}")
     return meta
@@ -166,14 +220,15 @@ def command_name(cmd: Sequence[str]) -> str:
     return prog or "run"
 
 
-def ensure_daemon(config: Config, *, required: bool) -> dict[str, Any] | None:
+def ensure_daemon(config: Config, *, required: bool) -> tuple[dict[str, Any] | None, bool]:
     """The running daemon's status, starting one if none runs (unless
-    ``PROFILER_AUTOSTART=0``). When there is none: CliError if ``required``, else one warning
-    line and None."""
-    status = daemon_status(config)
-    if status:
-        return status
+    ``PROFILER_AUTOSTART=0``), and whether this call started it. When there is none (the home
+    cannot be used, the daemon cannot start): CliError if ``required``, else one warning line
+    and None."""
     try:
+        status = daemon_status(config)
+        if status:
+            return status, False
         if os.environ.get("PROFILER_AUTOSTART", "1") in ("0", "false", "no"):
             raise CliError(f"no daemon running for {config.home} (PROFILER_AUTOSTART=0)")
         return start_background(config)
@@ -181,7 +236,7 @@ def ensure_daemon(config: Config, *, required: bool) -> dict[str, Any] | None:
         if required:
             raise
         print(f"profiler: warning: {e}; running the command without profiling", file=sys.stderr)
-        return None
+        return None, False
 
 
 # ---- profiler run --------------------------------------------------------------------------
@@ -286,10 +341,11 @@ def run_command(
     """``profiler run``: run ``cmd`` as one recorded run; returns its exit status."""
     if not cmd:
         raise CliError("give the command to run after --, e.g. profiler run -- python train.py")
-    name = name or command_name(cmd)
+    name = check_label("--name", name) or command_name(cmd)
+    project = check_label("--project", project)
     labels = run_meta(meta)
-    status = ensure_daemon(config, required=False)
-    rid = run_id or run_id_from_env(name)
+    rid = check_run_id(run_id) if run_id is not None else env_run_id(name)
+    status, started = ensure_daemon(config, required=False)
     env = child_env(config, rid, hooks)
     blocked = set(FORWARDED) | {signal.SIGCHLD}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
@@ -298,6 +354,8 @@ def run_command(
             pid = spawn(cmd, env, mask)
         except SpawnError as e:
             print(f"profiler: error: {e}", file=sys.stderr)
+            if started and status is not None:  # no run for it to record: leave no trace
+                stop_daemon(config, status)
             return e.exit_code
         reporting = status is not None and send(
             config,
@@ -320,7 +378,20 @@ def run_command(
         except KeyboardInterrupt:
             print(f"profiler: not waiting for run {rid}; `profiler runs` shows it",
                   file=sys.stderr)  # fmt: skip
+        except BrokenPipeError:  # stderr's reader is gone: the child's status still counts
+            _quiet_stderr()
     return code
+
+
+def _quiet_stderr() -> None:
+    """Point stderr at /dev/null (its reader went away), so that exit does not complain."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stderr.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _drain(signals: set[signal.Signals]) -> None:
@@ -404,11 +475,12 @@ def attach(
     run id once the daemon has it in its ledger (CliError if it does not take it), or, with
     ``wait`` False, as soon as the daemon has the message (a Slurm task prolog)."""
     proc = check_attachable(pid)
+    name, project = check_label("--name", name), check_label("--project", project)
     labels = run_meta(meta)
     if not name:
         cmdline = _cmdline(proc)
         name = command_name(cmdline) if cmdline else proc.name()
-    rid = run_id or run_id_from_env(name, {})
+    rid = check_run_id(run_id) if run_id is not None else run_id_from_env(name, {})
     ensure_daemon(config, required=True)
     message = hello_for(rid, pid, name=name, project=default_project(project), meta=labels,
                         hook="profiler.attach", attach=True)  # fmt: skip
@@ -447,6 +519,8 @@ def detach(
     ended, or as last seen when ``wait`` is False or they do not end in time)."""
     if (target is None) == (not meta):
         raise CliError("give a run id or pid, or --meta KEY=VALUE (one of them)")
+    if target is not None:
+        check_run_id(target, flag="RUN_OR_PID")
     wanted = run_meta(meta, env={}) if meta else {}
     if not daemon_status(config):
         raise CliError(f"no daemon running for {config.home}; its runs end when it restarts")

@@ -15,20 +15,34 @@ import csv
 import datetime as dt
 import io
 import json
+import math
+import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from profiler.focus import spreadsheet_text
 from profiler.ledger import Ledger
 
 GROUP_KEYS = ("project", "user", "framework", "host", "gpu_model")
 FORMATS = ("md", "html", "csv", "json")
 TOP_RUNS = 10
 UTC = dt.timezone.utc
+# --month accepts these years: before 1970 no ledger holds data, and 9999 is the last year a
+# date can have.
+FIRST_YEAR, LAST_YEAR = 1970, 9999
 
 
 class ReportError(ValueError):
     """A bad month, grouping or budget; the message is one line."""
+
+
+# A figure that may be unknown for a run (None) -> the Totals field counting the runs for which
+# it is: sums over runs add the known ones and say how many runs they leave out.
+UNKNOWN_RUNS = {
+    "steps": "steps_unknown_runs", "samples": "samples_unknown_runs",
+    "co2_kg": "co2_unknown_runs", "gpu_hours": "gpu_hours_unknown_runs",
+}  # fmt: skip
 
 
 @dataclass
@@ -40,23 +54,46 @@ class Totals:
     cost_energy: float = 0.0
     waste_cost: float = 0.0
     kwh: float = 0.0
-    co2_kg: float = 0.0
-    gpu_hours: float = 0.0
+    co2_kg: float | None = 0.0
+    gpu_hours: float | None = 0.0
     runs: int = 0
-    steps: int = 0
-    samples: int = 0
+    # Counts over the runs that know them; None when no run does. ``*_unknown_runs`` counts
+    # the runs whose steps/samples are unknown (no hook timed steps; no batch size), never 0.
+    steps: int | None = 0
+    samples: int | None = 0
+    steps_unknown_runs: int = 0
+    samples_unknown_runs: int = 0
+    # Likewise: ``co2_kg`` sums the runs whose grid carbon intensity was known (None when no
+    # run's was), ``gpu_hours`` the runs a GPU sensor measured (None when no sensor measured
+    # any: a daemon with ``PROFILER_GPU=none``); the counts say how many runs each leaves out.
+    co2_unknown_runs: int = 0
+    gpu_hours_unknown_runs: int = 0
 
     def add(self, other: Totals) -> None:
         for key in asdict(self):
-            setattr(self, key, getattr(self, key) + getattr(other, key))
+            if key in UNKNOWN_RUNS:
+                known = [v for v in (getattr(self, key), getattr(other, key)) if v is not None]
+                setattr(self, key, sum(known) if known else None)
+            else:
+                setattr(self, key, getattr(self, key) + getattr(other, key))
+        for key, unknown in UNKNOWN_RUNS.items():
+            if self.runs and getattr(self, unknown) == self.runs:
+                setattr(self, key, None)
 
     @property
     def cost_per_1k_samples(self) -> float | None:
-        return self.cost / self.samples * 1000 if self.samples else None
+        """Currency per 1,000 samples; None when samples are unknown for any run (a ratio over
+        part of the runs' cost would be wrong) or zero."""
+        if not self.samples or self.samples_unknown_runs:
+            return None
+        return self.cost / self.samples * 1000
 
     @property
     def joules_per_sample(self) -> float | None:
-        return self.kwh * 3.6e6 / self.samples if self.samples else None
+        """Joules per sample; None as for :attr:`cost_per_1k_samples`."""
+        if not self.samples or self.samples_unknown_runs:
+            return None
+        return self.kwh * 3.6e6 / self.samples
 
 
 @dataclass
@@ -127,18 +164,38 @@ def parse_month(text: str | None, today: dt.date | None = None) -> tuple[str, fl
     """``YYYY-MM`` (default: the last complete month) -> (label, start, end) in unix seconds."""
     today = today or dt.datetime.now(UTC).date()
     if text is None:
-        first = today.replace(day=1) - dt.timedelta(days=1)
-        year, month = first.year, first.month
+        year, month = (today.year, today.month - 1) if today.month > 1 else (today.year - 1, 12)
     else:
         try:
             year, month = (int(p) for p in text.split("-"))
+            if not FIRST_YEAR <= year <= LAST_YEAR:
+                raise ValueError(year)
             dt.date(year, month, 1)
         except ValueError as e:
-            raise ReportError(f"--month {text!r}: expected YYYY-MM, e.g. 2026-11") from e
-    start = dt.datetime(year, month, 1, tzinfo=UTC)
-    days = calendar.monthrange(year, month)[1]
-    end = start + dt.timedelta(days=days)
-    return f"{year:04d}-{month:02d}", start.timestamp(), end.timestamp()
+            raise ReportError(
+                f"--month {text!r}: expected YYYY-MM from {FIRST_YEAR}-01 to {LAST_YEAR}-12, "
+                "e.g. 2026-11"
+            ) from e
+    start = dt.datetime(year, month, 1, tzinfo=UTC).timestamp()
+    end = start + calendar.monthrange(year, month)[1] * 86400  # no datetime past year 9999
+    return f"{year:04d}-{month:02d}", start, end
+
+
+def check_begun(label: str, start: float, now: float) -> None:
+    """Refuse a month that has not begun at ``now`` (unix seconds): it has no data yet, and an
+    empty report would read as a month that cost nothing."""
+    if start > now:
+        today = dt.datetime.fromtimestamp(now, UTC).date().isoformat()
+        raise ReportError(
+            f"--month {label}: it has not begun (today is {today} UTC); choose the current "
+            "month or an earlier one"
+        )
+
+
+def check_budget(budget: float | None) -> None:
+    """A budget is a positive, finite amount (the report currency)."""
+    if budget is not None and not 0 < budget < math.inf:
+        raise ReportError(f"--budget {budget!r}: must be a positive, finite amount")
 
 
 def budgets_from_config(table: dict[str, Any], where: str) -> tuple[float | None, dict[str, float]]:
@@ -146,7 +203,8 @@ def budgets_from_config(table: dict[str, Any], where: str) -> tuple[float | None
     ``project = amount`` (the report currency). Raises ReportError naming a bad key."""
 
     def amount(key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not 0 < value < math.inf):  # fmt: skip
             raise ReportError(f"{where} [budget]: '{key}' must be a positive amount, got {value!r}")
         return float(value)
 
@@ -175,8 +233,8 @@ def build_report(
     for key in group_by or ():
         if key not in GROUP_KEYS:
             raise ReportError(f"--group-by {key!r}: choose from {', '.join(GROUP_KEYS)}")
-    if budget is not None and not budget > 0:
-        raise ReportError(f"--budget {budget!r}: must be a positive amount")
+    check_budget(budget)
+    check_begun(label, start, now)
     runs, daily_rows = _month_runs(ledger, start, end)
     priced = Counter(r.currency for r in runs if r.currency)
     currency = priced.most_common(1)[0][0] if priced else ""
@@ -226,7 +284,9 @@ def _month_runs(ledger: Ledger, start: float, end: float) -> tuple[list[RunLine]
     runs = {
         r["id"]: r
         for r in db.execute(
-            "SELECT id, name, project, user, framework, host, status, simulated, currency, meta "
+            "SELECT id, name, project, user, framework, host, status, simulated, currency, meta, "
+            "steps IS NULL AS steps_unknown, samples IS NULL AS samples_unknown, "
+            "gpu_source = 'none' AS gpu_unknown "
             "FROM runs WHERE id IN (SELECT DISTINCT run_id FROM rollups "
             "WHERE minute >= ? AND minute < ?)",
             span,
@@ -245,12 +305,21 @@ def _month_runs(ledger: Ledger, start: float, end: float) -> tuple[list[RunLine]
         row = runs.get(s["run_id"])
         if row is None:
             continue
+        meta = json.loads(row["meta"] or "{}")
+        # unknown, never 0: CO2 with no known grid intensity, GPU-hours with no GPU sensor
+        co2_unknown = not meta.get("cost", {}).get("co2_known")
+        gpu_unknown = bool(row["gpu_unknown"])
         totals = Totals(
             cost=s["c_gpu"] + s["c_energy"], cost_gpu_time=s["c_gpu"], cost_energy=s["c_energy"],
-            waste_cost=s["waste"], kwh=(s["gpu_j"] + s["cpu_j"]) / 3.6e6, co2_kg=s["co2"] / 1000,
-            gpu_hours=s["gpu_s"] / 3600, runs=1, steps=s["steps"], samples=s["samples"],
+            waste_cost=s["waste"], kwh=(s["gpu_j"] + s["cpu_j"]) / 3.6e6,
+            co2_kg=None if co2_unknown else s["co2"] / 1000,
+            gpu_hours=None if gpu_unknown else s["gpu_s"] / 3600, runs=1,
+            steps=None if row["steps_unknown"] else s["steps"],
+            samples=None if row["samples_unknown"] else s["samples"],
+            steps_unknown_runs=int(bool(row["steps_unknown"])),
+            samples_unknown_runs=int(bool(row["samples_unknown"])),
+            co2_unknown_runs=int(co2_unknown), gpu_hours_unknown_runs=int(gpu_unknown),
         )  # fmt: skip
-        meta = json.loads(row["meta"] or "{}")
         lines.append(RunLine(
             id=row["id"], name=row["name"], project=row["project"], user=row["user"],
             framework=row["framework"], host=row["host"], gpu_model=models.get(row["id"], ""),
@@ -294,7 +363,8 @@ def to_focus(ledger: Ledger, month: str | None = None, now: float | None = None)
     from profiler.focus import FocusUsage, write_focus
 
     now = dt.datetime.now(UTC).timestamp() if now is None else now
-    _label, start, end = parse_month(month, dt.datetime.fromtimestamp(now, UTC).date())
+    label, start, end = parse_month(month, dt.datetime.fromtimestamp(now, UTC).date())
+    check_begun(label, start, now)
     runs, _daily = _month_runs(ledger, start, end)
     meta = {r.id: r for r in runs if r.currency}
     extra = {
@@ -357,7 +427,7 @@ def to_json(report: MonthReport) -> str:
         "simulated_runs": report.simulated_runs,
         "other_currency_runs": report.other_currency_runs,
     }
-    return json.dumps(body, indent=1)
+    return json.dumps(json_safe(body), indent=1, allow_nan=False)
 
 
 def _totals_dict(t: Totals) -> dict[str, Any]:
@@ -378,9 +448,12 @@ CSV_COLUMNS = (
 
 
 def to_csv(report: MonthReport) -> str:
-    """One row per run with every figure (its part of the month)."""
+    """One row per run with every figure (its part of the month); rows end in CRLF (RFC 4180),
+    so a field holding a newline or carriage return is quoted. Text is exact, except that a
+    cell a spreadsheet would take as a formula gets a leading apostrophe
+    (:func:`profiler.focus.spreadsheet_text`) and lone surrogates become U+FFFD."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     for run in report.runs:
         row = {"month": report.month, **_run_dict(run)}
@@ -392,7 +465,9 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return f"{value:.10g}"
+        return f"{value:.10g}" if math.isfinite(value) else ""
+    if isinstance(value, str):
+        return spreadsheet_text(value)
     return "" if value is None else value
 
 
@@ -401,6 +476,8 @@ def to_markdown(report: MonthReport) -> str:
     cur = report.currency or "(unpriced)"
     t, p = report.totals, report.previous
     lines = [f"# GPU cost report, {report.month}", ""]
+    if not report.runs:
+        lines += [no_work_notice(report), ""]
     if report.simulated_runs:
         lines += [f"**{report.simulated_runs} run(s) were measured on a SIMULATED GPU** "
                   "(marked *); their energy is a model, not hardware.", ""]  # fmt: skip
@@ -415,16 +492,17 @@ def to_markdown(report: MonthReport) -> str:
         _row("  energy", t.cost_energy, p.cost_energy, f"{cur} "),
         _row("waste", t.waste_cost, p.waste_cost, f"{cur} "),
         _row("energy (kWh)", t.kwh, p.kwh),
-        _row("emissions (kg CO2e)", t.co2_kg, p.co2_kg),
-        _row("GPU-hours", t.gpu_hours, p.gpu_hours),
+        _amount_row("emissions (kg CO2e)", t.co2_kg, p.co2_kg, t.co2_unknown_runs),
+        _amount_row("GPU-hours", t.gpu_hours, p.gpu_hours, t.gpu_hours_unknown_runs),
         _row("runs", t.runs, p.runs),
-        _row("steps", t.steps, p.steps),
-        _row("samples", t.samples, p.samples),
+        _count_row("steps", t.steps, p.steps, t.steps_unknown_runs),
+        _count_row("samples", t.samples, p.samples, t.samples_unknown_runs),
         "",
     ]  # fmt: skip
     waste = report.waste_by_reason()
     if waste:
-        parts = ", ".join(f"{reason} {cost:,.2f} {cur}" for reason, cost in sorted(waste.items()))
+        parts = ", ".join(f"{md_cell(reason)} {cost:,.2f} {cur}"
+                          for reason, cost in sorted(waste.items()))  # fmt: skip
         lines += [f"Waste: {parts} (idle: GPU held doing no work; nonfinite: after the loss "
                   "became NaN or infinite).", ""]  # fmt: skip
     if report.budget:
@@ -448,8 +526,10 @@ def to_markdown(report: MonthReport) -> str:
                   f"| {md_cell(title)} | cost ({cur}) | GPU-hours | kWh | kg CO2e | samples | "
                   f"cost per 1k samples | J per sample |", "|---|" + "---:|" * 7]  # fmt: skip
         for value, g in rows:
-            lines.append(f"| {md_cell(value)} | {g.cost:,.2f} | {g.gpu_hours:,.2f} | "
-                         f"{g.kwh:,.3f} | {g.co2_kg:,.3f} | {g.samples:,} | "
+            lines.append(f"| {md_cell(value)} | {g.cost:,.2f} | "
+                         f"{amount_text(g.gpu_hours, ',.2f', g.gpu_hours_unknown_runs)} | "
+                         f"{g.kwh:,.3f} | {amount_text(g.co2_kg, ',.3f', g.co2_unknown_runs)} | "
+                         f"{count_text(g.samples, g.samples_unknown_runs)} | "
                          f"{_f(g.cost_per_1k_samples, '.5f')} | "
                          f"{_f(g.joules_per_sample, '.3f')} |")  # fmt: skip
         lines.append("")
@@ -458,7 +538,7 @@ def to_markdown(report: MonthReport) -> str:
     for r in report.top_runs:
         star = "*" if r.simulated else ""
         lines.append(f"| {md_cell(r.id)}{star} | {md_cell(r.name)} | {md_cell(r.project)} | "
-                     f"{r.totals.cost:,.2f} | {r.totals.gpu_hours:,.2f} | "
+                     f"{r.totals.cost:,.2f} | {amount_text(r.totals.gpu_hours, ',.2f')} | "
                      f"{r.totals.waste_cost:,.2f} |")  # fmt: skip
     lines += ["", "## Daily cost by project", "", "| day | " + f"cost ({cur}) | by project |",
               "|---|---:|---|"]  # fmt: skip
@@ -466,6 +546,11 @@ def to_markdown(report: MonthReport) -> str:
         parts = ", ".join(f"{md_cell(k)} {v:,.2f}" for k, v in sorted(by_project.items()))
         lines.append(f"| {day} | {sum(by_project.values()):,.2f} | {parts} |")
     return "\n".join(lines) + "\n"
+
+
+def no_work_notice(report: MonthReport) -> str:
+    """The line an empty month's report opens with, so that zeros are not mistaken for data."""
+    return f"No work was recorded in {report.month}: every figure below is zero."
 
 
 def _row(label: str, now: float, before: float, unit: str = "") -> str:
@@ -478,10 +563,103 @@ def _f(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def count_text(value: int | None, unknown_runs: int = 0) -> str:
+    """A count over runs: "unknown" when no run knows it, else the sum of the runs that do,
+    saying how many runs it leaves out ("1,000 (2 runs unknown)")."""
+    if value is None:
+        return "unknown"
+    if unknown_runs:
+        return f"{value:,} ({unknown_runs} run{'s' if unknown_runs > 1 else ''} unknown)"
+    return f"{value:,}"
+
+
+def amount_text(value: float | None, fmt: str, unknown_runs: int = 0) -> str:
+    """A figure summed over runs, formatted with ``fmt``: "unknown" when no run knows it, else
+    the sum of the runs that do, saying how many runs it leaves out ("1.25 (2 runs unknown)")."""
+    if value is None:
+        return "unknown"
+    if unknown_runs:
+        return f"{value:{fmt}} ({unknown_runs} run{'s' if unknown_runs > 1 else ''} unknown)"
+    return f"{value:{fmt}}"
+
+
+def _amount_row(label: str, now: float | None, before: float | None, unknown_runs: int) -> str:
+    change = f"{(now - before) / before:+.1%}" if now is not None and before else "-"
+    return (f"| {label} | {amount_text(now, ',.3f', unknown_runs)} | "
+            f"{amount_text(before, ',.3f')} | {change} |")  # fmt: skip
+
+
+def _count_row(label: str, now: int | None, before: int | None, unknown_runs: int) -> str:
+    change = f"{(now - before) / before:+.1%}" if now is not None and before else "-"
+    before_text = "unknown" if before is None else f"{before:,}"
+    return f"| {label} | {count_text(now, unknown_runs)} | {before_text} | {change} |"
+
+
+# Characters a display format (Markdown, HTML, a terminal) must not pass on as they are: C0 and
+# C1 controls, DEL, lone surrogates (unencodable as UTF-8) and the bidirectional overrides and
+# isolates that reorder what is shown ("Trojan Source").
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def display_text(text: str) -> str:
+    """User text for a display format: tab, newline and carriage return become a space; other
+    control characters, lone surrogates and bidirectional overrides become U+FFFD; everything
+    else is kept."""
+    if text.isprintable() and not _BIDI.intersection(text):
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in "\t\n\r":
+            out.append(" ")
+        elif code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code < 0xE000 or ch in _BIDI:
+            out.append("\ufffd")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def utf8_text(text: str) -> str:
+    """``text`` with lone surrogates (which no UTF-8 file or strict JSON parser takes) replaced
+    by U+FFFD; everything else exact."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MD_ESCAPED = frozenset("\\`*_{}[]()#+-.!|~:\"'$%,/;=?@^")
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
 def md_cell(text: str) -> str:
-    """A Markdown table cell from user text: pipes, angle brackets and ampersands escaped."""
-    return (text.replace("&", "&amp;").replace("|", "\\|").replace("<", "&lt;")
-            .replace(">", "&gt;"))  # fmt: skip
+    """User text as inert Markdown (CommonMark and GitHub's tables, strikethrough and autolinks):
+    ``&``, ``<`` and ``>`` become entities, every other ASCII punctuation character that can start
+    or end markup (emphasis, code, links, images, headings, lists, tables, ``://`` and ``www.``
+    autolinks) gets a backslash, and newlines and control characters are cleaned as in
+    :func:`display_text`, so the text reads exactly as written and makes no markup."""
+    out = []
+    for ch in display_text(text):
+        if ch in _MD_ENTITIES:
+            out.append(_MD_ENTITIES[ch])
+        elif ch in _MD_ESCAPED:
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` (dicts, lists, tuples, strings, numbers) ready for strict JSON: strings (keys
+    too) through :func:`utf8_text`, non-finite floats as ``None`` (unknown, not a number JSON
+    has). :func:`json.dumps` escapes control characters itself."""
+    if isinstance(value, str):
+        return utf8_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def render(report: MonthReport, fmt: str) -> str:

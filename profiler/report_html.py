@@ -1,12 +1,20 @@
 """The monthly report as one self-contained HTML file: inline CSS and SVG charts, no scripts, no
-network, laid out to print on A4. Every piece of user text goes through :func:`html.escape`."""
+network, laid out to print on A4. Every piece of user text goes through :func:`escape` (control
+characters cleaned, then :func:`html.escape` with quotes)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from html import escape
+import html
 
-from profiler.report import MonthReport, Totals
+from profiler.report import (
+    MonthReport,
+    Totals,
+    amount_text,
+    count_text,
+    display_text,
+    no_work_notice,
+)
 
 PALETTE = ("#1f4e79", "#2e86c1", "#48c9b0", "#f4d03f", "#e67e22", "#c0392b", "#7d3c98", "#95a5a6")
 CSS = """
@@ -31,7 +39,7 @@ footer { color: #777; font-size: 11px; margin-top: 28px; }
 
 
 def to_html(report: MonthReport, generated: dt.datetime | None = None) -> str:
-    """The report as a complete HTML document."""
+    """The report as a complete HTML document (user text through :func:`escape`)."""
     generated = generated or dt.datetime.now(dt.timezone.utc)
     cur = escape(report.currency or "unpriced")
     t, p = report.totals, report.previous
@@ -42,6 +50,8 @@ def to_html(report: MonthReport, generated: dt.datetime | None = None) -> str:
         f"<div class='sub'>Machine-learning training on profiled machines. Money in {cur}; "
         "energy as measured (kWh); emissions in kg CO2e.</div>",
     ]
+    if not report.runs:
+        parts.append(f"<p class='warn'>{escape(no_work_notice(report))}</p>")
     if report.simulated_runs:
         parts.append(f"<p class='warn'><b>{report.simulated_runs} run(s) were measured on a "
                      "simulated GPU</b> (marked *): their energy comes from a power model, not "
@@ -51,9 +61,13 @@ def to_html(report: MonthReport, generated: dt.datetime | None = None) -> str:
                      f"currency are listed but not included in the {cur} totals.</p>")  # fmt: skip
     cards = [
         (f"{t.cost:,.2f} {cur}", "cost", _change(t.cost, p.cost)),
-        (f"{t.gpu_hours:,.1f}", "GPU-hours", _change(t.gpu_hours, p.gpu_hours)),
+        (
+            amount_text(t.gpu_hours, ",.1f", t.gpu_hours_unknown_runs),
+            "GPU-hours",
+            _change(t.gpu_hours, p.gpu_hours),
+        ),
         (f"{t.kwh:,.1f}", "kWh", _change(t.kwh, p.kwh)),
-        (f"{t.co2_kg:,.1f}", "kg CO2e", _change(t.co2_kg, p.co2_kg)),
+        (amount_text(t.co2_kg, ",.1f", t.co2_unknown_runs), "kg CO2e", _change(t.co2_kg, p.co2_kg)),
         (f"{t.waste_cost:,.2f} {cur}", "waste (idle, NaN)", ""),
         (f"{t.runs:,}", "runs", _change(t.runs, p.runs)),
     ]
@@ -94,23 +108,42 @@ def to_html(report: MonthReport, generated: dt.datetime | None = None) -> str:
     return "".join(parts)
 
 
-def _change(now: float, before: float) -> str:
-    return f"{(now - before) / before:+.0%} vs previous month" if before else ""
+def _change(now: float | None, before: float | None) -> str:
+    """The change against the previous month; "" when either is unknown (None) or zero."""
+    if now is None or not before:
+        return ""
+    return f"{(now - before) / before:+.0%} vs previous month"
 
 
 def _totals_table(t: Totals, p: Totals, cur: str) -> str:
     rows = [
         ("cost", t.cost, p.cost, ",.2f"), ("  GPU time", t.cost_gpu_time, p.cost_gpu_time, ",.2f"),
         ("  energy", t.cost_energy, p.cost_energy, ",.2f"), ("waste", t.waste_cost, p.waste_cost,
-        ",.2f"), ("energy (kWh)", t.kwh, p.kwh, ",.2f"), ("emissions (kg CO2e)", t.co2_kg,
-        p.co2_kg, ",.2f"), ("GPU-hours", t.gpu_hours, p.gpu_hours, ",.2f"), ("runs", t.runs,
-        p.runs, ",d"), ("steps", t.steps, p.steps, ",d"), ("samples", t.samples, p.samples, ",d"),
+        ",.2f"), ("energy (kWh)", t.kwh, p.kwh, ",.2f"), ("runs", t.runs, p.runs, ",d"),
     ]  # fmt: skip
     body = "".join(
         f"<tr><td>{escape(label)}</td><td>{now:{fmt}}</td><td>{before:{fmt}}</td>"
         f"<td>{_change(now, before).split(' ')[0] or '-'}</td></tr>"
         for label, now, before, fmt in rows
     )
+    for label, now, before, unknown in (
+        ("emissions (kg CO2e)", t.co2_kg, p.co2_kg, t.co2_unknown_runs),
+        ("GPU-hours", t.gpu_hours, p.gpu_hours, t.gpu_hours_unknown_runs),
+    ):
+        body += (
+            f"<tr><td>{label}</td><td>{escape(amount_text(now, ',.2f', unknown))}</td>"
+            f"<td>{escape(amount_text(before, ',.2f'))}</td>"
+            f"<td>{_change(now, before).split(' ')[0] or '-'}</td></tr>"
+        )
+    for label, now, before, unknown in (
+        ("steps", t.steps, p.steps, t.steps_unknown_runs),
+        ("samples", t.samples, p.samples, t.samples_unknown_runs),
+    ):
+        change = _change(now, before).split(" ")[0] if now is not None and before else ""
+        body += (
+            f"<tr><td>{label}</td><td>{escape(count_text(now, unknown))}</td>"
+            f"<td>{escape(count_text(before))}</td><td>{change or '-'}</td></tr>"
+        )
     return (f"<table><tr><th>figure ({cur} for money)</th><th>this month</th>"
             f"<th>previous month</th><th>change</th></tr>{body}</table>")  # fmt: skip
 
@@ -120,8 +153,10 @@ def _group_table(key: str, rows: list[tuple[str, Totals]], cur: str) -> str:
             "<th>kg CO2e</th><th>samples</th><th>cost per 1k samples</th>"
             "<th>J per sample</th></tr>")  # fmt: skip
     body = "".join(
-        f"<tr><td>{escape(value)}</td><td>{g.cost:,.2f}</td><td>{g.gpu_hours:,.2f}</td>"
-        f"<td>{g.kwh:,.2f}</td><td>{g.co2_kg:,.3f}</td><td>{g.samples:,}</td>"
+        f"<tr><td>{escape(value)}</td><td>{g.cost:,.2f}</td>"
+        f"<td>{escape(amount_text(g.gpu_hours, ',.2f', g.gpu_hours_unknown_runs))}</td>"
+        f"<td>{g.kwh:,.2f}</td><td>{escape(amount_text(g.co2_kg, ',.3f', g.co2_unknown_runs))}</td>"
+        f"<td>{escape(count_text(g.samples, g.samples_unknown_runs))}</td>"
         f"<td>{_f(g.cost_per_1k_samples, '.5f')}</td><td>{_f(g.joules_per_sample, '.3f')}</td></tr>"
         for value, g in rows
     )
@@ -134,7 +169,8 @@ def _top_runs(report: MonthReport, cur: str) -> str:
     body = "".join(
         f"<tr><td>{escape(r.id)}{'*' if r.simulated else ''}</td><td>{escape(r.name)}</td>"
         f"<td>{escape(r.project)}</td><td>{escape(r.user)}</td><td>{r.totals.cost:,.2f}</td>"
-        f"<td>{r.totals.gpu_hours:,.2f}</td><td>{r.totals.waste_cost:,.2f}</td></tr>"
+        f"<td>{amount_text(r.totals.gpu_hours, ',.2f')}</td><td>{r.totals.waste_cost:,.2f}</td>"
+        "</tr>"
         for r in report.top_runs
     )
     return f"<table>{head}{body}</table>"
@@ -184,6 +220,13 @@ def _daily_chart(report: MonthReport, width: int = 900, height: int = 220) -> st
     if len(projects) > len(shown):
         legend += f"<span><i style='background:{PALETTE[-1]}'></i>other projects</span>"
     return "".join(svg) + f"<div class='legend'>{legend}</div>"
+
+
+def escape(text: str) -> str:
+    """User text for HTML element content or a quoted attribute value: control characters, lone
+    surrogates and bidirectional overrides cleaned (:func:`profiler.report.display_text`), then
+    ``&<>"'`` escaped."""
+    return html.escape(display_text(text), quote=True)
 
 
 def _f(value: float | None, fmt: str) -> str:

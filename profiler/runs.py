@@ -119,8 +119,18 @@ class Run:
     # data-parallel job step together); samples add up over ranks.
     steps: int = 0
     samples: int = 0
+    # Whether anything counts this run's steps: a step-timing hook said hello, or a step
+    # arrived. A run of processes no hook times (``profiler run`` without ``--hooks``, a script
+    # with no optimizer) has unknown steps and samples (null), never 0. See :attr:`known_steps`.
+    steps_known: bool = False
     rank_steps: dict[int, int] = field(default_factory=dict)
     rank_samples: dict[int, int] = field(default_factory=dict)
+    # Steps (and their samples) a hook sent that no daemon recorded (a daemon SIGKILLed before
+    # its flush): counted in ``steps`` from the hook's own totals, without timing or energy.
+    unrecorded_steps: int = 0
+    # pid -> (steps, samples) recorded for a process by a previous daemon, until this daemon
+    # meets the process again (:meth:`new_process`).
+    process_counts: dict[int, tuple[int, int]] = field(default_factory=dict)
     timed_steps: int = 0  # steps in the step-time statistics (the lead rank's)
     last_step: int | None = None
     last_loss: float | None = None
@@ -152,8 +162,13 @@ class Run:
     # for the run are refused.
     owner_uid: int | None = None
     # Seconds of the run during which no daemon measured it (started before the daemon, or a
-    # daemon restart): its energy there is missing, not zero.
+    # daemon restart): its energy there is missing, not zero. A restart gap the GPUs' own
+    # energy counters measured (``gap_gpu_energy_j``) is not in it; host CPU energy in such a
+    # gap is not measured (the CPU share is split from the daemon's own CPU readings).
     unmeasured_s: float = 0.0
+    # GPU joules credited to the run across daemon restart gaps, read from the GPU's energy
+    # counter (source "counter", measured, not estimated); already in ``gpu_energy_j``.
+    gap_gpu_energy_j: float = 0.0
     # Run metadata from ``hello`` (``meta``): the scheduler's job id, user, account, the pod's
     # name and namespace, ``profiler run --meta``; string -> string, bounded by the decoder.
     meta: dict[str, str] = field(default_factory=dict)
@@ -168,6 +183,19 @@ class Run:
     @property
     def live(self) -> bool:
         return self.status == "running"
+
+    @property
+    def known_steps(self) -> int | None:
+        """The run's steps, or None when nothing times its steps (unknown, not 0)."""
+        return self.steps if self.steps_known else None
+
+    @property
+    def known_samples(self) -> int | None:
+        """The run's samples, or None when unknown: steps unknown, or the hook counts no samples
+        (``samples_source == "none"``: no batch size was given or could be read)."""
+        if not self.steps_known or self.samples_source == "none":
+            return None
+        return self.samples
 
     @property
     def total_gpu_energy_j(self) -> float:
@@ -197,6 +225,7 @@ class Run:
         step timing, step energy and the loss come from the lead rank only (its step stands for
         the job's step). Returns the step's duration in seconds (the device's clock when the hook
         sent it), or None for a non-lead rank's step."""
+        self.steps_known = True
         proc.steps += 1
         proc.samples += samples
         rank = proc.rank
@@ -258,6 +287,31 @@ class Run:
     @property
     def reservoir(self) -> list[float]:
         return list(self._reservoir)
+
+    def new_process(self, pid: int, create_time: float | None) -> ProcessInfo:
+        """A process of this run as this daemon first meets it, with the steps and samples a
+        previous daemon recorded for it (so its hook's totals can be compared)."""
+        steps, samples = self.process_counts.pop(pid, (0, 0))
+        return ProcessInfo(pid=pid, create_time=create_time, steps=steps, samples=samples)
+
+    def count_unrecorded(self, proc: ProcessInfo, sent_steps: int, sent_samples: int) -> int:
+        """The process's hook says it sent ``sent_steps`` steps with ``sent_samples`` samples
+        for this run; what no daemon recorded of them (lost with a daemon killed before its
+        flush) is counted now, without timing or energy. Returns the steps added."""
+        missing = sent_steps - proc.steps
+        if missing <= 0:
+            return 0
+        samples = max(0, sent_samples - proc.samples)
+        proc.steps += missing
+        proc.samples += samples
+        self.rank_steps[proc.rank] = self.rank_steps.get(proc.rank, 0) + missing
+        self.rank_samples[proc.rank] = self.rank_samples.get(proc.rank, 0) + samples
+        self.steps = max(self.steps, self.rank_steps[proc.rank])
+        self.samples += samples
+        self.steps_known = True
+        self.unrecorded_steps += missing
+        self.dirty = True
+        return missing
 
     def all_processes_done(self) -> bool:
         return bool(self.processes) and all(p.said_bye or p.gone for p in self.processes.values())

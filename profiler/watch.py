@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from profiler.config import Config
+from profiler.report import display_text
 
 DASH = "-"
 FETCH_ERRORS = (OSError, http.client.HTTPException, ValueError)
@@ -203,21 +204,28 @@ def _when(end: float | None, wall: float) -> str:
     return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M", time.localtime(end))
 
 
+def _plain(text: str, style: str = "") -> Text:
+    """Text from the daemon (names, ids, models, host) as it reads: never rich markup (a name
+    like ``[/]`` is text, not a tag), control characters and bidirectional overrides cleaned
+    (:func:`profiler.report.display_text`), so nothing reaches the terminal raw."""
+    return Text(display_text(text), style=style)
+
+
 def render(snap: Snapshot, url: str = "", note: str = "") -> RenderableType:
     """One frame: a header line, the devices, the running runs (and ``note``, if any)."""
-    parts: list[RenderableType] = [Text(f"profiler watch  {snap.hostname}  {url}".rstrip())]
+    parts: list[RenderableType] = [_plain(f"profiler watch  {snap.hostname}  {url}".rstrip())]
     gpus = Table(box=None, pad_edge=False, header_style="")
     for col in ("GPU", "MODEL", "POWER", "LIMIT", "UTIL", "MEMORY", "UUID"):
         gpus.add_column(col, justify="left" if col in ("GPU", "MODEL", "UUID") else "right")
     for d in snap.devices:
         gpus.add_row(
-            d.gpu + ("*" if d.simulated else ""),
-            d.model,
+            _plain(d.gpu + ("*" if d.simulated else "")),
+            _plain(d.model),
             _f(d.power_w, ".0f", " W"),
             _f(d.power_limit_w, ".0f", " W"),
             _f(d.utilization, ".0f", "%", scale=100),
             _memory(d.memory_used_bytes, d.memory_total_bytes),
-            d.uuid,
+            _plain(d.uuid),
         )
     parts.append(gpus if snap.devices else Text("no GPUs sampled"))
     runs = Table(box=None, pad_edge=False, header_style="")
@@ -227,23 +235,23 @@ def render(snap: Snapshot, url: str = "", note: str = "") -> RenderableType:
     for r in snap.runs:
         steps = _f(r.steps, ".0f") + ("" if r.total_steps is None else f"/{r.total_steps:.0f}")
         runs.add_row(
-            r.id,
-            r.name,
+            _plain(r.id),
+            _plain(r.name),
             steps,
             _f(r.steps_per_s, ".2f"),
             _seconds(r.step_time_mean_s),
             _energy(r.energy_j) + ("*" if r.simulated and r.energy_j is not None else ""),
-            _money(r.cost, r.currency),
-            _money(r.cost_rate_per_hour, r.currency, "/h"),
-            _money(r.projected_cost, r.currency),
-            _money(r.waste_cost, r.currency),
+            _plain(_money(r.cost, r.currency)),
+            _plain(_money(r.cost_rate_per_hour, r.currency, "/h")),
+            _plain(_money(r.projected_cost, r.currency)),
+            _plain(_money(r.waste_cost, r.currency)),
             _when(r.projected_end, snap.wall),
         )
     parts.append(runs if snap.runs else Text("no running runs"))
     if any(d.simulated for d in snap.devices) or any(r.simulated for r in snap.runs):
         parts.append(Text("* simulated GPU, not hardware", style="dim"))
     if note:
-        parts.append(Text(note, style="yellow"))
+        parts.append(_plain(note, style="yellow"))
     return Group(*parts)
 
 
@@ -270,6 +278,11 @@ def watch(config: Config, interval: float = 1.0, once: bool = False, console=Non
     from profiler.cli import daemon_status
 
     status = daemon_status(config)
+    if status and status.get("status_error"):
+        print(f"profiler: error: the daemon runs (pid {status.get('pid') or 'unknown'}), but "
+              f"{status['status_error']}; `profiler stop` and `profiler start` write it again",
+              file=sys.stderr)  # fmt: skip
+        return 1
     if not status or not status.get("metrics_url"):
         print(f"no daemon running for {config.home}; start one with `profiler start`")
         return 1

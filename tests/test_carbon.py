@@ -1,12 +1,16 @@
-"""profiler.carbon reads codecarbon's bundled data without importing codecarbon; its figures must
-equal what codecarbon itself computes (through its internal API)."""
+"""profiler.carbon reads codecarbon's figures from the profiler's packaged data file (made by
+tools/update_carbon_data.py) without importing codecarbon; its figures must equal what codecarbon
+itself computes (through its internal API)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -98,8 +102,8 @@ def test_aws_region_is_refused_with_a_hint():
     assert "\n" not in str(e.value)
 
 
-def test_missing_codecarbon_is_one_clear_line(monkeypatch):
-    monkeypatch.setattr(carbon, "_find_spec", lambda name: None)
+def test_missing_data_file_is_one_clear_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(carbon, "_data_path", lambda: tmp_path / "absent.json")
     for fn, code in [
         (carbon.country_intensity, "USA"),
         (carbon.us_state_intensity, "NY"),
@@ -109,8 +113,83 @@ def test_missing_codecarbon_is_one_clear_line(monkeypatch):
             fn(code)
         message = str(e.value)
         assert "\n" not in message
-        assert "install ml-energy-profiler[carbon]" in message
-        assert "carbon_g_per_kwh" in message
+        assert "absent.json" in message and "carbon_g_per_kwh" in message
+
+
+def test_co2_is_known_without_codecarbon_for_the_demo_pricing(tmp_path):
+    # `python -S`: no site-packages at all, so codecarbon cannot be found or imported, as on a
+    # fresh `make demo` venv. The demo prices its simulated A100 as aws:p4d.24xlarge (us-east-1,
+    # the USA); the packaged figures still give the USA's intensity (codecarbon 3.3.2: 369.5).
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import importlib.util, json, sys\n"
+        "from profiler import carbon, pricing\n"
+        "p = pricing.resolve_pricing({'pricing': 'aws:p4d.24xlarge'}, env={})\n"
+        "print(json.dumps({'found': importlib.util.find_spec('codecarbon') is not None,\n"
+        "    'g': p.carbon_g_per_kwh, 'source': p.sources['carbon_g_per_kwh'],\n"
+        "    'state': carbon.us_state_intensity('NY'),\n"
+        "    'gcp': carbon.gcp_region_intensity('gcp:us-central1')}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["found"] is False
+    assert got["g"] == pytest.approx(369.5, abs=0.05)
+    assert "codecarbon 3.3" in got["source"] and "USA" in got["source"]
+    assert got["state"] > 0 and got["gcp"] == 430
+
+
+def test_packaged_file_records_version_licence_and_origin_of_every_figure():
+    data = json.loads(carbon.DATA_FILE.read_text(encoding="utf-8"))
+    about = data["_about"]
+    assert about["codecarbon_version"] == carbon.codecarbon_version()
+    assert about["codecarbon_version"].startswith("3.3.")
+    assert about["codecarbon_licence"].startswith("MIT License")
+    assert "Code Carbon" in about["codecarbon_licence"]
+    for section in ("countries", "us_states", "gcp_regions"):
+        assert data[section], section
+        for key, entry in data[section].items():
+            assert entry["from"].startswith("data/"), (section, key)
+    assert len(data["countries"]) > 200 and len(data["us_states"]) >= 50
+
+
+@needs_codecarbon
+def test_packaged_file_is_what_the_tool_makes_from_the_installed_codecarbon():
+    if carbon.installed_codecarbon_version() != carbon.codecarbon_version():
+        pytest.skip("the installed codecarbon is not the packaged data's version")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, str(root / "tools" / "update_carbon_data.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_wheel_carries_the_data_file(tmp_path):
+    # Built from a copy, so that setuptools' build/ folder is not left in the checkout.
+    root = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"
+    for name in ("profiler", "hooks"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "wheel"), str(src)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if out.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {out.stderr.strip().splitlines()[-1:]}")
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        assert "profiler/data/carbon_intensity.json" in z.namelist()
 
 
 def test_import_loads_neither_pandas_nor_codecarbon():

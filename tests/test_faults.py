@@ -250,6 +250,7 @@ def test_ledger_write_failures_keep_data_in_memory_and_write_it_later(
     d.handle(hello("disk", pid, t0))
     advance(d, clock, 1.0)
     d.flush()
+    d.ledger.db.execute("VACUUM")  # no free pages left (a migration may leave some) to write in
     pages = d.ledger.db.execute("PRAGMA page_count").fetchone()[0]
     d.ledger.db.execute(break_it.format(pages=pages))
     caplog.set_level(logging.ERROR, logger="profiler.daemon")
@@ -264,7 +265,7 @@ def test_ledger_write_failures_keep_data_in_memory_and_write_it_later(
     failures = d.health["ledger_write_errors"]
     assert failures >= 3  # a full file may first take a write or two into free pages
     assert len([r for r in caplog.records if "ledger write failed" in r.message]) == 1
-    assert d.ledger.run("disk")["steps"] < 250
+    assert (d.ledger.run("disk")["steps"] or 0) < 250  # null: no step written yet
     text = metrics_text(d)  # /metrics goes on from memory
     assert sample_value(text, "profiler_run_steps_total", run="disk") == 250
     assert sample_value(text, "profiler_ledger_write_errors_total") == failures

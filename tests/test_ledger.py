@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from profiler.ledger import Ledger, LedgerError, Rollup
+from profiler.ledger import SCHEMA_VERSION, Ledger, LedgerError, Rollup
 
 
 def row(**kw):
@@ -89,5 +89,5 @@ def test_a_schema_1_ledger_is_migrated_in_place_and_keeps_its_runs(tmp_path):
     assert ledger.run("new")["cost_gpu_time"] == 1.5
     assert ledger.rollups("new")[0]["co2_g"] == 3.0
     assert ledger.rollups("old")[0]["gpu_energy_j"] == 5.0
-    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     ledger.close()

@@ -26,7 +26,8 @@ def minute(day: int, hour: int = 0, minute: int = 0, month: int = 11) -> int:
 def run_row(rid, name, project, framework, simulated=False, currency="USD"):
     return {"id": rid, "name": name, "project": project, "user": "ann", "framework": framework,
             "host": "node1", "status": "finished", "started_at": NOV - 3600,
-            "simulated": simulated, "currency": currency, "meta": {}}  # fmt: skip
+            "simulated": simulated, "currency": currency, "meta": {"cost": {"co2_known": True}},
+            "steps": 0, "samples": 0}  # known (the rollups carry the counts)  # fmt: skip
 
 
 def roll(rid, at, cost_gpu, cost_energy=0.0, gpu_j=3.6e6, cpu_j=0.0, gpu_s=3600.0, steps=100,
@@ -42,7 +43,7 @@ def ledger(tmp_path):
     runs = [
         {
             **run_row("a", "resnet", "vision", "pytorch"),
-            "meta": {"cost": {"waste": {"idle": 3.0, "nonfinite": 1.0}}},
+            "meta": {"cost": {"co2_known": True, "waste": {"idle": 3.0, "nonfinite": 1.0}}},
         },
         run_row("b", "bert", "nlp", "keras-tensorflow"),  # spans Oct 31 -> Nov 1
         run_row("c", HOSTILE, "vision", "pytorch", simulated=True),
@@ -99,7 +100,7 @@ def test_formats_agree_and_escape_user_text(ledger):
     assert next(r for r in rows if r["id"] == "c")["name"] == HOSTILE  # CSV keeps it exactly
     assert next(r for r in rows if r["id"] == "c")["simulated"] == "true"
     md = render(report, "md")
-    assert HOSTILE not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+    assert HOSTILE not in md and "&lt;script&gt;alert\\(1\\)&lt;\\/script&gt;" in md
     assert "SIMULATED" in md and "c*" in md and "23.00" in md
 
 

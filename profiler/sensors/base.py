@@ -33,6 +33,13 @@ class GpuSample:
     ``energy_j`` is cumulative energy in joules since the sensor started (monotone non-decreasing),
     from the driver's counter when ``energy_source == "counter"`` or from integrating power when
     ``"power_integration"``. ``power_w`` is the power reading in watts at ``t_s``.
+
+    ``counter_j`` is the driver's own energy counter as read at ``t_s`` (joules since the driver
+    loaded, not since the sensor started; None unless ``energy_source == "counter"``), and
+    ``counter_id`` names that counter's epoch (the device and what must not change for two
+    readings to be comparable: the boot, or the simulator and its resets); None when unknown.
+    Two readings with the same ``counter_id`` measure the energy between them, even when they
+    were taken by different sensors (a daemon and the one that restarted after it).
     """
 
     index: int
@@ -48,6 +55,8 @@ class GpuSample:
     utilization_ratio: float | None
     processes: tuple[GpuProcess, ...] = field(default_factory=tuple)
     simulated: bool = False
+    counter_j: float | None = None
+    counter_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,13 @@ consecutive samples, so sample at 10 Hz or faster. On Ampere (not GA100) and new
 ``GetPowerUsage`` is a 1 s average, which smooths short peaks in the integrated figure. Each
 sample says which source its energy came from.
 
+Each counter-sourced sample also carries the driver's raw counter (``counter_j``) and the
+counter's epoch (``counter_id``): ``<uuid>@boot-<boot id>`` on real NVML. The counter counts from
+driver load; the driver cannot be reloaded, nor the GPU reset, while a process holds the GPU, and
+a reboot changes the boot id; so two readings of one epoch taken while a run's processes lived
+throughout measure the energy between them, across a daemon restart too. A counter found lower
+than a reading of its epoch (a reload while no process held the GPU) is not comparable.
+
 NVML errors are mapped once, here: a field a device does not support is ``None``; a device that
 fails a core read (energy or power; ``GpuIsLost`` on any read) is left out of that sample and
 counted in ``errors`` as ``"gpu<index>:<NVML error name>"``. ``sample()`` never raises NVMLError.
@@ -26,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from profiler.sensors.base import GpuProcess, GpuSample, SensorUnavailable
@@ -41,6 +49,8 @@ CALL_TIMEOUT_S = 0.5
 """How long one sampling pass waits for a device's NVML calls before leaving it out."""
 POLL_S = 0.05
 """How often a pass that has not finished is checked for a device over its time (seconds)."""
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+"""Changes at every boot: part of a real energy counter's epoch."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,8 @@ class NvmlSensor:
         self.errors: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._closed = False
+        self._epoch_of = getattr(self._nvml, "simulated_counter_epoch", None)
+        self._boot_id = None if self._epoch_of is not None else _boot_id()
         _init_nvml(self._nvml)
         try:
             self.driver_version = str(_text(self._nvml.nvmlSystemGetDriverVersion()))
@@ -327,6 +339,9 @@ class NvmlSensor:
         t_s = self._clock()
         power_w = None if power_mw is None else power_mw / 1000
         energy_j, source = self._advance_energy(dev, counter_mj, power_w, t_s)
+        counter_j = counter_id = None
+        if source == COUNTER and counter_mj is not None:
+            counter_j, counter_id = counter_mj / 1000, self._counter_id(dev)
         memory = self._read(dev, nv.nvmlDeviceGetMemoryInfo)
         rates = self._read(dev, nv.nvmlDeviceGetUtilizationRates)
         procs = self._read(dev, nv.nvmlDeviceGetComputeRunningProcesses) or []
@@ -345,7 +360,19 @@ class NvmlSensor:
             utilization_ratio=None if rates is None else rates.gpu / 100,
             processes=tuple(GpuProcess(int(p.pid), p.usedGpuMemory) for p in procs),
             simulated=self.simulated,
+            counter_j=counter_j,
+            counter_id=counter_id,
         )
+
+    def _counter_id(self, dev: _DeviceState) -> str | None:
+        """The epoch of the device's energy counter (see the module docstring); None when it
+        cannot be told (no boot id), so that no reading is compared across sensors."""
+        if self._epoch_of is not None:  # the simulator: its own counter, reset by tests
+            epoch = self._read(dev, self._epoch_of)
+            return None if epoch is None else f"{dev.info.uuid}@{epoch}"
+        if self._boot_id is None:
+            return None
+        return f"{dev.info.uuid}@boot-{self._boot_id}"
 
     def _read(self, dev: _DeviceState, fn: Callable[[Any], Any], *, core: bool = False) -> Any:
         """Call one NVML read on ``dev``: NotSupported -> None; other errors are counted, and
@@ -420,6 +447,14 @@ class NvmlSensor:
             self._nvml.nvmlShutdown()
         except self._nvml.NVMLError as e:
             log.debug("nvmlShutdown failed: %s", e)
+
+
+def _boot_id() -> str | None:
+    """This boot's id (Linux), or None when it cannot be read."""
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _import_pynvml() -> Any:

@@ -33,6 +33,7 @@ import math
 import random
 import threading
 import time
+import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,6 +277,7 @@ class _Device:
     lost: bool = False
     counter_base_j: float = 0.0  # energy at the last simulated driver reload
     counter_offset_mj: int = 0
+    counter_resets: int = 0  # simulated driver reloads so far (part of the counter's epoch)
     living: tuple[float, list[ProcessInfo]] | None = None  # (when, processes) last looked up
 
     @property
@@ -355,6 +357,9 @@ class SimulatedNVML:
         self._lock = threading.RLock()
         self._init_count = 0
         self._hang_s: dict[int, float] = {}  # device index -> seconds its reads block
+        # Names this simulator's energy counters: a daemon restarted on the same simulator
+        # (in-process tests) reads the same counters; a new simulator's counters start over.
+        self.token = uuidlib.uuid4().hex[:12]
         self.t0_s = clock()
         per_device = _per_device_traces(traces, count)
         self._devices = [
@@ -449,6 +454,15 @@ class SimulatedNVML:
             joules = dev.power.energy_at(now) - dev.counter_base_j
             return math.floor(joules * 1000) + dev.counter_offset_mj
 
+    def simulated_counter_epoch(self, handle: SimulatedHandle) -> str:
+        """Not pynvml: what the device's energy counter counts from, as a string that changes
+        when the counter restarts (a new simulator, or :meth:`reset_energy_counter`). Readings
+        with the same epoch measure the energy between them exactly; the real NVML sensor uses
+        the boot id instead."""
+        with self._lock:
+            dev = self._device(handle)
+            return f"sim-{self.token}.{dev.counter_resets}"
+
     def nvmlDeviceGetMemoryInfo(self, handle: SimulatedHandle) -> MemoryInfo:
         """Memory in bytes: a small base plus the listed processes' memory, capped at total."""
         with self._lock:
@@ -525,6 +539,7 @@ class SimulatedNVML:
             dev = self._devices[index]
             dev.counter_base_j = dev.power.energy_at(self._clock())
             dev.counter_offset_mj = 0
+            dev.counter_resets += 1
 
     def exact_energy_j(self, index: int, t0_s: float, t1_s: float) -> float:
         """Ground truth: joules drawn by device ``index`` between clock times ``t0_s <= t1_s``.
