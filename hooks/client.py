@@ -80,6 +80,11 @@ def spawn_daemon(home: Path) -> subprocess.Popen:
 # Every client of this process, so that a forked child can silence the ones it inherits.
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
+# (pid, run id) -> [steps, samples] the socket took for the daemon from this process for that
+# run, over every client that spoke for it: a client taking over the run (a second track())
+# goes on counting from there, so a restarted daemon can still count what it lost.
+_sent: dict[tuple[int, str], list[int]] = {}
+
 
 def _silence_inherited() -> None:
     """In a child just forked (``os.fork``, multiprocessing's fork): the clients it inherits
@@ -130,8 +135,7 @@ class Client:
         self.dropped_total = 0
         # Steps and samples the socket took for the daemon (told in every hello, so a daemon
         # restarted after losing some can count them).
-        self.sent_steps = 0
-        self.sent_samples = 0
+        self._sent = _sent.setdefault((self.pid, self.run_id), [0, 0])
         self.errors = 0  # exceptions swallowed at the hook boundary
         self._last_flush = time.monotonic()
         self.since = self._last_flush  # sent in hello: when this process began its run
@@ -158,6 +162,17 @@ class Client:
             self._closing.set()
             self._warn(f"cannot open a connection to the profiler daemon ({e}); not recording")
         _clients.add(self)
+
+    @property
+    def sent_steps(self) -> int:
+        """Steps the socket took for the daemon from this process for this run (every client
+        of the run in this process together)."""
+        return self._sent[0]
+
+    @property
+    def sent_samples(self) -> int:
+        """The samples of :attr:`sent_steps`."""
+        return self._sent[1]
 
     # ---- the hot path -------------------------------------------------------------------------
 
@@ -256,8 +271,8 @@ class Client:
             if not self._send(message):
                 return False
             self.dropped = 0
-            self.sent_steps += cut
-            self.sent_samples += int(sum(chunk[3::4]))
+            self._sent[0] += cut
+            self._sent[1] += int(sum(chunk[3::4]))
             self._take(keep=self._n - cut)
         return True
 
@@ -282,8 +297,8 @@ class Client:
             if not self._send(message):
                 return False
             self.dropped = 0
-            self.sent_steps += len(chunk)
-            self.sent_samples += len(chunk) * samples
+            self._sent[0] += len(chunk)
+            self._sent[1] += len(chunk) * samples
             self._in_a_row_n -= len(chunk)
             if len(chunk) == len(ends):
                 self._in_a_row.pop(0)
@@ -358,7 +373,7 @@ class Client:
     def _hello_message(self) -> dict[str, Any]:
         self._last_hello = time.monotonic()
         fields = dict(self.hello_fields, mono=time.monotonic(), wall=time.time(), since=self.since,
-                      sent=[self.sent_steps, self.sent_samples])  # fmt: skip
+                      sent=list(self._sent))  # fmt: skip
         return wire.hello(self.run_id, self.pid, **fields)
 
     def _send_hello(self) -> bool:

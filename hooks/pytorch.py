@@ -131,6 +131,8 @@ class _GlobalHooks:
         self.handles: tuple[TrackHandle, ...] = ()
         self._pre: Any = None
         self._post: Any = None
+        self.errors = 0  # exceptions swallowed at this boundary (also counted in a handle)
+        self._left: weakref.ref[TrackHandle] | None = None  # the last handle to leave
 
     def join(self, handle: TrackHandle) -> None:
         self.handles = (*self.handles, handle)
@@ -141,23 +143,38 @@ class _GlobalHooks:
 
     def leave(self, handle: TrackHandle) -> None:
         self.handles = tuple(h for h in self.handles if h is not handle)
+        self._left = weakref.ref(handle)
+
+    def _count_error(self) -> None:
+        """An exception at the hook boundary: counted here and in the ``errors`` of the
+        handles it concerns (those joined, else the last one to leave)."""
+        self.errors += 1
+        left = self._left() if self._left is not None else None
+        for handle in self.handles or ((left,) if left is not None else ()):
+            handle.recorder.hook_errors += 1
 
     def _on_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        handles = self.handles
-        for handle in handles:
-            handle._pre(optimizer, args, kwargs)
-        if not handles:
-            self._drop_post()  # torch is iterating the pre hooks now, not the post hooks
-            if self._pre is not None and _is_last(self._pre):
-                self._drop_pre()
+        try:
+            handles = self.handles
+            for handle in handles:
+                handle._pre(optimizer, args, kwargs)
+            if not handles:
+                self._drop_post()  # torch is iterating the pre hooks now, not the post hooks
+                if self._pre is not None and _is_last(self._pre):
+                    self._drop_pre()
+        except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
+            self._count_error()
 
     def _on_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        for handle in self.handles:
-            handle._post(optimizer, args, kwargs)
-        if not self.handles:
-            self._drop_pre()
-            if self._post is not None and _is_last(self._post):
-                self._drop_post()
+        try:
+            for handle in self.handles:
+                handle._post(optimizer, args, kwargs)
+            if not self.handles:
+                self._drop_pre()
+                if self._post is not None and _is_last(self._post):
+                    self._drop_post()
+        except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
+            self._count_error()
 
     def tidy(self) -> None:
         """From an optimizer's own post hook (torch is done with the global pre hooks and has

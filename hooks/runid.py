@@ -12,29 +12,45 @@ import secrets
 import socket
 import sys
 import time
+import unicodedata
 from typing import Any
 
 log = logging.getLogger("hooks")
 
-# The daemon takes a run id of 1 to 256 printable characters (``profiler.ingest``: longer ids are
-# cut and control characters dropped), so the hooks never send one it would change.
-RUN_ID_MAX_CHARS = 256
+# The daemon keeps a label value (run id, name, project, metadata value, host name) of 1 to 256
+# printable characters as given (``profiler.ingest.sanitize`` cuts longer ones and drops control
+# characters), so neither the hooks nor the CLI ever send one it would change.
+LABEL_MAX_CHARS = 256
+RUN_ID_MAX_CHARS = LABEL_MAX_CHARS
+
+
+def label_problem(text: str, most: int = LABEL_MAX_CHARS) -> str | None:
+    """Why the daemon would not keep the label value ``text`` as given, as a phrase for a
+    one-line message (``"empty"``, ``"300 characters, at most 256"``, ``"a control character
+    '\\n'"``); ``None`` when it keeps it: 1 to ``most`` printable characters (``str.isprintable``:
+    no newline, tab, escape or other control character). The one check behind the hooks' run
+    ids, the CLI's ``--run-id``/``--name``/``--project``/``--meta`` and the configured host
+    name."""
+    if not text:
+        return "empty"
+    if len(text) > most:
+        return f"{len(text):,} characters, at most {most}"
+    bad = next((ch for ch in text if not ch.isprintable()), None)
+    if bad is not None:
+        control = unicodedata.category(bad) == "Cc"
+        return f"{'a control' if control else 'an unprintable'} character {bad!r}"
+    return None
 
 
 def run_id_problem(run_id: str) -> str | None:
     """Why the daemon would refuse or rewrite ``run_id`` (``None``: it takes it as it is). A run
-    id is 1 to :data:`RUN_ID_MAX_CHARS` printable characters (``str.isprintable``: no newline,
-    tab or other control character)."""
+    id is 1 to :data:`RUN_ID_MAX_CHARS` printable characters (:func:`label_problem`)."""
     if not isinstance(run_id, str):
         return f"is a {type(run_id).__name__}, not a string"
-    if not run_id:
-        return "is empty"
-    if len(run_id) > RUN_ID_MAX_CHARS:
-        return f"has {len(run_id)} characters"
-    bad = next((ch for ch in run_id if not ch.isprintable()), None)
-    if bad is not None:
-        return f"has the unprintable character {bad!r}"
-    return None
+    why = label_problem(run_id, RUN_ID_MAX_CHARS)
+    if why is None:
+        return None
+    return "is empty" if why == "empty" else f"has {why}"
 
 
 def checked_run_id(run_id: str, name: str | None = None) -> str:

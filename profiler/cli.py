@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import fcntl
+import io
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from hooks.client import spawn_daemon
 from profiler import __version__
@@ -68,6 +69,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+        # argparse swallows a failed write (--help, --version into a closed pipe) and exits 0;
+        # here the BrokenPipeError reaches main, which exits 141: output lost is never done.
+        if message:
+            stream = file or sys.stderr
+            stream.write(message)
+            stream.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +215,17 @@ def _closed_pipe() -> int:
 
 
 def entry() -> None:
+    _legible_streams()
     sys.exit(main())
+
+
+def _legible_streams() -> None:
+    """Text the terminal's encoding cannot show (``PYTHONIOENCODING=ascii``, a C or Latin-1
+    locale with UTF-8 mode off) is written as backslash escapes instead of ending the command
+    with a ``UnicodeEncodeError`` traceback; ``--out`` files are always UTF-8."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
 
 
 # ---- daemon control ----------------------------------------------------------------------
@@ -359,6 +378,13 @@ def stop_daemon(config: Config, status: dict[str, Any], timeout_s: float = 15.0)
 
 
 def cmd_stop(config: Config, args: argparse.Namespace) -> int:
+    """``profiler stop``: SIGTERM the proven daemon and report its final ledger flush as the
+    daemon recorded it (``daemon.exit.json``), never as assumed. Exit 0: it stopped and its
+    report says the flush worked, or it is a daemon from before exit reports (its status file
+    has no ``exit_report``), which stopped: one line says its final write cannot be confirmed
+    (stopping it is what was asked; the write is not claimed). Exit 1: no daemon ran, its report
+    says the flush failed, or a daemon that writes reports (or whose status file is unreadable,
+    so its kind is unknown) left none (killed or crashed on the way out)."""
     status = daemon_status(config)
     pid = stop_daemon(config, status) if status else None
     if pid is None:
@@ -368,6 +394,15 @@ def cmd_stop(config: Config, args: argparse.Namespace) -> int:
 
     # What the daemon's final flush did, as it recorded it: never claimed when not known.
     outcome = read_exit_report(config, pid)
+    if (
+        outcome is None
+        and status
+        and not status.get("status_error")
+        and not status.get("exit_report")
+    ):
+        print(f"daemon stopped (pid {pid}); its final ledger write cannot be confirmed: a daemon "
+              f"from before exit reports writes none; see {config.log_file}")  # fmt: skip
+        return 0
     if outcome is None:
         print(f"profiler: error: daemon stopped (pid {pid}) without saying whether its final "
               f"ledger write worked; see {config.log_file}", file=sys.stderr)  # fmt: skip

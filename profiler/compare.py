@@ -58,7 +58,7 @@ def find_run(runs: list[dict[str, Any]], ref: str) -> dict[str, Any]:
     named = [r for r in runs if r["name"] == ref]
     if named:
         return named[0]
-    ids = ", ".join(r["id"] for r in runs[:5]) or "none recorded"
+    ids = ", ".join(display_text(r["id"]) for r in runs[:5]) or "none recorded"
     raise CompareError(f"no run with id or name {ref!r} in the ledger (newest: {ids})")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hooks.runid import LABEL_MAX_CHARS, label_problem
 from hooks.wire import default_home, socket_path
 
 if sys.version_info >= (3, 11):
@@ -187,9 +188,10 @@ def _text(value: Any) -> str:
 
 def _hostname(value: Any) -> str:
     """A non-empty name of printable characters (it is a label on every series and shown in
-    terminals), at most 256 of them."""
+    terminals), at most :data:`~hooks.runid.LABEL_MAX_CHARS` of them
+    (:func:`hooks.runid.label_problem`)."""
     text = _text(value)
-    if not text.isprintable() or len(text) > 256:
+    if label_problem(text) is not None:
         raise ValueError("a host name of printable characters")
     return text
 
@@ -218,7 +220,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
     "rapl_root": (_text, "a directory path", "PROFILER_RAPL_ROOT"),
     "hostname": (
         _hostname,
-        "a non-empty host name of printable characters (at most 256)",
+        f"a non-empty host name of printable characters (at most {LABEL_MAX_CHARS})",
         "PROFILER_HOSTNAME",
     ),
     "grafana_url": (_url, "an http:// or https:// URL", "PROFILER_GRAFANA_URL"),

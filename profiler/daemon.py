@@ -45,8 +45,9 @@ from profiler.pricing import Pricing
 from profiler.recovery import (
     FlushOutcome,
     Held,
+    combine,
     make_reserve,
-    read_recovery,
+    read_recovery_records,
     recovery_path,
     release_reserve,
     write_exit_report,
@@ -188,6 +189,13 @@ class Daemon:
         # watcher lives, a gone child waits for its bye; a watcher gone (killed) sends none.
         self._watchers: dict[int, tuple[int, float | None]] = {}
         self.flush_failures = 0
+        self.last_flush_error = ""  # the last failed ledger write's one line ("" before any)
+        # A recovery file (see profiler.recovery) is left to merge: the ledger did not take it.
+        self._recovery_pending = False
+        self.last_recovery_error = ""  # why it is left (one line)
+        # The newest run rows of that file's unmerged records (run id -> row as
+        # Ledger.runs() gives it): newer than the ledger's own rows of those runs.
+        self._recovered_rows: dict[str, dict[str, Any]] = {}
         # Restored runs: the raw energy counter marks their last flush stored (run -> device
         # uuid -> mark), and the restart gap added to their unmeasured_s (run -> seconds).
         self._gap_marks: dict[str, dict[str, CounterMark]] = {}
@@ -299,7 +307,10 @@ class Daemon:
             self._attach_simulated(msg.pid, f["local_rank"], f["devices"])
         proc.rank, proc.local_rank, proc.world_size = f["rank"], f["local_rank"], f["world_size"]
         proc.devices = f["devices"]
-        if f.get("sent") is not None:
+        if f.get("sent") is not None and run.restored and not proc.reconciled:
+            # Only a restart explains steps sent but not recorded: compare once per process, at
+            # its first hello to this daemon (steps refused on purpose stay refused).
+            proc.reconciled = True
             self._count_unrecorded(run, proc, *f["sent"])
         self._hello_extras(run, proc, f)
         if f.get("watched") and msg.proxy and msg.sender is not None:
@@ -832,7 +843,13 @@ class Daemon:
             self.ledger.record_pricing(self.wall(), self.cost_meter.pricing)
         except LedgerError as e:
             log.error("%s; costs go on at these prices", e)
-        for row in self.ledger.runs(status="running"):
+        rows = {row["id"]: row for row in self.ledger.runs(status="running")}
+        for run_id, row in self._recovered_rows.items():  # newer than the ledger's, unmerged
+            if row.get("status") == "running":
+                rows[run_id] = row
+            else:
+                rows.pop(run_id, None)
+        for row in rows.values():
             run = self._restored(row)
             alive = {
                 int(pid): ct
@@ -860,8 +877,9 @@ class Daemon:
         """A run this daemon does not know: a previous daemon may have recorded it."""
         if self.ledger is None:
             return None
+        row = self._recovered_rows.get(run_id)
         try:
-            row = self.ledger.run(run_id)
+            row = row or self.ledger.run(run_id)
         except LedgerError:
             return None  # the ledger cannot answer now; the flush logs why
         if row is None or row["status"] != "running":
@@ -874,6 +892,7 @@ class Daemon:
         flush of it and this daemon's start was not measured: add that gap to
         ``unmeasured_s``."""
         run = _run_from_row(row)
+        run.restored = True
         flushed = row["meta"].get("flushed_mono")
         if flushed is not None and flushed < self.started_mono:
             run.unmeasured_s += self.started_mono - flushed
@@ -902,8 +921,9 @@ class Daemon:
         reason = self.ledger.gone()
         if reason is not None and not self._reopen_ledger(reason):
             return False
-        if self._recovery_pending:
-            self._merge_recovery()
+        if self._recovery_pending and not self._merge_recovery():
+            # Unmerged rows must not be written after (and so over) what memory holds.
+            return self._flush_failed(LedgerError(self.last_recovery_error))
         try:
             self._write_held()
         except LedgerError as e:
@@ -975,7 +995,10 @@ class Daemon:
             pass  # the old file is gone; there is nothing more to write there
         if reason == "deleted" and not path.exists():
             for suffix in ("-wal", "-shm"):  # a stale log must not be replayed into a new file
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
+                try:
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+                except OSError as e:  # a new ledger beside it would replay it: not now
+                    return self._flush_failed(e)
         try:
             self.ledger = Ledger(path)
         except (LedgerError, OSError) as e:  # the old, closed one stays: gone() says so again
@@ -1019,34 +1042,53 @@ class Daemon:
             "which the next daemon merges into the ledger",
         )
 
-    def _merge_recovery(self) -> None:
-        """Merge the recovery file an earlier final flush left (all of it in one transaction),
-        then remove it; when the ledger does not take it, it stays for a later flush."""
+    def _merge_recovery(self) -> bool:
+        """Merge the recovery file an earlier final flush left (what is not merged yet, in one
+        transaction that also records each merged record's token, so none is merged twice),
+        then remove it. When the ledger does not take it, it stays (``_recovery_pending``) and
+        its run rows are kept in ``_recovered_rows`` for restoring runs; a later flush tries
+        again. True when nothing is left to merge (the file may stay if it cannot be removed:
+        the next daemon finds it merged and removes it)."""
         path = recovery_path(self.config)
         assert self.ledger is not None
         try:
-            held, bad = read_recovery(path)
+            records, bad = read_recovery_records(path)
         except FileNotFoundError:
             self._recovery_pending = False
-            return
+            self._recovered_rows = {}
+            return True
         except OSError as e:
+            if not self._recovery_pending:
+                log.error("cannot read %s (%s); it stays for a later flush", path, e)
             self._recovery_pending = True
-            log.error("cannot read %s (%s); it stays for a later flush", path, e)
-            return
+            self.last_recovery_error = f"cannot read {path} ({e})"
+            return True  # nothing read, nothing to keep from being overwritten
         try:
-            self.ledger.write(held.runs, held.devices, held.rollups, held.idle)
+            done = self.ledger.merged_tokens(token for token, _ in records)
+            todo = [(token, held) for token, held in records if token not in done]
+            held = combine(h for _, h in todo)
+            self.ledger.write(held.runs, held.devices, held.rollups, held.idle,
+                              merged=[token for token, _ in todo])  # fmt: skip
         except LedgerError as e:
             if not self._recovery_pending:
                 log.error("cannot merge %s into the ledger yet (%s); it stays", path, e)
             self._recovery_pending = True
-            return
+            self.last_recovery_error = f"cannot merge {path} into the ledger yet ({e})"
+            self._recovered_rows = _rows_of(combine(h for _, h in records))
+            return False
         self._recovery_pending = False
-        path.unlink(missing_ok=True)
-        log.warning(
-            "merged %s into %s: %d run row(s) and %d minute rollup(s) an earlier daemon could "
-            "not write%s", path, self.config.ledger, len(held.runs), len(held.rollups),
-            f"; {bad} unreadable line(s) skipped" if bad else "",
-        )  # fmt: skip
+        self._recovered_rows = {}
+        if todo:
+            log.warning(
+                "merged %s into %s: %d run row(s) and %d minute rollup(s) an earlier daemon "
+                "could not write%s", path, self.config.ledger, len(held.runs), len(held.rollups),
+                f"; {bad} unreadable line(s) skipped" if bad else "",
+            )  # fmt: skip
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:  # merged (and recorded so): never merged twice
+            log.error("merged %s but cannot remove it (%s); remove it by hand", path, e)
+        return True
 
     def _run_row(self, run: Run, marks: dict[str, CounterMark] | None = None) -> dict[str, Any]:
         if marks is None:
@@ -1187,6 +1229,22 @@ def _run_from_row(row: dict[str, Any]) -> Run:
     run.cpu_seconds = meta.get("cpu_seconds", 0.0)
     run.dirty = False
     return run
+
+
+def _rows_of(held: Held) -> dict[str, dict[str, Any]]:
+    """The newest run rows of recovery records, by run id, as :meth:`Ledger.runs` gives
+    rows (with their per-device totals under ``devices``)."""
+    rows = {row["id"]: dict(row) for row in held.runs if isinstance(row.get("id"), str)}
+    for row in rows.values():
+        row["meta"] = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+        row.setdefault("devices", [])
+    for run_id, uuid, model, joules, seconds in held.devices:
+        if run_id in rows:
+            devices = [d for d in rows[run_id]["devices"] if d["uuid"] != uuid]
+            devices.append({"uuid": uuid, "model": model, "energy_j": joules,
+                            "gpu_seconds": seconds})  # fmt: skip
+            rows[run_id]["devices"] = devices
+    return rows
 
 
 BORN_WITH_RUN_S = 1.0  # a process created at most this long before its run began is its own
@@ -1356,7 +1414,11 @@ class Service:
         """``daemon.json``, whole or not at all (written aside, then renamed): the status, and
         this process's start time (``/proc/<pid>/stat`` ticks), which with the pid names this
         process for good (``profiler stop`` signals nothing else)."""
-        status = dict(self.daemon.status(self.metrics_url), start_ticks=start_ticks(os.getpid()))
+        status = dict(
+            self.daemon.status(self.metrics_url),
+            start_ticks=start_ticks(os.getpid()),
+            exit_report=True,  # `profiler stop` expects daemon.exit.json from this daemon
+        )
         tmp = self.config.status_file.with_suffix(".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -1402,8 +1464,20 @@ class Service:
                 next_check = now + cfg.process_check_interval_s
             if now >= next_flush:
                 with d.lock:
-                    d.flush()
+                    self._flush()
                 next_flush = now + cfg.flush_interval_s
+
+    def _flush(self) -> None:
+        """A periodic flush; one that trips a bug (a failed write is handled by the flush
+        itself) is counted and logged (once with its traceback), and the next one tries again
+        with everything still in memory."""
+        try:
+            self.daemon.flush()
+        except Exception:  # noqa: BLE001 - a flush bug must not end the daemon
+            first = not self.daemon.health["flush_errors"]
+            self.daemon.health["flush_errors"] += 1
+            if first:
+                log.exception("a ledger flush failed unexpectedly; data stays in memory")
 
     def _handle(self, message: Message) -> None:
         """Apply one message; a message that trips a bug is counted and logged (once with its

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROC_LOCKS = Path("/proc/locks")
-# An argument that names the daemon's program: `profiler` (the console script or `-m profiler`)
-# or a module/script ending in `daemon` (``bench.sim_daemon``); not e.g. ``daemon.lock``.
-_DAEMON_ARG = re.compile(r"(?:^|[/.])(?:profiler|\w*daemon)(?:\.py)?$")
+# An argument that names a program: `profiler` (the console script or `-m profiler`, which is the
+# daemon only with the `daemon` subcommand) or a module/script ending in `daemon`
+# (``bench.sim_daemon``); not e.g. ``daemon.lock``, nor a bare ``daemon`` argument.
+_PROGRAM_ARG = re.compile(r"(?:^|[/.])(profiler|\w*daemon)(?:\.py)?$")
 
 
 class HomeUnusable(OSError):
@@ -107,9 +108,30 @@ def looks_like_daemon(pid: int) -> bool:
     """Whether ``pid`` runs the profiler daemon: ``profiler daemon``, ``python -m profiler
     daemon``, or a script/module whose name ends in ``daemon`` (the benchmarks' simulated one)."""
     args = command_line(pid)
-    if not args:
+    return bool(args) and is_daemon_command(args)
+
+
+def is_daemon_command(args: list[str]) -> bool:
+    """Whether the command line ``args`` runs the daemon: its first argument that names a
+    program (:data:`_PROGRAM_ARG`) is ``profiler`` followed by the ``daemon`` subcommand (after
+    ``--config FILE`` if given), as ``profiler daemon`` (systemd unit, Dockerfile) and
+    ``python -m profiler daemon`` (the hooks' and ``profiler start``'s spawn) run it, or a
+    module/script named ``...daemon`` (the benchmarks' ``bench.sim_daemon``). ``profiler run``
+    and the other subcommands are not the daemon."""
+    for i, arg in enumerate(args):
+        found = _PROGRAM_ARG.search(arg)
+        if found is None or arg == "daemon":
+            continue
+        if found.group(1) != "profiler":
+            return True
+        rest = iter(args[i + 1 :])
+        for word in rest:
+            if word == "--config":
+                next(rest, None)
+            elif not word.startswith("-"):
+                return word == "daemon"
         return False
-    return any(_DAEMON_ARG.search(a) for a in args)
+    return False
 
 
 def start_ticks(pid: int) -> int | None:

@@ -89,10 +89,16 @@ def fleet_runs(base: str, start: float, end: float) -> list[RunLine]:
         if not any(v.values()):
             continue
         m = info.get(key, {})
+        # A priced run whose gpu_time cost series is absent (a daemon with no GPU sensor leaves
+        # it out) has an unknown cost, counted as such, never 0; so is its waste cost.
+        cost_unknown = bool(m.get("currency")) and key not in parts["cost_gpu_time"]
+        gpu_unknown = key not in parts["gpu_hours"]  # no GPU sensor: GPU energy unknown too
         totals = Totals(
-            cost=v["cost_gpu_time"] + v["cost_energy"], cost_gpu_time=v["cost_gpu_time"],
-            cost_energy=v["cost_energy"], waste_cost=v["waste_cost"],
+            cost=None if cost_unknown else v["cost_gpu_time"] + v["cost_energy"],
+            cost_gpu_time=None if cost_unknown else v["cost_gpu_time"],
+            cost_energy=v["cost_energy"], waste_cost=None if cost_unknown else v["waste_cost"],
             kwh=(v["gpu_j"] + v["cpu_j"]) / 3.6e6, runs=1,
+            cost_unknown_runs=int(cost_unknown), gpu_energy_unknown_runs=int(gpu_unknown),
             # likewise emissions (no known grid intensity) and GPU time (no GPU sensor)
             co2_kg=v["co2_kg"] if key in parts["co2_kg"] else None,
             gpu_hours=v["gpu_hours"] if key in parts["gpu_hours"] else None,
@@ -133,7 +139,7 @@ def build_fleet_report(
     currency = priced.most_common(1)[0][0] if priced else ""
     totals = _total(runs, currency)
     forecast = None
-    if start < now < end:
+    if start < now < end and totals.cost is not None:
         forecast = totals.cost * (end - start) / (now - start)
     return MonthReport(
         month=label, currency=currency, totals=totals, previous=_total(previous_runs, currency),

@@ -9,7 +9,10 @@ Recommended columns that apply to what the profiler knows:
 - ``ConsumedQuantity``/``ConsumedUnit``: usage is measured, in GPU-hours. "GPU-Hours" is a
   ``<singular-unit>-<plural-time-units>`` unit (like "GB-Hours") built from a new capitalized
   count-based noun, which the Unit Format attribute allows. ``PricingQuantity``/``PricingUnit``
-  (Mandatory) carry the same figure: the price book prices GPU-hours.
+  (Mandatory) carry the same figure: the price book prices GPU-hours. For a run measured by no
+  GPU sensor (``PROFILER_GPU=none``) the GPU-hours are unknown: ``ConsumedQuantity`` and
+  ``x_GpuHours`` are null (never 0), while ``PricingQuantity``, which FOCUS forbids to be null
+  on a Usage row, is 0: no GPU-hours were priced, so the row's cost is its energy cost only.
 - ``ResourceId``/``ResourceName``: the run's id and name (the name is null when it is empty or
   repeats the id, as ``ResourceName`` requires).
 - ``SubAccountId``/``SubAccountName``: the project, the grouping runs are allocated to (null
@@ -143,7 +146,7 @@ class FocusUsage:
     currency: str  # ISO 4217, e.g. "USD"
     cost_gpu_time: float  # currency
     cost_energy: float  # currency
-    gpu_hours: float
+    gpu_hours: float | None  # None: unknown (no GPU sensor)
     kwh: float  # facility kWh (GPU + CPU energy, before PUE)
     co2_kg: float | None
     pricing_profile: str  # e.g. "aws:p4d.24xlarge (on_demand)", "onprem", "flat"
@@ -203,7 +206,7 @@ def _row(u: FocusUsage, first: dt.date, after: dt.date) -> dict[str, str | None]
             _decimal(u.cost_energy, "cost_energy", u),
         )
     )
-    gpu_hours = _format(_decimal(u.gpu_hours, "gpu_hours", u))
+    gpu_hours = None if u.gpu_hours is None else _format(_decimal(u.gpu_hours, "gpu_hours", u))
     kwh = _format(_decimal(u.kwh, "kwh", u))
     co2 = None if u.co2_kg is None else _format(_decimal(u.co2_kg, "co2_kg", u))
     simulated = "true" if u.simulated else "false"
@@ -246,7 +249,7 @@ def _row(u: FocusUsage, first: dt.date, after: dt.date) -> dict[str, str | None]
         "InvoiceIssuerName": PROVIDER_NAME,
         "ListCost": cost,
         "PricingCategory": _PRICING_CATEGORY[market.group(1)] if market else "Standard",
-        "PricingQuantity": gpu_hours,
+        "PricingQuantity": "0" if gpu_hours is None else gpu_hours,  # nothing priced; not null
         "PricingUnit": GPU_HOURS_UNIT,
         "ProviderName": PROVIDER_NAME,
         "PublisherName": PROVIDER_NAME,

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS = {
     1: """
@@ -161,6 +162,14 @@ _MIGRATIONS = {
     ALTER TABLE runs_v3 RENAME TO runs;
     CREATE INDEX runs_started ON runs(started_at);
     """,
+    # The recovery-file records merged (one token per record line), written in the merge's own
+    # transaction: a record is never merged twice (its rollups would count twice).
+    4: """
+    CREATE TABLE recovery_merges (
+        token TEXT PRIMARY KEY,
+        merged_at REAL NOT NULL
+    );
+    """,
 }
 
 
@@ -269,7 +278,16 @@ class Ledger:
                 "it, or move the file aside"
             )
         if missing:
-            self.repaired = self.repair()
+            try:
+                self.repaired = self.repair()
+            except sqlite3.Error as e:  # a read-only or full disk: the tables cannot be made
+                self.db.close()
+                raise LedgerError(
+                    f"{self.path} is missing its {', '.join(missing)} table"
+                    f"{'s' if len(missing) > 1 else ''} and cannot re-create "
+                    f"{'them' if len(missing) > 1 else 'it'} ({e}): free space or make the "
+                    "file writable, or move it aside"
+                ) from e
 
     def _migrate(self, readonly: bool) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -340,15 +358,18 @@ class Ledger:
         devices: Iterable[tuple[str, str, str, float, float]],
         rollups: Iterable[Rollup],
         idle: Iterable[tuple[str, int, float]],
+        merged: Iterable[str] = (),
     ) -> None:
         """Write run rows (the columns each row has replace the stored ones), per-device run
         totals (replacing) and add rollups, all in one transaction. ``devices`` rows are
-        (run_id, uuid, model, joules, seconds); ``idle`` rows are (uuid, minute, joules).
+        (run_id, uuid, model, joules, seconds); ``idle`` rows are (uuid, minute, joules);
+        ``merged`` are recovery-file record tokens recorded as merged in the same transaction
+        (:meth:`merged_tokens`).
 
         Raises :class:`LedgerError` when nothing was written (the transaction is rolled back);
         when the cause was a missing table, it is re-created and named in ``repaired``."""
         try:
-            self._write(runs, devices, rollups, idle)
+            self._write(runs, devices, rollups, idle, merged)
         except _DB_ERRORS as e:
             try:
                 repaired = self.repair()
@@ -367,6 +388,7 @@ class Ledger:
         devices: Iterable[tuple[str, str, str, float, float]],
         rollups: Iterable[Rollup],
         idle: Iterable[tuple[str, int, float]],
+        merged: Iterable[str] = (),
     ) -> None:
         with self.db:
             for run in runs:
@@ -397,6 +419,27 @@ class Ledger:
                 "ON CONFLICT(uuid, minute) DO UPDATE SET energy_j=energy_j+excluded.energy_j",
                 list(idle),
             )
+            self.db.executemany(
+                "INSERT INTO recovery_merges (token, merged_at) VALUES (?, ?)",
+                [(token, time.time()) for token in merged],
+            )
+
+    def merged_tokens(self, tokens: Iterable[str]) -> set[str]:
+        """Which of these recovery-file record tokens the ledger has merged already.
+        Raises :class:`LedgerError` when the file cannot answer."""
+        wanted = list(tokens)
+        done: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            done.update(
+                r["token"]
+                for r in self.query(
+                    "SELECT token FROM recovery_merges WHERE token IN "
+                    f"({', '.join('?' for _ in chunk)})",
+                    chunk,
+                )
+            )
+        return done
 
     def runs(
         self, *, status: str | None = None, run_id: str | None = None, limit: int | None = None

@@ -45,15 +45,22 @@ import signal
 import socket
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hooks import wire
-from hooks.runid import env_meta, ranks_from_env, run_id_from_env, user_name
+from hooks.runid import (
+    LABEL_MAX_CHARS,
+    env_meta,
+    label_problem,
+    ranks_from_env,
+    run_id_from_env,
+    user_name,
+)
 from profiler.cli import CliError, daemon_status, run_record, start_background, stop_daemon
 from profiler.config import Config
-from profiler.ingest import MAX_TEXT
 from profiler.ledger import Ledger, LedgerError
 
 FORWARDED = (
@@ -134,24 +141,12 @@ def hello_for(
     return wire.hello(run_id, pid, **fields)
 
 
-def _unfit(text: str, most: int) -> str | None:
-    """Why the daemon would change ``text`` (it keeps at most ``most`` printable characters),
-    or None when it keeps it as given."""
-    if len(text) > most:
-        return f"{len(text):,} characters, at most {most}"
-    if not text.isprintable():
-        return "a control character (newline, tab, escape) in it"
-    return None
-
-
 def check_run_id(run_id: str, flag: str = "--run-id") -> str:
     """``run_id`` as given, or CliError when the daemon would not keep it as given (empty,
-    over :data:`~profiler.ingest.MAX_TEXT` characters, a control character): a run id names
-    the run everywhere (ledger, ``/metrics``, other ranks), so it is refused, never changed."""
-    why = "empty" if not run_id else _unfit(run_id, MAX_TEXT)
-    if why is not None:
-        raise CliError(f"{flag} {_shown(run_id)}: {why}; give 1-{MAX_TEXT} printable characters")
-    return run_id
+    over :data:`~hooks.runid.LABEL_MAX_CHARS` characters, a control character:
+    :func:`~hooks.runid.label_problem`): a run id names the run everywhere (ledger,
+    ``/metrics``, other ranks), so it is refused, never changed."""
+    return _checked_label(flag, run_id)
 
 
 def env_run_id(name: str) -> str:
@@ -164,12 +159,17 @@ def env_run_id(name: str) -> str:
 
 def check_label(flag: str, value: str | None) -> str | None:
     """``--name``/``--project`` as given (None stays None), or CliError when the daemon would
-    change it (an empty value, over MAX_TEXT characters, a control character)."""
-    if value is None:
-        return None
-    why = "empty" if not value else _unfit(value, MAX_TEXT)
+    change it (an empty value, over LABEL_MAX_CHARS characters, a control character:
+    :func:`~hooks.runid.label_problem`)."""
+    return None if value is None else _checked_label(flag, value)
+
+
+def _checked_label(flag: str, value: str) -> str:
+    why = label_problem(value)
     if why is not None:
-        raise CliError(f"{flag} {_shown(value)}: {why}; give 1-{MAX_TEXT} printable characters")
+        raise CliError(
+            f"{flag} {_shown(value)}: {why}; give 1-{LABEL_MAX_CHARS} printable characters"
+        )
     return value
 
 
@@ -185,11 +185,11 @@ def run_meta(given: Sequence[str] | None, env: dict[str, str] | None = None) -> 
     meta = env_meta(env)
     for pair in given or ():
         key, sep, value = pair.partition("=")
-        if not sep or not key or key != key.strip() or _unfit(key, 64):
+        if not sep or not key or key != key.strip() or label_problem(key, 64):
             raise CliError(f"--meta {_shown(pair)}: expected KEY=VALUE (a key of 1-64 "
                            "printable characters, no spaces around it)")  # fmt: skip
-        why = _unfit(value, MAX_TEXT)
-        if why is not None:
+        why = label_problem(value)
+        if why is not None and value:  # an empty value is kept as given
             raise CliError(f"--meta {_shown(pair)}: the value has {why}")
         meta[key] = value
     if len(meta) > META_KEYS_MAX:
@@ -355,7 +355,7 @@ def run_command(
         except SpawnError as e:
             print(f"profiler: error: {e}", file=sys.stderr)
             if started and status is not None:  # no run for it to record: leave no trace
-                stop_daemon(config, status)
+                _stop_unused(config, status)
             return e.exit_code
         reporting = status is not None and send(
             config,
@@ -381,6 +381,40 @@ def run_command(
         except BrokenPipeError:  # stderr's reader is gone: the child's status still counts
             _quiet_stderr()
     return code
+
+
+def _stop_unused(config: Config, status: dict[str, Any]) -> None:
+    """After a command that could not start: stop the daemon this ``profiler run`` started for
+    it, unless anything else has reached it since (:func:`_untouched`), so that a run another
+    process began on it meanwhile goes on. A daemon that does not stop gets one warning line;
+    the command's exit status (127/126) stands."""
+    if not _untouched(status):
+        return
+    try:
+        stop_daemon(config, status)
+    except CliError as e:
+        print(f"profiler: warning: {e}", file=sys.stderr)
+
+
+def _untouched(status: dict[str, Any]) -> bool:
+    """Whether no message (a hook's, another proxy's) has reached the daemon ``status`` names:
+    its ``/metrics`` counts 0 ``profiler_messages_received_total``. Unknown (no metrics URL, no
+    answer in 2 s) counts as reached: the daemon is then left running. A hook that first
+    reaches it in the instant between this check and the stop is not covered (it then finds no
+    daemon, and starts one or warns, as for any stopped daemon)."""
+    url = status.get("metrics_url")
+    if not url:
+        return False
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as r:  # noqa: S310 - the daemon's own URL
+            text = r.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return False
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "profiler_messages_received_total":
+            return value.strip() in ("0", "0.0")
+    return False
 
 
 def _quiet_stderr() -> None:

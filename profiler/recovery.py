@@ -14,8 +14,10 @@ aside for it, and the report of the last exit that ``profiler stop`` reads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +89,28 @@ def read_recovery(path: Path) -> tuple[Held, int]:
     """Every record of a recovery file, in order, merged into one :class:`Held` (later run
     rows win, rollups add up), and the number of lines that could not be read (skipped).
     Raises FileNotFoundError when there is none."""
-    held, bad = Held(), 0
+    records, bad = read_recovery_records(path)
+    return combine(held for _token, held in records), bad
+
+
+def combine(records: Iterable[Held]) -> Held:
+    """Records merged into one, in order (later run rows win, rollups add up)."""
+    held = Held()
+    for record in records:
+        held.runs += record.runs
+        held.devices += record.devices
+        held.rollups += record.rollups
+        held.idle += record.idle
+    return held
+
+
+def read_recovery_records(path: Path) -> tuple[list[tuple[str, Held]], int]:
+    """Every readable record of a recovery file, in order, each with its token (the SHA-256
+    of its line: the ledger records it when the record is merged, so none is merged twice),
+    and the number of lines that could not be read (skipped). Raises FileNotFoundError when
+    there is none, OSError when it cannot be read."""
+    records: list[tuple[str, Held]] = []
+    bad = 0
     for line in path.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
@@ -101,11 +124,9 @@ def read_recovery(path: Path) -> tuple[Held, int]:
         except (ValueError, KeyError, TypeError, AttributeError):
             bad += 1
             continue
-        held.runs += runs
-        held.devices += devices
-        held.rollups += rollups
-        held.idle += idle
-    return held, bad
+        token = hashlib.sha256(line.encode()).hexdigest()
+        records.append((token, Held(runs, devices, rollups, idle)))
+    return records, bad
 
 
 def make_reserve(config: Config) -> None:

@@ -42,6 +42,9 @@ class ReportError(ValueError):
 UNKNOWN_RUNS = {
     "steps": "steps_unknown_runs", "samples": "samples_unknown_runs",
     "co2_kg": "co2_unknown_runs", "gpu_hours": "gpu_hours_unknown_runs",
+    # money priced from GPU time: unknown with no GPU sensor (null in `profiler runs --json`)
+    "cost": "cost_unknown_runs", "cost_gpu_time": "cost_unknown_runs",
+    "waste_cost": "cost_unknown_runs",
 }  # fmt: skip
 
 
@@ -49,10 +52,16 @@ UNKNOWN_RUNS = {
 class Totals:
     """Sums over a set of run-minutes. Money in the report's currency; energy in kWh."""
 
-    cost: float = 0.0
-    cost_gpu_time: float = 0.0
+    # Money (cost, its GPU-time part, waste) sums the runs whose cost is known; None when no
+    # run's is. A priced run measured by no GPU sensor has unknown GPU time, so an unknown cost
+    # (counted in ``cost_unknown_runs``); its energy cost (CPU energy) is known.
+    cost: float | None = 0.0
+    cost_gpu_time: float | None = 0.0
     cost_energy: float = 0.0
-    waste_cost: float = 0.0
+    waste_cost: float | None = 0.0
+    # Measured energy: CPU energy, plus GPU energy where a GPU sensor measured it;
+    # ``gpu_energy_unknown_runs`` counts the runs whose GPU energy is unknown (no GPU sensor),
+    # so ``kwh`` holds only their CPU part.
     kwh: float = 0.0
     co2_kg: float | None = 0.0
     gpu_hours: float | None = 0.0
@@ -68,6 +77,8 @@ class Totals:
     # any: a daemon with ``PROFILER_GPU=none``); the counts say how many runs each leaves out.
     co2_unknown_runs: int = 0
     gpu_hours_unknown_runs: int = 0
+    cost_unknown_runs: int = 0
+    gpu_energy_unknown_runs: int = 0
 
     def add(self, other: Totals) -> None:
         for key in asdict(self):
@@ -82,16 +93,19 @@ class Totals:
 
     @property
     def cost_per_1k_samples(self) -> float | None:
-        """Currency per 1,000 samples; None when samples are unknown for any run (a ratio over
-        part of the runs' cost would be wrong) or zero."""
-        if not self.samples or self.samples_unknown_runs:
+        """Currency per 1,000 samples; None when samples or cost are unknown for any run (a
+        ratio over part of the runs would be wrong) or samples are zero."""
+        if not self.samples or self.samples_unknown_runs or self.cost_unknown_runs:
+            return None
+        if self.cost is None:
             return None
         return self.cost / self.samples * 1000
 
     @property
     def joules_per_sample(self) -> float | None:
-        """Joules per sample; None as for :attr:`cost_per_1k_samples`."""
-        if not self.samples or self.samples_unknown_runs:
+        """Joules per sample; None when samples or GPU energy are unknown for any run, or
+        samples are zero."""
+        if not self.samples or self.samples_unknown_runs or self.gpu_energy_unknown_runs:
             return None
         return self.kwh * 3.6e6 / self.samples
 
@@ -129,14 +143,16 @@ class MonthReport:
     forecast: float | None  # the month's projected cost at its end (current month only)
     project_budgets: dict[str, float] = field(default_factory=dict)
 
-    def project_budget_lines(self) -> list[tuple[str, float, float, float | None]]:
-        """(project, budget, cost, forecast) for each project with a budget."""
+    def project_budget_lines(self) -> list[tuple[str, float, float | None, float | None]]:
+        """(project, budget, cost, forecast) for each project with a budget; cost None when
+        every run of the project has an unknown cost."""
         costs = dict(_group(self.runs, "project", self.currency))
         scale = self.forecast / self.totals.cost if self.forecast and self.totals.cost else None
         out = []
         for project, amount in sorted(self.project_budgets.items()):
             cost = costs[project].cost if project in costs else 0.0
-            out.append((project, amount, cost, cost * scale if scale is not None else None))
+            forecast = cost * scale if scale is not None and cost is not None else None
+            out.append((project, amount, cost, forecast))
         return out
 
     def waste_by_reason(self) -> dict[str, float]:
@@ -145,7 +161,7 @@ class MonthReport:
         out: dict[str, float] = {}
         for run in self.runs:
             whole = sum(run.waste_by_reason.values())
-            if run.currency != self.currency or not whole:
+            if run.currency != self.currency or not whole or run.totals.waste_cost is None:
                 continue
             for reason, cost in run.waste_by_reason.items():
                 out[reason] = out.get(reason, 0.0) + run.totals.waste_cost * cost / whole
@@ -154,7 +170,7 @@ class MonthReport:
     @property
     def top_runs(self) -> list[RunLine]:
         priced = [r for r in self.runs if r.currency == self.currency]
-        return sorted(priced, key=lambda r: -r.totals.cost)[:TOP_RUNS]
+        return sorted(priced, key=lambda r: -(r.totals.cost or 0.0))[:TOP_RUNS]
 
     def by(self, key: str) -> list[tuple[str, Totals]]:
         return self.groups.get(key) or _group(self.runs, key, self.currency)
@@ -245,13 +261,13 @@ def build_report(
     meta = {r.id: r for r in runs}
     for run_id, minute, cost in daily_rows:
         run = meta[run_id]
-        if run.currency == currency:
+        if run.currency == currency and run.totals.cost is not None:  # unknown: not 0
             day = dt.datetime.fromtimestamp(minute, UTC).strftime("%Y-%m-%d")
             daily[day][run.project or "(none)"] += cost
     forecast = None
     if start <= now < end:
         elapsed = (now - start) / (end - start)
-        forecast = totals.cost / elapsed if elapsed > 0 else None
+        forecast = totals.cost / elapsed if elapsed > 0 and totals.cost is not None else None
     return MonthReport(
         month=label,
         currency=currency,
@@ -309,9 +325,13 @@ def _month_runs(ledger: Ledger, start: float, end: float) -> tuple[list[RunLine]
         # unknown, never 0: CO2 with no known grid intensity, GPU-hours with no GPU sensor
         co2_unknown = not meta.get("cost", {}).get("co2_known")
         gpu_unknown = bool(row["gpu_unknown"])
+        # and, for a priced run, the money priced from GPU time (as `profiler runs --json`)
+        cost_unknown = gpu_unknown and bool(row["currency"])
         totals = Totals(
-            cost=s["c_gpu"] + s["c_energy"], cost_gpu_time=s["c_gpu"], cost_energy=s["c_energy"],
-            waste_cost=s["waste"], kwh=(s["gpu_j"] + s["cpu_j"]) / 3.6e6,
+            cost=None if cost_unknown else s["c_gpu"] + s["c_energy"],
+            cost_gpu_time=None if cost_unknown else s["c_gpu"], cost_energy=s["c_energy"],
+            waste_cost=None if cost_unknown else s["waste"],
+            kwh=((0.0 if gpu_unknown else s["gpu_j"]) + s["cpu_j"]) / 3.6e6,
             co2_kg=None if co2_unknown else s["co2"] / 1000,
             gpu_hours=None if gpu_unknown else s["gpu_s"] / 3600, runs=1,
             steps=None if row["steps_unknown"] else s["steps"],
@@ -319,6 +339,7 @@ def _month_runs(ledger: Ledger, start: float, end: float) -> tuple[list[RunLine]
             steps_unknown_runs=int(bool(row["steps_unknown"])),
             samples_unknown_runs=int(bool(row["samples_unknown"])),
             co2_unknown_runs=int(co2_unknown), gpu_hours_unknown_runs=int(gpu_unknown),
+            cost_unknown_runs=int(cost_unknown), gpu_energy_unknown_runs=int(gpu_unknown),
         )  # fmt: skip
         lines.append(RunLine(
             id=row["id"], name=row["name"], project=row["project"], user=row["user"],
@@ -343,7 +364,7 @@ def _total(runs: list[RunLine], currency: str) -> Totals:
         t = run.totals
         if run.currency != currency:
             t = Totals(**{**asdict(t), "cost": 0.0, "cost_gpu_time": 0.0, "cost_energy": 0.0,
-                          "waste_cost": 0.0})  # fmt: skip
+                          "waste_cost": 0.0, "cost_unknown_runs": 0})  # fmt: skip
         out.add(t)
     return out
 
@@ -354,7 +375,7 @@ def _group(runs: list[RunLine], key: str, currency: str) -> list[tuple[str, Tota
     for run in runs:
         members[getattr(run, key) or "(none)"].append(run)
     rows = [(value, _total(group, currency)) for value, group in members.items()]
-    return sorted(rows, key=lambda kv: (-kv[1].cost, kv[0]))
+    return sorted(rows, key=lambda kv: (-(kv[1].cost or 0.0), kv[0]))
 
 
 def to_focus(ledger: Ledger, month: str | None = None, now: float | None = None) -> str:
@@ -387,7 +408,8 @@ def to_focus(ledger: Ledger, month: str | None = None, now: float | None = None)
             run_id=run.id, run_name=run.name, project=run.project, user=run.user,
             framework=run.framework, host=run.host, gpu_model=run.gpu_model,
             day=dt.datetime.fromtimestamp(row[1], UTC).date(), currency=run.currency,
-            cost_gpu_time=row[2], cost_energy=row[3], gpu_hours=row[4] / 3600,
+            cost_gpu_time=row[2], cost_energy=row[3],
+            gpu_hours=None if run.totals.gpu_hours_unknown_runs else row[4] / 3600,
             kwh=row[5] / 3.6e6, co2_kg=row[6] / 1000 if cost.get("co2_known") else None,
             pricing_profile=(cost.get("pricing_profiles") or [""])[-1],
             simulated=run.simulated,
@@ -418,10 +440,18 @@ def to_json(report: MonthReport) -> str:
         "daily": [{"day": d, "cost_by_project": c} for d, c in report.daily],
         "waste_by_reason": report.waste_by_reason(),
         "budget": report.budget,
-        "budget_used": report.totals.cost / report.budget if report.budget else None,
+        "budget_used": report.totals.cost / report.budget
+        if report.budget and report.totals.cost is not None
+        else None,
         "forecast": report.forecast,
         "project_budgets": [
-            {"project": p, "budget": b, "cost": c, "used": c / b, "forecast": f}
+            {
+                "project": p,
+                "budget": b,
+                "cost": c,
+                "used": None if c is None else c / b,
+                "forecast": f,
+            }
             for p, b, c, f in report.project_budget_lines()
         ],
         "simulated_runs": report.simulated_runs,
@@ -487,11 +517,11 @@ def to_markdown(report: MonthReport) -> str:
     lines += [
         "## Totals", "",
         "| figure | this month | previous month | change |", "|---|---:|---:|---:|",
-        _row("cost", t.cost, p.cost, f"{cur} "),
-        _row("  GPU time", t.cost_gpu_time, p.cost_gpu_time, f"{cur} "),
+        _money_row("cost", t.cost, p.cost, cur, t.cost_unknown_runs),
+        _money_row("  GPU time", t.cost_gpu_time, p.cost_gpu_time, cur, t.cost_unknown_runs),
         _row("  energy", t.cost_energy, p.cost_energy, f"{cur} "),
-        _row("waste", t.waste_cost, p.waste_cost, f"{cur} "),
-        _row("energy (kWh)", t.kwh, p.kwh),
+        _money_row("waste", t.waste_cost, p.waste_cost, cur, t.cost_unknown_runs),
+        _kwh_row(t.kwh, p.kwh, t.gpu_energy_unknown_runs),
         _amount_row("emissions (kg CO2e)", t.co2_kg, p.co2_kg, t.co2_unknown_runs),
         _amount_row("GPU-hours", t.gpu_hours, p.gpu_hours, t.gpu_hours_unknown_runs),
         _row("runs", t.runs, p.runs),
@@ -506,8 +536,10 @@ def to_markdown(report: MonthReport) -> str:
         lines += [f"Waste: {parts} (idle: GPU held doing no work; nonfinite: after the loss "
                   "became NaN or infinite).", ""]  # fmt: skip
     if report.budget:
-        used = t.cost / report.budget
-        lines += [f"Budget {report.budget:,.2f} {cur}: {used:.1%} used."]
+        used = "unknown" if t.cost is None else f"{t.cost / report.budget:.1%}"
+        lines += [f"Budget {report.budget:,.2f} {cur}: {used} used."]
+        if t.cost_unknown_runs:
+            lines[-1] += f" {cost_unknown_note(t.cost_unknown_runs)}"
         if report.forecast is not None:
             lines[-1] += f" Forecast for the month's end: {report.forecast:,.2f} {cur} " \
                          f"({report.forecast / report.budget:.0%} of budget)."  # fmt: skip
@@ -516,8 +548,9 @@ def to_markdown(report: MonthReport) -> str:
         lines += ["## Project budgets", "", f"| project | budget ({cur}) | cost | used | "
                   "forecast |", "|---|---:|---:|---:|---:|"]  # fmt: skip
         for project, amount, cost, forecast in report.project_budget_lines():
-            lines.append(f"| {md_cell(project)} | {amount:,.2f} | {cost:,.2f} | "
-                         f"{cost / amount:.1%} | {_f(forecast, ',.2f')} |")  # fmt: skip
+            used = "-" if cost is None else f"{cost / amount:.1%}"
+            lines.append(f"| {md_cell(project)} | {amount:,.2f} | {_f(cost, ',.2f')} | "
+                         f"{used} | {_f(forecast, ',.2f')} |")  # fmt: skip
         lines.append("")
     for key, rows in [*report.groups.items(), ("framework", report.by("framework")),
                       ("name", report.by("name"))]:  # fmt: skip
@@ -526,9 +559,11 @@ def to_markdown(report: MonthReport) -> str:
                   f"| {md_cell(title)} | cost ({cur}) | GPU-hours | kWh | kg CO2e | samples | "
                   f"cost per 1k samples | J per sample |", "|---|" + "---:|" * 7]  # fmt: skip
         for value, g in rows:
-            lines.append(f"| {md_cell(value)} | {g.cost:,.2f} | "
+            lines.append(f"| {md_cell(value)} | "
+                         f"{amount_text(g.cost, ',.2f', g.cost_unknown_runs)} | "
                          f"{amount_text(g.gpu_hours, ',.2f', g.gpu_hours_unknown_runs)} | "
-                         f"{g.kwh:,.3f} | {amount_text(g.co2_kg, ',.3f', g.co2_unknown_runs)} | "
+                         f"{kwh_text(g.kwh, ',.3f', g.gpu_energy_unknown_runs)} | "
+                         f"{amount_text(g.co2_kg, ',.3f', g.co2_unknown_runs)} | "
                          f"{count_text(g.samples, g.samples_unknown_runs)} | "
                          f"{_f(g.cost_per_1k_samples, '.5f')} | "
                          f"{_f(g.joules_per_sample, '.3f')} |")  # fmt: skip
@@ -538,8 +573,11 @@ def to_markdown(report: MonthReport) -> str:
     for r in report.top_runs:
         star = "*" if r.simulated else ""
         lines.append(f"| {md_cell(r.id)}{star} | {md_cell(r.name)} | {md_cell(r.project)} | "
-                     f"{r.totals.cost:,.2f} | {amount_text(r.totals.gpu_hours, ',.2f')} | "
-                     f"{r.totals.waste_cost:,.2f} |")  # fmt: skip
+                     f"{amount_text(r.totals.cost, ',.2f')} | "
+                     f"{amount_text(r.totals.gpu_hours, ',.2f')} | "
+                     f"{amount_text(r.totals.waste_cost, ',.2f')} |")  # fmt: skip
+    if t.cost_unknown_runs:
+        lines += ["", f"{cost_unknown_note(t.cost_unknown_runs)}"]
     lines += ["", "## Daily cost by project", "", "| day | " + f"cost ({cur}) | by project |",
               "|---|---:|---|"]  # fmt: skip
     for day, by_project in report.daily:
@@ -587,6 +625,38 @@ def _amount_row(label: str, now: float | None, before: float | None, unknown_run
     change = f"{(now - before) / before:+.1%}" if now is not None and before else "-"
     return (f"| {label} | {amount_text(now, ',.3f', unknown_runs)} | "
             f"{amount_text(before, ',.3f')} | {change} |")  # fmt: skip
+
+
+def _money_row(label: str, now: float | None, before: float | None, cur: str,
+               unknown_runs: int) -> str:  # fmt: skip
+    change = f"{(now - before) / before:+.1%}" if now is not None and before else "-"
+    now_text = "unknown" if now is None else f"{cur} {amount_text(now, ',.2f', unknown_runs)}"
+    before_text = "unknown" if before is None else f"{cur} {before:,.2f}"
+    return f"| {label} | {now_text} | {before_text} | {change} |"
+
+
+def _kwh_row(now: float, before: float, gpu_unknown_runs: int) -> str:
+    change = f"{(now - before) / before:+.1%}" if before else "-"
+    return (f"| energy (kWh) | {kwh_text(now, ',.3f', gpu_unknown_runs)} | {before:,.3f} | "
+            f"{change} |")  # fmt: skip
+
+
+def kwh_text(value: float, fmt: str, gpu_unknown_runs: int = 0) -> str:
+    """Measured energy in kWh, saying for how many runs the GPU part is unknown (no GPU sensor:
+    only their CPU energy is in it), e.g. "1.250 (GPU energy unknown for 2 runs)"."""
+    if gpu_unknown_runs:
+        runs = f"{gpu_unknown_runs} run{'s' if gpu_unknown_runs > 1 else ''}"
+        return f"{value:{fmt}} (GPU energy unknown for {runs})"
+    return f"{value:{fmt}}"
+
+
+def cost_unknown_note(unknown_runs: int) -> str:
+    """The sentence saying how many runs' cost is unknown and left out of the money figures."""
+    runs = f"{unknown_runs} run{'s' if unknown_runs > 1 else ''}"
+    return (
+        f"The cost of {runs} is unknown (no GPU sensor measured the GPU time it is priced "
+        "from): left out of the money figures, not counted as 0."
+    )
 
 
 def _count_row(label: str, now: int | None, before: int | None, unknown_runs: int) -> str:

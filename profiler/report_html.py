@@ -11,8 +11,10 @@ from profiler.report import (
     MonthReport,
     Totals,
     amount_text,
+    cost_unknown_note,
     count_text,
     display_text,
+    kwh_text,
     no_work_notice,
 )
 
@@ -59,20 +61,31 @@ def to_html(report: MonthReport, generated: dt.datetime | None = None) -> str:
     if report.other_currency_runs:
         parts.append(f"<p class='warn'>{report.other_currency_runs} run(s) priced in another "
                      f"currency are listed but not included in the {cur} totals.</p>")  # fmt: skip
+    if t.cost_unknown_runs:
+        parts.append(f"<p class='warn'>{escape(cost_unknown_note(t.cost_unknown_runs))}</p>")
     cards = [
-        (f"{t.cost:,.2f} {cur}", "cost", _change(t.cost, p.cost)),
+        (
+            f"{escape(amount_text(t.cost, ',.2f', t.cost_unknown_runs))} {cur}",
+            "cost",
+            _change(t.cost, p.cost),
+        ),
         (
             amount_text(t.gpu_hours, ",.1f", t.gpu_hours_unknown_runs),
             "GPU-hours",
             _change(t.gpu_hours, p.gpu_hours),
         ),
-        (f"{t.kwh:,.1f}", "kWh", _change(t.kwh, p.kwh)),
+        (escape(kwh_text(t.kwh, ",.1f", t.gpu_energy_unknown_runs)), "kWh", _change(t.kwh, p.kwh)),
         (amount_text(t.co2_kg, ",.1f", t.co2_unknown_runs), "kg CO2e", _change(t.co2_kg, p.co2_kg)),
-        (f"{t.waste_cost:,.2f} {cur}", "waste (idle, NaN)", ""),
+        (
+            f"{escape(amount_text(t.waste_cost, ',.2f', t.cost_unknown_runs))} {cur}",
+            "waste (idle, NaN)",
+            "",
+        ),
         (f"{t.runs:,}", "runs", _change(t.runs, p.runs)),
     ]
     if report.budget:
-        cards.append((f"{t.cost / report.budget:.0%}", f"of {report.budget:,.0f} {cur} budget",
+        used = "unknown" if t.cost is None else f"{t.cost / report.budget:.0%}"
+        cards.append((used, f"of {report.budget:,.0f} {cur} budget",
                       "" if report.forecast is None else
                       f"forecast {report.forecast:,.0f} {cur}"))  # fmt: skip
     parts.append("<div class='cards'>" + "".join(
@@ -88,7 +101,8 @@ def to_html(report: MonthReport, generated: dt.datetime | None = None) -> str:
     parts += ["<h2>Daily cost by project</h2>", _daily_chart(report)]
     if report.project_budgets:
         rows = "".join(
-            f"<tr><td>{escape(p)}</td><td>{b:,.2f}</td><td>{c:,.2f}</td><td>{c / b:.0%}</td>"
+            f"<tr><td>{escape(p)}</td><td>{b:,.2f}</td><td>{_f(c, ',.2f')}</td>"
+            f"<td>{'-' if c is None else format(c / b, '.0%')}</td>"
             f"<td>{_f(f, ',.2f')}</td></tr>"
             for p, b, c, f in report.project_budget_lines()
         )
@@ -116,15 +130,23 @@ def _change(now: float | None, before: float | None) -> str:
 
 
 def _totals_table(t: Totals, p: Totals, cur: str) -> str:
-    rows = [
-        ("cost", t.cost, p.cost, ",.2f"), ("  GPU time", t.cost_gpu_time, p.cost_gpu_time, ",.2f"),
-        ("  energy", t.cost_energy, p.cost_energy, ",.2f"), ("waste", t.waste_cost, p.waste_cost,
-        ",.2f"), ("energy (kWh)", t.kwh, p.kwh, ",.2f"), ("runs", t.runs, p.runs, ",d"),
-    ]  # fmt: skip
-    body = "".join(
-        f"<tr><td>{escape(label)}</td><td>{now:{fmt}}</td><td>{before:{fmt}}</td>"
-        f"<td>{_change(now, before).split(' ')[0] or '-'}</td></tr>"
-        for label, now, before, fmt in rows
+    body = ""
+    for label, now, before, unknown in (
+        ("cost", t.cost, p.cost, t.cost_unknown_runs),
+        ("  GPU time", t.cost_gpu_time, p.cost_gpu_time, t.cost_unknown_runs),
+        ("  energy", t.cost_energy, p.cost_energy, 0),
+        ("waste", t.waste_cost, p.waste_cost, t.cost_unknown_runs),
+    ):
+        body += (
+            f"<tr><td>{escape(label)}</td><td>{escape(amount_text(now, ',.2f', unknown))}</td>"
+            f"<td>{escape(amount_text(before, ',.2f'))}</td>"
+            f"<td>{_change(now, before).split(' ')[0] or '-'}</td></tr>"
+        )
+    body += (
+        f"<tr><td>energy (kWh)</td><td>{escape(kwh_text(t.kwh, ',.2f', t.gpu_energy_unknown_runs))}"
+        f"</td><td>{p.kwh:,.2f}</td><td>{_change(t.kwh, p.kwh).split(' ')[0] or '-'}</td></tr>"
+        f"<tr><td>runs</td><td>{t.runs:,d}</td><td>{p.runs:,d}</td>"
+        f"<td>{_change(t.runs, p.runs).split(' ')[0] or '-'}</td></tr>"
     )
     for label, now, before, unknown in (
         ("emissions (kg CO2e)", t.co2_kg, p.co2_kg, t.co2_unknown_runs),
@@ -153,9 +175,11 @@ def _group_table(key: str, rows: list[tuple[str, Totals]], cur: str) -> str:
             "<th>kg CO2e</th><th>samples</th><th>cost per 1k samples</th>"
             "<th>J per sample</th></tr>")  # fmt: skip
     body = "".join(
-        f"<tr><td>{escape(value)}</td><td>{g.cost:,.2f}</td>"
+        f"<tr><td>{escape(value)}</td>"
+        f"<td>{escape(amount_text(g.cost, ',.2f', g.cost_unknown_runs))}</td>"
         f"<td>{escape(amount_text(g.gpu_hours, ',.2f', g.gpu_hours_unknown_runs))}</td>"
-        f"<td>{g.kwh:,.2f}</td><td>{escape(amount_text(g.co2_kg, ',.3f', g.co2_unknown_runs))}</td>"
+        f"<td>{escape(kwh_text(g.kwh, ',.2f', g.gpu_energy_unknown_runs))}</td>"
+        f"<td>{escape(amount_text(g.co2_kg, ',.3f', g.co2_unknown_runs))}</td>"
         f"<td>{escape(count_text(g.samples, g.samples_unknown_runs))}</td>"
         f"<td>{_f(g.cost_per_1k_samples, '.5f')}</td><td>{_f(g.joules_per_sample, '.3f')}</td></tr>"
         for value, g in rows
@@ -168,8 +192,9 @@ def _top_runs(report: MonthReport, cur: str) -> str:
             "<th>GPU-hours</th><th>waste</th></tr>")  # fmt: skip
     body = "".join(
         f"<tr><td>{escape(r.id)}{'*' if r.simulated else ''}</td><td>{escape(r.name)}</td>"
-        f"<td>{escape(r.project)}</td><td>{escape(r.user)}</td><td>{r.totals.cost:,.2f}</td>"
-        f"<td>{amount_text(r.totals.gpu_hours, ',.2f')}</td><td>{r.totals.waste_cost:,.2f}</td>"
+        f"<td>{escape(r.project)}</td><td>{escape(r.user)}</td><td>{_f(r.totals.cost, ',.2f')}</td>"
+        f"<td>{amount_text(r.totals.gpu_hours, ',.2f')}</td>"
+        f"<td>{_f(r.totals.waste_cost, ',.2f')}</td>"
         "</tr>"
         for r in report.top_runs
     )

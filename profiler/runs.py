@@ -79,6 +79,9 @@ class ProcessInfo:
     # found gone, it gets a short grace (``missing_since``, monotonic seconds) for that bye.
     watched: bool = False
     missing_since: float | None = None
+    # Its hook's ``sent`` totals were compared with what was recorded (once, at its first hello
+    # to this daemon, and only in a run restored from a previous daemon's ledger).
+    reconciled: bool = False
 
 
 @dataclass
@@ -131,6 +134,9 @@ class Run:
     # pid -> (steps, samples) recorded for a process by a previous daemon, until this daemon
     # meets the process again (:meth:`new_process`).
     process_counts: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Restored from a previous daemon's ledger (or recovery file): only then can steps a hook
+    # sent be missing for a reason this daemon should count (:meth:`count_unrecorded`).
+    restored: bool = False
     timed_steps: int = 0  # steps in the step-time statistics (the lead rank's)
     last_step: int | None = None
     last_loss: float | None = None

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, DaemonProcess, profiler_env, run_cli, wait_for
+from conftest import REPO, DaemonProcess, profiler_env, run_cli, sample_value, wait_for
 
 from profiler.daemon import WATCHED_GRACE_S
 from profiler.daemonlock import LockState, lock_state
@@ -224,8 +224,10 @@ def closed_stdout(env: dict[str, str], *args: str) -> subprocess.CompletedProces
     ["prices"], ["prices", "--list"], ["--help"], ["run", "--help"], ["--version"],
 ])  # fmt: skip
 def test_closed_stdout_ends_quietly(daemon, args):
+    # stdout is closed before the command's first write, so every one of these (argparse's
+    # --help and --version included) fails to write: 141, as `yes | head -0` ends, never 0.
     out = closed_stdout(daemon.env, *args)
-    assert out.stderr == "" and out.returncode in (0, 128 + signal.SIGPIPE), out
+    assert out.stderr == "" and out.returncode == 128 + signal.SIGPIPE, out
 
 
 def test_closed_stdout_without_a_daemon_ends_quietly(tmp_path):
@@ -361,3 +363,178 @@ def test_the_daemon_is_proven_by_its_lock_or_else_its_start_time_and_program(dae
     finally:
         victim.kill()
         victim.wait()
+
+
+# ---- review: one check for every label value the daemon keeps as given ---------------------------
+
+
+def test_one_label_check_serves_run_ids_flags_and_the_host_name(tmp_path):
+    from hooks.runid import LABEL_MAX_CHARS, label_problem, run_id_problem
+    from profiler.cli import CliError
+    from profiler.config import ConfigError, load_config
+    from profiler.ingest import MAX_TEXT, sanitize
+    from profiler.proxy import check_label, check_run_id
+
+    assert LABEL_MAX_CHARS == MAX_TEXT
+    good = ["a", "job-1.2_x", "with space", "é" * 256, "x" * 256]
+    bad = ["", "a\nb", "x" * 257, "tab\there", "nul\x00", "\x1b[31mred", "nb\xa0sp", "ls\u2028"]
+    for text in good + bad:
+        why = label_problem(text)
+        assert (why is None) == (text in good) == (sanitize(text) == text and text != ""), text
+        assert (run_id_problem(text) is None) == (why is None)
+        refused = []
+        for check in (check_run_id, lambda t: check_label("--name", t)):
+            try:
+                check(text)
+            except CliError as e:
+                refused.append(str(e))
+        try:
+            load_config(env={"PROFILER_HOME": str(tmp_path), "PROFILER_HOSTNAME": text})
+        except ConfigError as e:
+            refused.append(str(e))
+        # An empty environment variable counts as unset, so the host name check sees only "good"
+        # and non-empty bad values.
+        assert len(refused) == (0 if why is None else 2 if text == "" else 3), (text, refused)
+        assert all(why in line for line in refused[:2]) and all("\n" not in r for r in refused)
+    assert label_problem("a\nb") == "a control character '\\n'"
+    assert label_problem("nb\xa0sp") == "an unprintable character '\\xa0'"
+    assert label_problem("x" * 300) == "300 characters, at most 256"
+    assert label_problem("k" * 65, 64) == "65 characters, at most 64"
+
+
+# ---- review: profiler run's clean-up after a command that cannot start ---------------------------
+
+
+def _missing_command_with_a_daemon_it_started(monkeypatch, capsys, tmp_path, config, status):
+    """``profiler run`` of a missing command, as if this call had started the daemon
+    ``status`` names; its exit code and stderr lines."""
+    from profiler import proxy
+
+    monkeypatch.setattr(proxy, "ensure_daemon", lambda config, required: (status, True))
+    code = proxy.run_command(config, [str(tmp_path / "nonexistent")], run_id="spawn-fails")
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_failed_spawn_whose_daemon_will_not_stop_keeps_exit_127(monkeypatch, capsys, tmp_path):
+    # Before: stop_daemon's CliError (the daemon did not stop in time) left run_command, and
+    # `profiler run` exited 2 instead of the shell's 127.
+    from profiler import proxy
+    from profiler.cli import CliError
+    from profiler.config import load_config
+
+    def slow_stop(config, status, timeout_s=15.0):
+        raise CliError("daemon pid 4242 did not stop within 15 s; `kill -9 4242` forces it")
+
+    monkeypatch.setattr(proxy, "stop_daemon", slow_stop)
+    monkeypatch.setattr(proxy, "_untouched", lambda status: True)
+    config = load_config(env=profiler_env(tmp_path))
+    code, lines = _missing_command_with_a_daemon_it_started(
+        monkeypatch, capsys, tmp_path, config, {"pid": 4242, "metrics_url": ""}
+    )
+    assert code == 127
+    assert len(lines) == 2 and "cannot run" in lines[0], lines
+    assert lines[1].startswith("profiler: warning: ") and "kill -9 4242" in lines[1], lines
+
+
+def test_a_failed_spawn_leaves_a_daemon_that_another_process_reached(
+    monkeypatch, capsys, tmp_path, daemon
+):
+    # Before: run_command stopped the daemon it had started even when a hook of another
+    # process had begun a run on it in the meantime.
+    from profiler import proxy
+    from profiler.config import load_config
+
+    config = load_config(env=daemon.env)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        hello = proxy.hello_for("other-run", other.pid, name="other", project="", meta={},
+                                hook="test", watched=True)  # fmt: skip
+        assert proxy.send(config, hello)
+        wait_for(lambda: sample_value(daemon.metrics(), "profiler_messages_received_total"),
+                 what="the daemon to receive the other run's hello")  # fmt: skip
+        code, lines = _missing_command_with_a_daemon_it_started(
+            monkeypatch, capsys, tmp_path, config, daemon.status
+        )
+        assert code == 127 and len(lines) == 1 and "cannot run" in lines[0], lines
+        assert daemon.proc.poll() is None and lock_state(config.lock_file).held
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_only_the_daemon_subcommand_looks_like_a_daemon():
+    # Before: any argument `profiler` matched, so `profiler run ...` "looked like" a daemon.
+    from profiler.daemonlock import looks_like_daemon
+
+    py = sys.executable
+    script = "import time; time.sleep(60)"
+    cases = {
+        # how the daemon is started: hooks/client.py and cli start_background, the console
+        # script (deploy/systemd, the Dockerfile's ENTRYPOINT + CMD), bench.sim_daemon
+        ("-m", "profiler", "daemon"): True,
+        ("/opt/ml-profiler/bin/profiler", "daemon"): True,
+        ("/usr/local/bin/profiler", "--config", "/etc/p.toml", "daemon"): True,
+        ("-m", "bench.sim_daemon", "--trace", "t"): True,
+        ("-m", "profiler", "run", "--", "sleep", "60"): False,
+        ("/usr/local/bin/profiler", "run", "--name", "daemon", "--", "x"): False,
+        ("/usr/local/bin/profiler", "--config", "daemon", "status"): False,
+        ("train.py", "--out", "daemon.lock"): False,
+        ("train.py", "daemon"): False,
+    }
+    for args, expected in cases.items():
+        # a real process with this command line (python ignores what follows -c's script)
+        proc = subprocess.Popen([py, "-c", script, *args])
+        try:
+            got = wait_for(lambda p=proc.pid, a=args: _cmdline_of(p, a), what="its cmdline")
+            assert got and looks_like_daemon(proc.pid) is expected, args
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def _cmdline_of(pid: int, args: tuple[str, ...]) -> bool:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().endswith("\0".join(args).encode() + b"\0")
+
+
+FAKE_DAEMON = """
+import fcntl, json, os, signal, sys, time
+home = sys.argv[1]
+lock = open(os.path.join(home, "daemon.lock"), "w")
+fcntl.flock(lock, fcntl.LOCK_EX)
+status = {"pid": os.getpid(), "version": "0.0.9", "home": home}
+if sys.argv[2] == "new":
+    status["exit_report"] = True
+with open(os.path.join(home, "daemon.json"), "w") as f:
+    json.dump(status, f)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))  # exits 0, writes no daemon.exit.json
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize("kind", ["old", "new"])
+def test_stop_of_a_daemon_that_leaves_no_exit_report(tmp_path, kind):
+    # Before: stop exited 1 with an error for a daemon from before exit reports (it writes
+    # none), though it stopped as asked. Its final write is still never claimed.
+    home = tmp_path / "home"
+    home.mkdir()
+    script = tmp_path / "old_daemon.py"  # a name that looks like a daemon's program
+    script.write_text(FAKE_DAEMON)
+    proc = subprocess.Popen([sys.executable, str(script), str(home), kind],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        out = run_cli(profiler_env(home), "stop")
+        assert proc.wait(timeout=20) == 0
+        if kind == "old":
+            assert out.returncode == 0 and out.stderr == "", out
+            lines = out.stdout.strip().splitlines()
+            assert len(lines) == 1 and f"daemon stopped (pid {proc.pid})" in lines[0]
+            assert "cannot be confirmed" in lines[0] and "worked" not in lines[0]
+        else:  # it promised a report and left none: its final write is unknown
+            assert out.returncode == 1 and out.stdout == ""
+            one_line(out.stderr, f"daemon stopped (pid {proc.pid}) without saying whether")
+    finally:
+        proc.kill()
+        proc.wait()

@@ -334,3 +334,36 @@ def test_run_id_rules_match_the_daemons(caplog):
         assert fixed == checked_run_id(bad, "name")  # the same for every rank
         assert len(caplog.records) == 2 and "\n" not in caplog.records[0].getMessage()
     assert run_id_problem("") == "is empty"
+
+
+# ---- review: the global step hooks are inside the hook boundary --------------------------------
+
+
+@pytest.mark.parametrize("broken", ["is_last", "remove"])
+def test_an_error_in_the_global_step_hooks_never_reaches_optimizer_step(daemon, broken):
+    # Before: _GlobalHooks._on_pre/_on_post called _is_last (torch's private hooks_dict_ref)
+    # and RemovableHandle.remove with no try, so their errors went straight out of
+    # optimizer.step().
+    out = run_py(
+        f"""
+        import hooks.pytorch as hp
+        from torch.utils.hooks import RemovableHandle
+        def boom(*a, **k):
+            raise RuntimeError("private torch API changed")
+        if {broken!r} == "is_last":
+            hp._is_last = boom
+        else:
+            RemovableHandle.remove = boom
+        h = track(name="broken-global", batch_size=8)
+        train(5)  # the handle moves to its optimizer's own hook: the global pair goes idle
+        h.stop()
+        train(3)  # the idle global hooks try to remove themselves
+        print(f"id={{h.run_id}} steps={{h.steps}} errors={{h.errors}}")
+        """,
+        daemon.env,
+    )
+    got = ok(out)
+    assert got["steps"] == "5"
+    assert int(got["errors"]) >= 1  # counted in the handle, not raised
+    run = ended(daemon.env, got["id"])
+    assert (run["status"], run["steps"]) == ("finished", 5)

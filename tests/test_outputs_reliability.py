@@ -580,3 +580,33 @@ def test_report_file_is_utf8_whatever_the_locale(tmp_path):
         text = out_file.read_text(encoding="utf-8")
         shown = json.dumps(json.loads(text), ensure_ascii=False) if fmt == "json" else text
         assert "\uff1dSUM" in shown
+
+
+ASCII_COMMANDS = [
+    ["report", "--month", "2026-11"],
+    ["runs"],
+    ["compare", "r10-wide_formula", "r10-wide_formula"],
+]
+
+
+@pytest.mark.parametrize("command", ASCII_COMMANDS)
+def test_text_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path, command):
+    """A terminal whose encoding cannot show a run's name (here ASCII) gets the name as
+    backslash escapes: the command succeeds with no UnicodeEncodeError traceback."""
+    hostile_ledger(tmp_path / "ledger.sqlite", "name").close()  # "\\uff1dSUM(1)" is not ASCII
+    env = profiler_env(tmp_path, PYTHONIOENCODING="ascii")
+    out = run_cli(env, *command)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 0, out.stderr
+    assert "\\uff1dSUM" in out.stdout
+
+
+def test_compare_error_naming_recorded_runs_is_cleaned_of_control_characters(tmp_path):
+    """The one line for an unknown run lists the newest run ids: hostile ones reach the
+    terminal without their control characters."""
+    hostile_ledger(tmp_path / "ledger.sqlite", "id").close()
+    out = run_cli(profiler_env(tmp_path), "compare", "nope", "nope")
+    assert out.returncode == 2
+    line = out.stderr.strip()
+    assert "no run with id or name 'nope'" in line and "\n" not in line
+    assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in line), repr(line)

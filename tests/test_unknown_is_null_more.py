@@ -170,7 +170,7 @@ def test_report_with_no_gpu_sensor_counts_gpu_hours_unknown(tmp_path):
         md = render_report(report, "md")
         row = next(ln for ln in md.splitlines() if ln.startswith("| GPU-hours |"))
         assert "1.000 (1 run unknown)" in row
-        assert "| p | 4.00 | 1.00 (1 run unknown) |" in md  # by project
+        assert "| p | 4.00 (1 run unknown) | 1.00 (1 run unknown) |" in md  # by project: cost too
         body = json.loads(render_report(report, "json"))
         assert {r["id"]: r["gpu_hours"] for r in body["runs"]}["no-gpu"] is None
         assert "1.0 (1 run unknown)" in render_report(report, "html")
@@ -197,3 +197,163 @@ def test_compare_shows_unknown_steps_and_samples_as_dash_and_null(seeded, tmp_pa
         line = next(ln for ln in text.splitlines() if ln.lstrip("| ").startswith("samples "))
         assert line.rstrip(" |").endswith("-"), (fmt, line)
         assert "x0.00" not in text
+
+
+# ---- round three: money, energy, FOCUS and the fleet report with no GPU sensor -----------------
+
+
+def _blind_ledger(tmp_path, with_gpu: bool = True) -> Ledger:
+    """A priced run a GPU sensor measured (4 USD, 1 GPU-hour, 1 kWh) and, with no GPU sensor,
+    a priced run with 0.1 kWh of CPU energy costing 0.01 USD of energy."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    blind = _run("no-gpu", {"cost": {"co2_known": True}}, gpu_source="none", gpu_seconds=0.0,
+                 gpu_energy_j=None, cost_gpu_time=0.0, cost_energy=0.01)  # fmt: skip
+    runs = [blind, *([_run("gpu", {"cost": {"co2_known": True}})] if with_gpu else [])]
+    rollups = [Rollup("no-gpu", AT, cpu_energy_j=3.6e5, cost_energy=0.01, co2_g=1.0)]
+    if with_gpu:
+        rollups.append(_roll("gpu", 1.0))
+    ledger.write(runs, [], rollups, [])
+    return ledger
+
+
+def test_report_energy_says_how_many_runs_gpu_energy_is_unknown(tmp_path):
+    ledger = _blind_ledger(tmp_path)
+    try:
+        report = build_report(ledger, "2026-11", ["project"], now=NOV + 40 * 86400)
+        t = report.totals
+        assert t.kwh == pytest.approx(1.1) and t.gpu_energy_unknown_runs == 1
+        assert t.joules_per_sample is None  # a ratio over part of the energy would be wrong
+        md = render_report(report, "md")
+        row = next(ln for ln in md.splitlines() if ln.startswith("| energy (kWh) |"))
+        assert "1.100 (GPU energy unknown for 1 run)" in row
+        assert "| p | USD" not in md and "1.100 (GPU energy unknown for 1 run) |" in md
+        body = json.loads(render_report(report, "json"))
+        assert body["totals"]["gpu_energy_unknown_runs"] == 1
+        by_id = {r["id"]: r for r in body["runs"]}
+        assert by_id["no-gpu"]["gpu_energy_unknown_runs"] == 1
+        assert by_id["gpu"]["gpu_energy_unknown_runs"] == 0
+        assert "1.1 (GPU energy unknown for 1 run)" in render_report(report, "html")
+    finally:
+        ledger.close()
+
+
+def test_report_money_counts_runs_with_unknown_cost_instead_of_adding_zero(tmp_path):
+    ledger = _blind_ledger(tmp_path)
+    try:
+        report = build_report(ledger, "2026-11", ["project"], budget=100.0, now=NOV + 40 * 86400)
+        t = report.totals
+        # the run with no GPU sensor: its cost is unknown (null in `profiler runs --json`)
+        assert t.cost == pytest.approx(4.0) and t.cost_gpu_time == pytest.approx(4.0)
+        assert t.cost_unknown_runs == 1 and t.cost_per_1k_samples is None
+        assert t.cost_energy == pytest.approx(0.01)  # the CPU energy it used is priced
+        blind = {r.id: r.totals for r in report.runs}["no-gpu"]
+        assert blind.cost is None and blind.cost_gpu_time is None and blind.waste_cost is None
+        body = json.loads(render_report(report, "json"))
+        assert body["totals"]["cost_unknown_runs"] == 1
+        assert {r["id"]: r["cost"] for r in body["runs"]}["no-gpu"] is None
+        md = render_report(report, "md")
+        row = next(ln for ln in md.splitlines() if ln.startswith("| cost |"))
+        assert "USD 4.00 (1 run unknown)" in row
+        assert "The cost of 1 run is unknown" in md
+        assert "| p | 4.00 (1 run unknown) |" in md  # by project
+        top = next(ln for ln in md.splitlines() if ln.startswith("| no\\-gpu | no\\-gpu |"))
+        assert [c.strip() for c in top.split("|")[4:7]] == ["unknown"] * 3  # cost, GPU-h, waste
+        csv_row = next(ln for ln in render_report(report, "csv").splitlines() if ",no-gpu," in ln)
+        assert ",USD,,,0.01,," in csv_row  # cost, GPU-time cost and waste empty, not 0
+        html = render_report(report, "html")
+        assert "4.00 (1 run unknown)" in html and "The cost of 1 run is unknown" in html
+        alone = _blind_ledger(tmp_path / "alone", with_gpu=False) if (
+            (tmp_path / "alone").mkdir() or True) else None  # fmt: skip
+        try:
+            only = build_report(alone, "2026-11", budget=100.0, now=NOV + 40 * 86400)
+            assert only.totals.cost is None and only.totals.cost_unknown_runs == 1
+            md = render_report(only, "md")
+            row = next(ln for ln in md.splitlines() if ln.startswith("| cost |"))
+            assert row.split("|")[2].strip() == "unknown"
+            assert "Budget 100.00 USD: unknown used." in md
+            assert json.loads(render_report(only, "json"))["budget_used"] is None
+            render_report(only, "html")  # renders, no TypeError on the unknown cost
+        finally:
+            alone.close()
+    finally:
+        ledger.close()
+
+
+def test_focus_gpu_hours_are_null_with_no_gpu_sensor(tmp_path):
+    import csv
+    import io
+
+    from profiler.report import to_focus
+
+    ledger = _blind_ledger(tmp_path)
+    try:
+        rows = {r["ResourceId"]: r for r in csv.DictReader(
+            io.StringIO(to_focus(ledger, "2026-11", now=NOV + 40 * 86400)))}  # fmt: skip
+        assert rows["no-gpu"]["ConsumedQuantity"] == "" and rows["no-gpu"]["x_GpuHours"] == ""
+        # FOCUS forbids a null PricingQuantity on a Usage row: no GPU-hours were priced
+        assert rows["no-gpu"]["PricingQuantity"] == "0"
+        assert rows["no-gpu"]["BilledCost"] == "0.01"
+        assert rows["gpu"]["ConsumedQuantity"] == "1.0" == rows["gpu"]["x_GpuHours"]
+    finally:
+        ledger.close()
+
+
+def test_fleet_report_counts_a_run_with_no_gpu_time_cost_series_as_unknown():
+    """A real HTTP server on loopback answering the fleet report's PromQL as a Prometheus
+    scraping a node with a GPU sensor and one without (no gpu_time cost, no GPU seconds)."""
+    import http.server
+    import threading
+    import urllib.parse
+
+    from profiler.fleet import SERIES, build_fleet_report
+
+    end = dt.datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    values = {  # selector -> run -> counter value at the month's end (0 at its start)
+        SERIES["cost_gpu_time"][0]: {"gpu": 4.0},
+        SERIES["cost_energy"][0]: {"gpu": 0.0, "nogpu": 0.01},
+        SERIES["waste_cost"][0]: {"gpu": 0.5},
+        SERIES["gpu_j"][0]: {"gpu": 3.6e6},
+        SERIES["cpu_j"][0]: {"gpu": 0.0, "nogpu": 3.6e5},
+        SERIES["gpu_hours"][0]: {"gpu": 3600.0},
+        SERIES["co2_kg"][0]: {"gpu": 500.0, "nogpu": 1.0},
+        SERIES["steps"][0]: {"gpu": 100, "nogpu": 10},
+        SERIES["samples"][0]: {"gpu": 1000, "nogpu": 100},
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            expr = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)["query"][0]
+            result = []
+            if "profiler_run_info" in expr:
+                result = [{"metric": {"instance": "n", "run": r, "currency": "USD",
+                                      "project": "p"}, "value": [end, "1"]}
+                          for r in ("gpu", "nogpu")]  # fmt: skip
+            elif f"@ {end:.3f}" in expr:
+                sel = next(s for s in values if f"max_over_time({s}[" in expr)
+                result = [{"metric": {"instance": "n", "run": r}, "value": [end, str(v)]}
+                          for r, v in values[sel].items()]  # fmt: skip
+            body = json.dumps({"status": "success", "data": {"result": result}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        report = build_fleet_report(base, "2026-11", now=NOV + 40 * 86400)
+    finally:
+        server.shutdown()
+        server.server_close()
+    t = report.totals
+    assert t.runs == 2 and t.cost == pytest.approx(4.0) and t.cost_unknown_runs == 1
+    assert t.waste_cost == pytest.approx(0.5) and t.gpu_energy_unknown_runs == 1
+    blind = {r.id: r.totals for r in report.runs}["nogpu"]
+    assert blind.cost is None and blind.cost_gpu_time is None and blind.waste_cost is None
+    assert blind.cost_energy == pytest.approx(0.01)
+    assert "USD 4.00 (1 run unknown)" in render_report(report, "md")
