@@ -128,7 +128,7 @@ def _sleep_until(t: float) -> None:
 
 
 def _ledger_run(home: Path, run_id: str) -> dict[str, Any] | None:
-    from profiler.ledger import Ledger
+    from profiler.ledger.store import Ledger
 
     ledger = Ledger(home / "ledger.sqlite", readonly=True)
     try:
@@ -293,8 +293,8 @@ def simulate(script: Script, *, counter: bool, seed: int = 5) -> dict[str, Any]:
     from hooks import wire
     from hooks.runid import hello_fields
     from profiler.config import Config
-    from profiler.daemon import Daemon
-    from profiler.ingest import decode
+    from profiler.daemon.core import Daemon
+    from profiler.ingest.messages import decode
     from profiler.sensors.nvml import NvmlSensor
     from profiler.sensors.simulated import SimulatedNVML
 

@@ -1,6 +1,7 @@
 """Time the monthly report on a month of 5,000 runs (1,000,000 minute rollups).
 
-The ledger is built in a temporary directory with the real :class:`profiler.ledger.Ledger` (one
+The ledger is built in a temporary directory with the real :class:`profiler.ledger.store.Ledger`
+(one
 write per 200 runs, 200 minute rollups per run), then ``build_report`` + ``render`` is timed for
 each format, with every grouping (project, user, framework, host, GPU model) and a budget.
 Figure: the slowest format. Target <= 5 s.
@@ -22,8 +23,8 @@ if __package__ in (None, ""):  # run as a file: python bench/report_bench.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Figure, bench_main, progress  # noqa: E402
-from profiler.ledger import Ledger, Rollup  # noqa: E402
-from profiler.report import FORMATS, GROUP_KEYS, build_report, render  # noqa: E402
+from profiler.ledger.store import Ledger, Rollup  # noqa: E402
+from profiler.report.monthly import FORMATS, GROUP_KEYS, build_report, render  # noqa: E402
 
 TARGET_S = 5.0
 MINUTES_PER_RUN = 200  # 5,000 runs x 200 minutes = 1M rollups

@@ -1,6 +1,6 @@
 """Builds the Grafana dashboards in this folder: `python dashboards/build.py` rewrites
 training-run.json and fleet-month.json. Queries use only series the daemon exports
-(tests/test_dashboards.py checks that, and runs every query against a real Prometheus)."""
+(tests/deploy/test_dashboards.py checks that, and runs every query against a real Prometheus)."""
 
 import json
 from pathlib import Path

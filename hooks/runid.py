@@ -18,7 +18,8 @@ from typing import Any
 log = logging.getLogger("hooks")
 
 # The daemon keeps a label value (run id, name, project, metadata value, host name) of 1 to 256
-# printable characters as given (``profiler.ingest.sanitize`` cuts longer ones and drops control
+# printable characters as given (``profiler.ingest.messages.sanitize`` cuts longer ones and drops
+# control
 # characters), so neither the hooks nor the CLI ever send one it would change.
 LABEL_MAX_CHARS = 256
 RUN_ID_MAX_CHARS = LABEL_MAX_CHARS

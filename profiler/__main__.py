@@ -1,3 +1,3 @@
-from profiler.cli import entry
+from profiler.cli.main import entry
 
 entry()

@@ -57,7 +57,7 @@ class Config:
     max_runs: int = 500
     # `profiler run` adds the torch/Keras step hooks to the command as if given --hooks.
     run_hooks: bool = False
-    # The [cost] and [catalog] tables as written (validated by profiler.pricing), and where
+    # The [cost] and [catalog] tables as written (validated by profiler.cost.pricing), and where
     # they came from, for messages.
     cost: dict[str, Any] = field(default_factory=dict)
     catalog: dict[str, Any] = field(default_factory=dict)
@@ -145,7 +145,7 @@ def _url(value: Any) -> str:
 
 
 def _group(value: Any) -> str:
-    from profiler.ingest import group_id
+    from profiler.ingest.messages import group_id
 
     text = str(value).strip()
     if isinstance(value, bool) or not text:
@@ -289,7 +289,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _belongs(key: str, known: set[str]) -> str:
     """Where a misplaced key belongs, or the nearest known key, or the known keys."""
-    from profiler.pricing import COST_KEYS, ONPREM_KEYS
+    from profiler.cost.pricing import COST_KEYS, ONPREM_KEYS
 
     if key in COST_KEYS:
         return ": it belongs under [cost] (write [cost] above it; see `profiler prices`)"

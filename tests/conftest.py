@@ -199,11 +199,10 @@ def exported_series_names(home: Path) -> set[str]:
     samples count too."""
     import re
 
-    from test_cost import pricing
-    from test_daemon_energy import hello, make_daemon
+    from inprocess import hello, make_daemon, pricing
 
-    from profiler.exporter import render_metrics
-    from profiler.ingest import StepBatch, StepExtras
+    from profiler.daemon.exporter import render_metrics
+    from profiler.ingest.messages import StepBatch, StepExtras
 
     d, _sim, clock = make_daemon(home, [[(100.0, 250.0)]])
     d.set_pricing(pricing(kind="flat", gph=3.6, kwh=0.2, pue=1.5, carbon=300.0))

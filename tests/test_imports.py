@@ -29,8 +29,9 @@ def test_keras_hook_imports_no_framework_until_training():
 
 def test_daemon_side_never_imports_frameworks():
     loaded = loaded_after(
-        "import profiler.cli, profiler.daemon, profiler.exporter, profiler.sensors.nvml, "
-        "profiler.sensors.simulated, profiler.demo; "
-        "from profiler.daemon import build_daemon; from profiler.config import load_config"
+        "import profiler.cli.main, profiler.daemon.core, profiler.daemon.exporter, "
+        "profiler.sensors.nvml, "
+        "profiler.sensors.simulated, profiler.cli.demo; "
+        "from profiler.daemon.core import build_daemon; from profiler.config import load_config"
     )
     assert [m for m in loaded if m not in ("prometheus_client",)] == []

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 from conftest import run_cli, sample_value, start_daemon, wait_for
 
-from profiler.ledger import Ledger
+from profiler.ledger.store import Ledger
 
 slow = pytest.mark.slow
 
@@ -148,7 +148,7 @@ def test_report_counts_unknown_runs_instead_of_adding_zero(daemon, tmp_path):
 
 
 def test_a_restored_run_keeps_null(tmp_path):
-    from profiler.daemon import _run_from_row
+    from profiler.daemon.core import _run_from_row
 
     ledger = Ledger(tmp_path / "l.sqlite")
     meta = {"steps_known": False, "samples_source": "", "start_mono": 1.0}
@@ -162,7 +162,7 @@ def test_a_restored_run_keeps_null(tmp_path):
 
 
 def test_a_schema_2_ledger_marks_unknown_rows_null(tmp_path):
-    from profiler.ledger import _MIGRATIONS
+    from profiler.ledger.store import _MIGRATIONS
 
     path = tmp_path / "v2.sqlite"
     db = sqlite3.connect(path)

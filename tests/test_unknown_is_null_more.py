@@ -15,12 +15,12 @@ import sys
 import pytest
 from conftest import run_cli, sample_value, start_daemon, wait_for
 
-from profiler.cli import read_runs
-from profiler.compare import compare, render
+from profiler.cli.main import read_runs
 from profiler.config import load_config
-from profiler.ledger import Ledger, Rollup
-from profiler.report import build_report
-from profiler.report import render as render_report
+from profiler.ledger.store import Ledger, Rollup
+from profiler.report.compare import compare, render
+from profiler.report.monthly import build_report
+from profiler.report.monthly import render as render_report
 
 UTC = dt.timezone.utc
 NOV = dt.datetime(2026, 11, 1, tzinfo=UTC).timestamp()
@@ -283,7 +283,7 @@ def test_focus_gpu_hours_are_null_with_no_gpu_sensor(tmp_path):
     import csv
     import io
 
-    from profiler.report import to_focus
+    from profiler.report.monthly import to_focus
 
     ledger = _blind_ledger(tmp_path)
     try:
@@ -305,7 +305,7 @@ def test_fleet_report_counts_a_run_with_no_gpu_time_cost_series_as_unknown():
     import threading
     import urllib.parse
 
-    from profiler.fleet import SERIES, build_fleet_report
+    from profiler.report.fleet import SERIES, build_fleet_report
 
     end = dt.datetime(2026, 12, 1, tzinfo=UTC).timestamp()
     values = {  # selector -> run -> counter value at the month's end (0 at its start)

@@ -1,4 +1,4 @@
-"""Regenerate ``profiler/data/carbon_intensity.json`` from an installed codecarbon.
+"""Regenerate ``profiler/cost/data/carbon_intensity.json`` from an installed codecarbon.
 
 The profiler ships the grid carbon intensities it needs (per country, per US state, per GCP
 region) as one small packaged file, so that CO2 is known out of the box without codecarbon and
@@ -28,7 +28,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-OUT = Path(__file__).resolve().parent.parent / "profiler" / "data" / "carbon_intensity.json"
+OUT = (
+    Path(__file__).resolve().parent.parent / "profiler" / "cost" / "data" / "carbon_intensity.json"
+)
 
 GLOBAL_ENERGY_MIX = "data/private_infra/global_energy_mix.json"
 INTENSITY_PER_SOURCE = "data/private_infra/carbon_intensity_per_source.json"
@@ -118,7 +120,7 @@ def generate(root: Path, version: str, licence: str) -> dict[str, Any]:
             }
     return {
         "_about": {
-            "what": "grid carbon intensity used by profiler.carbon; regenerate with "
+            "what": "grid carbon intensity used by profiler.cost.carbon; regenerate with "
             "tools/update_carbon_data.py",
             "codecarbon_version": version,
             "codecarbon_url": "https://github.com/mlco2/codecarbon",

@@ -1,0 +1,601 @@
+"""Recording a process tree from outside, with no change to its code: ``profiler run``,
+``profiler attach`` and ``profiler detach``.
+
+``profiler run [--name N] [--project P] [--run-id ID] [--meta K=V] [--hooks] [--quiet] -- CMD``
+
+- Starts the daemon if none runs for this home (if it cannot, says so in one line and runs the
+  command anyway, unprofiled: the job matters more than its profile).
+- Starts ``CMD`` (looked up on ``PATH``) with stdin, stdout, stderr, the working directory, the
+  signal mask and the environment inherited, plus ``PROFILER_RUN_ID`` (so hooks in the script
+  join the same run), ``PROFILER_HOME`` (the same daemon) and ``PROFILER_PROXY_PID`` (the
+  child's own pid: a hook in that process leaves the run's end to this command, see
+  :func:`hooks.client.proxied`). With ``--hooks``, ``hooks/autoload`` goes first on the
+  child's ``PYTHONPATH`` (automatic step timing, see :mod:`hooks.autoload`).
+- Tells the daemon, with a ``hello`` marked ``proxy``, that the child's pid is the run's
+  process. The daemon then attributes to the run the GPUs NVML lists for the child or any of
+  its descendants, the CPU time and host energy of the child's whole tree (DataLoader workers,
+  torchrun ranks: each process counted once), wall time and cost.
+- Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the child, except those
+  the terminal sent (``si_code`` SI_KERNEL): the child is in the same foreground process group
+  and has them already, so Ctrl-C reaches it exactly once.
+- When the child ends, sends ``bye`` with ``finished`` (exit 0), ``interrupted`` (killed by
+  SIGINT or SIGTERM, or exit 130/143 as a shell reports them) or ``failed`` (anything else),
+  prints the demo's summary to stderr once the daemon has closed the run (``--quiet``: not at
+  all, and without waiting) and exits with the child's exit status: its code, or 128 + the
+  signal that killed it, like a shell. A command that cannot be started exits 127 (not
+  found) or 126 (not executable), with one line, and a daemon started for it is stopped.
+- A ``--run-id``, ``--name``, ``--project`` or ``--meta`` the daemon would not keep as given
+  (empty, over 256 characters, a control character) is refused with one line before anything
+  runs; so is such a run id from ``PROFILER_RUN_ID``. Killed itself, it leaves the run to the
+  daemon, which ends it (``lost``: no exit status) when the child is gone, at that time.
+
+``profiler attach PID`` records an already running process tree as a new run from this moment
+(its start is now, not the process's start); its end, or ``profiler detach``, closes the run.
+An attached process's exit status cannot be known (it is not our child): the run ends as
+``finished`` when the process is gone. ``profiler detach RUN_OR_PID`` (or ``--meta K=V`` for
+every running run with that metadata, as the Slurm epilog does) sends ``bye`` for the run's
+processes and waits for the run to end.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hooks import wire
+from hooks.runid import (
+    LABEL_MAX_CHARS,
+    env_meta,
+    label_problem,
+    ranks_from_env,
+    run_id_from_env,
+    user_name,
+)
+from profiler.cli.main import CliError, daemon_status, run_record, start_background, stop_daemon
+from profiler.config import Config
+from profiler.ledger.store import Ledger, LedgerError
+
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+SI_KERNEL = 0x80  # si_code of a signal the kernel sent (the terminal's Ctrl-C, hangup)
+END_TIMEOUT_S = 30.0  # how long to wait for the daemon to close a run, seconds
+SEND_TIMEOUT_S = 2.0  # how long a hello/bye may wait for room in the daemon's queue, seconds
+AUTOLOAD_DIR = Path(wire.__file__).resolve().parent / "autoload"
+META_KEYS_MAX = 32
+
+
+class SpawnError(CliError):
+    """The command could not be started; ``exit_code`` is the shell's (127 or 126)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ---- messages on behalf of another process ------------------------------------------------------
+
+
+def send(config: Config, message: dict[str, Any]) -> bool:
+    """Send one message marked ``proxy`` (it names another process than the sender) to the
+    daemon of ``config``; False when no daemon takes it within :data:`SEND_TIMEOUT_S`."""
+    message = dict(message, proxy=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.settimeout(SEND_TIMEOUT_S)
+    try:
+        sock.sendto(wire.encode(message), str(config.socket))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def hello_for(
+    run_id: str,
+    pid: int,
+    *,
+    name: str,
+    project: str,
+    meta: dict[str, str],
+    hook: str,
+    attach: bool = False,
+    watched: bool = False,
+) -> dict[str, Any]:
+    """The ``hello`` naming ``pid`` as a process of ``run_id``. Only what the proxy knows:
+    no framework, clock, batch size or devices, which a hook in the process sends itself
+    (and which this hello must not overwrite). ``attach``: nobody will say ``bye`` for the
+    process (its end ends it); ``watched``: the sender will, with its exit status."""
+    rank, local_rank, world_size = ranks_from_env()
+    fields: dict[str, Any] = {
+        "name": name,
+        "project": project,
+        "user": user_name(),
+        "hook": hook,
+        "host": socket.gethostname(),
+        "rank": rank,
+        "local_rank": local_rank,
+        "world_size": world_size,
+        "mono": time.monotonic(),
+        "wall": time.time(),
+    }
+    if meta:
+        fields["meta"] = meta
+    if attach:
+        fields["attach"] = True
+    if watched:
+        fields["watched"] = True
+    return wire.hello(run_id, pid, **fields)
+
+
+def check_run_id(run_id: str, flag: str = "--run-id") -> str:
+    """``run_id`` as given, or CliError when the daemon would not keep it as given (empty,
+    over :data:`~hooks.runid.LABEL_MAX_CHARS` characters, a control character:
+    :func:`~hooks.runid.label_problem`): a run id names the run everywhere (ledger,
+    ``/metrics``, other ranks), so it is refused, never changed."""
+    return _checked_label(flag, run_id)
+
+
+def env_run_id(name: str) -> str:
+    """The run id from the environment (:func:`run_id_from_env`), refused with the variable's
+    name when the daemon would change it."""
+    source = next((v for v in ("PROFILER_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+                   if os.environ.get(v)), "the run id")  # fmt: skip
+    return check_run_id(run_id_from_env(name), flag=source)
+
+
+def check_label(flag: str, value: str | None) -> str | None:
+    """``--name``/``--project`` as given (None stays None), or CliError when the daemon would
+    change it (an empty value, over LABEL_MAX_CHARS characters, a control character:
+    :func:`~hooks.runid.label_problem`)."""
+    return None if value is None else _checked_label(flag, value)
+
+
+def _checked_label(flag: str, value: str) -> str:
+    why = label_problem(value)
+    if why is not None:
+        raise CliError(
+            f"{flag} {_shown(value)}: {why}; give 1-{LABEL_MAX_CHARS} printable characters"
+        )
+    return value
+
+
+def _shown(text: str) -> str:
+    """``text`` for a one-line message: repr (control characters escaped), cut to 40."""
+    return repr(text) if len(text) <= 40 else repr(text[:40])[:-1] + "...'"
+
+
+def run_meta(given: Sequence[str] | None, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The scheduler's metadata from the environment (Slurm job, Kubernetes pod) with the
+    ``--meta KEY=VALUE`` pairs over it; CliError on a pair without ``=``, a key not of 1-64
+    printable characters (or with spaces around it), or a value the daemon would change."""
+    meta = env_meta(env)
+    for pair in given or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key or key != key.strip() or label_problem(key, 64):
+            raise CliError(f"--meta {_shown(pair)}: expected KEY=VALUE (a key of 1-64 "
+                           "printable characters, no spaces around it)")  # fmt: skip
+        why = label_problem(value)
+        if why is not None and value:  # an empty value is kept as given
+            raise CliError(f"--meta {_shown(pair)}: the value has {why}")
+        meta[key] = value
+    if len(meta) > META_KEYS_MAX:
+        raise CliError(f"--meta: at most {META_KEYS_MAX} keys in all, got {len(meta)}")
+    return meta
+
+
+def default_project(project: str | None, env: dict[str, str] | None = None) -> str:
+    """``--project``, else the Slurm account the job is charged to, else none."""
+    env = dict(os.environ) if env is None else env
+    return project or env.get("SLURM_JOB_ACCOUNT", "")
+
+
+def command_name(cmd: Sequence[str]) -> str:
+    """A run name for a command: the script of ``python [opts] script.py ...``, the module of
+    ``python -m module``, else the program's file name."""
+    prog = os.path.basename(cmd[0])
+    if prog.startswith("python"):
+        args = list(cmd[1:])
+        while args and args[0].startswith("-"):
+            flag = args.pop(0)
+            if flag == "-m" and args:
+                return args[0]
+            if flag == "-c":
+                return prog
+        if args:
+            return os.path.basename(args[0])
+    return prog or "run"
+
+
+def ensure_daemon(config: Config, *, required: bool) -> tuple[dict[str, Any] | None, bool]:
+    """The running daemon's status, starting one if none runs (unless
+    ``PROFILER_AUTOSTART=0``), and whether this call started it. When there is none (the home
+    cannot be used, the daemon cannot start): CliError if ``required``, else one warning line
+    and None."""
+    try:
+        status = daemon_status(config)
+        if status:
+            return status, False
+        if os.environ.get("PROFILER_AUTOSTART", "1") in ("0", "false", "no"):
+            raise CliError(f"no daemon running for {config.home} (PROFILER_AUTOSTART=0)")
+        return start_background(config)
+    except CliError as e:
+        if required:
+            raise
+        print(f"profiler: warning: {e}; running the command without profiling", file=sys.stderr)
+        return None, False
+
+
+# ---- profiler run --------------------------------------------------------------------------
+
+
+def exit_status(wait_status: int) -> tuple[int, str]:
+    """``(exit code as a shell reports it, bye status)`` for a ``waitpid`` status."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    if code < 0:
+        sig = -code
+        interrupted = sig in (signal.SIGINT, signal.SIGTERM)
+        return 128 + sig, "interrupted" if interrupted else "failed"
+    if code == 0:
+        return 0, "finished"
+    interrupted = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    return code, "interrupted" if interrupted else "failed"
+
+
+def child_env(
+    config: Config, run_id: str, hooks: bool, env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The child's environment: ours plus ``PROFILER_RUN_ID``, ``PROFILER_HOME`` and, with
+    ``hooks``, the autoload folder first on ``PYTHONPATH``. (``PROFILER_PROXY_PID`` is added in
+    the child itself, once its pid exists.)"""
+    out = dict(os.environ if env is None else env)
+    out["PROFILER_RUN_ID"] = run_id
+    out["PROFILER_HOME"] = str(config.home)
+    if hooks:
+        old = out.get("PYTHONPATH")
+        out["PYTHONPATH"] = str(AUTOLOAD_DIR) + (os.pathsep + old if old else "")
+    return out
+
+
+def spawn(cmd: Sequence[str], env: dict[str, str], mask: set[signal.Signals]) -> int:
+    """Fork and exec ``cmd`` (PATH lookup in ``env``) with the signal mask ``mask`` and the
+    signals Python itself ignores (SIGPIPE, SIGXFSZ) back at their defaults, like
+    ``subprocess``; the child gets ``PROFILER_PROXY_PID`` set to its own pid. Returns the pid;
+    raises SpawnError when the exec fails (reported through a close-on-exec pipe)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: no return from here
+        try:
+            os.close(read_end)
+            env = dict(env, PROFILER_PROXY_PID=str(os.getpid()))
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.execvpe(cmd[0], list(cmd), env)
+        except BaseException as e:  # noqa: BLE001 - report any failure to the parent
+            code = getattr(e, "errno", None) or errno.ENOEXEC
+            try:
+                os.write(write_end, str(code).encode())
+            finally:
+                os._exit(127 if code == errno.ENOENT else 126)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        failure = pipe.read()
+    if failure:
+        os.waitpid(pid, 0)
+        code = int(failure)
+        raise SpawnError(
+            f"cannot run {cmd[0]!r}: {os.strerror(code)}"
+            + ("; check the name and PATH" if code == errno.ENOENT else ""),
+            127 if code == errno.ENOENT else 126,
+        )
+    return pid
+
+
+def wait_forwarding(pid: int, *, on_signal: Callable[[int], None] | None = None) -> int:
+    """Wait for child ``pid`` to end, forwarding :data:`FORWARDED` signals to it; returns its
+    ``waitpid`` status. The signals (and SIGCHLD) must be blocked in this thread. A signal the
+    terminal sent (SI_KERNEL) or the child itself sent is not forwarded: the child has it."""
+    waited = set(FORWARDED) | {signal.SIGCHLD}
+    while True:
+        info = signal.sigtimedwait(waited, 1.0)
+        if info is None or info.si_signo == signal.SIGCHLD:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return status
+            continue
+        if info.si_code == SI_KERNEL or info.si_pid == pid:
+            continue
+        if on_signal is not None:
+            on_signal(info.si_signo)
+        try:
+            os.kill(pid, info.si_signo)
+        except ProcessLookupError:
+            pass
+
+
+def run_command(
+    config: Config,
+    cmd: Sequence[str],
+    *,
+    name: str | None = None,
+    project: str | None = None,
+    run_id: str | None = None,
+    meta: Sequence[str] | None = None,
+    hooks: bool = False,
+    quiet: bool = False,
+) -> int:
+    """``profiler run``: run ``cmd`` as one recorded run; returns its exit status."""
+    if not cmd:
+        raise CliError("give the command to run after --, e.g. profiler run -- python train.py")
+    name = check_label("--name", name) or command_name(cmd)
+    project = check_label("--project", project)
+    labels = run_meta(meta)
+    rid = check_run_id(run_id) if run_id is not None else env_run_id(name)
+    status, started = ensure_daemon(config, required=False)
+    env = child_env(config, rid, hooks)
+    blocked = set(FORWARDED) | {signal.SIGCHLD}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        try:
+            pid = spawn(cmd, env, mask)
+        except SpawnError as e:
+            print(f"profiler: error: {e}", file=sys.stderr)
+            if started and status is not None:  # no run for it to record: leave no trace
+                _stop_unused(config, status)
+            return e.exit_code
+        reporting = status is not None and send(
+            config,
+            hello_for(rid, pid, name=name, project=default_project(project), meta=labels,
+                      hook="profiler.run", watched=True),
+        )  # fmt: skip
+        if status is not None and not reporting:
+            print(f"profiler: warning: the daemon at {config.socket} does not answer; "
+                  "the command runs unprofiled", file=sys.stderr)  # fmt: skip
+        wait_status = wait_forwarding(pid)
+        code, bye_status = exit_status(wait_status)
+        if reporting:
+            send(config, wire.bye(rid, pid, bye_status, time.monotonic()))
+    finally:
+        _drain(blocked)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    if reporting and not quiet:
+        try:
+            _summarise(config, rid, pid)
+        except KeyboardInterrupt:
+            print(f"profiler: not waiting for run {rid}; `profiler runs` shows it",
+                  file=sys.stderr)  # fmt: skip
+        except BrokenPipeError:  # stderr's reader is gone: the child's status still counts
+            _quiet_stderr()
+    return code
+
+
+def _stop_unused(config: Config, status: dict[str, Any]) -> None:
+    """After a command that could not start: stop the daemon this ``profiler run`` started for
+    it, unless anything else has reached it since (:func:`_untouched`), so that a run another
+    process began on it meanwhile goes on. A daemon that does not stop gets one warning line;
+    the command's exit status (127/126) stands."""
+    if not _untouched(status):
+        return
+    try:
+        stop_daemon(config, status)
+    except CliError as e:
+        print(f"profiler: warning: {e}", file=sys.stderr)
+
+
+def _untouched(status: dict[str, Any]) -> bool:
+    """Whether no message (a hook's, another proxy's) has reached the daemon ``status`` names:
+    its ``/metrics`` counts 0 ``profiler_messages_received_total``. Unknown (no metrics URL, no
+    answer in 2 s) counts as reached: the daemon is then left running. A hook that first
+    reaches it in the instant between this check and the stop is not covered (it then finds no
+    daemon, and starts one or warns, as for any stopped daemon)."""
+    url = status.get("metrics_url")
+    if not url:
+        return False
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as r:  # noqa: S310 - the daemon's own URL
+            text = r.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return False
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "profiler_messages_received_total":
+            return value.strip() in ("0", "0.0")
+    return False
+
+
+def _quiet_stderr() -> None:
+    """Point stderr at /dev/null (its reader went away), so that exit does not complain."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stderr.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
+
+
+def _drain(signals: set[signal.Signals]) -> None:
+    """Consume blocked signals still pending (SIGCHLD, or one that raced the child's end)."""
+    while signal.sigtimedwait(signals, 0) is not None:
+        pass
+
+
+def _summarise(config: Config, run_id: str, pid: int) -> None:
+    """Wait (at most :data:`END_TIMEOUT_S`) for the daemon to close the run, then print the
+    demo's summary to stderr; or say why not (other processes keep the run open)."""
+    from profiler.cli.demo import format_summary
+
+    deadline = time.monotonic() + END_TIMEOUT_S
+    while time.monotonic() < deadline:
+        row = ledger_run(config, run_id)
+        if row is not None and row["status"] != "running":
+            status = daemon_status(config) or {}
+            print(format_summary(run_record(row), status, config), file=sys.stderr)
+            return
+        if row is not None:
+            pids = set(row["meta"].get("pids", {}))
+            done = {str(p) for p in row["meta"].get("done_pids", [])}
+            if str(pid) in done and pids - done:
+                others = len(pids - done)
+                print(f"profiler: run {run_id} goes on: {others} other process(es) of it still "
+                      "run; `profiler runs` shows it when it ends", file=sys.stderr)  # fmt: skip
+                return
+        time.sleep(0.2)
+    print(f"profiler: run {run_id} did not end within {END_TIMEOUT_S:g} s; "
+          f"`profiler runs` shows it, {config.log_file} says why", file=sys.stderr)  # fmt: skip
+
+
+def ledger_run(config: Config, run_id: str) -> dict[str, Any] | None:
+    """The run's ledger row, or None (not flushed yet, or no ledger yet)."""
+    try:
+        ledger = Ledger(config.ledger, readonly=True)
+    except LedgerError:
+        return None
+    try:
+        return ledger.run(run_id)
+    finally:
+        ledger.close()
+
+
+# ---- profiler attach / detach -------------------------------------------------------------------
+
+
+def check_attachable(pid: int) -> Any:
+    """The process ``pid`` if this user may record it (its owner, or root); CliError with the
+    reason otherwise."""
+    import psutil
+
+    if pid <= 1 or pid == os.getpid():
+        raise CliError(f"pid {pid} is not a job this can attach to; give a training process's pid")
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            raise CliError(f"pid {pid} has already exited; nothing to record")
+        uid = proc.uids().real
+    except psutil.NoSuchProcess:
+        raise CliError(f"no process {pid} is running; check the pid (`ps -u $USER`)") from None
+    except psutil.AccessDenied:
+        raise CliError(f"pid {pid} is not yours: attach as its owner (or as root)") from None
+    if os.geteuid() not in (0, uid):
+        raise CliError(f"pid {pid} belongs to uid {uid}, not you: attach as its owner (or root)")
+    return proc
+
+
+def attach(
+    config: Config,
+    pid: int,
+    *,
+    name: str | None = None,
+    project: str | None = None,
+    run_id: str | None = None,
+    meta: Sequence[str] | None = None,
+    wait: bool = True,
+) -> str:
+    """``profiler attach``: record ``pid`` and its descendants as a run from now; returns the
+    run id once the daemon has it in its ledger (CliError if it does not take it), or, with
+    ``wait`` False, as soon as the daemon has the message (a Slurm task prolog)."""
+    proc = check_attachable(pid)
+    name, project = check_label("--name", name), check_label("--project", project)
+    labels = run_meta(meta)
+    if not name:
+        cmdline = _cmdline(proc)
+        name = command_name(cmdline) if cmdline else proc.name()
+    rid = check_run_id(run_id) if run_id is not None else run_id_from_env(name, {})
+    ensure_daemon(config, required=True)
+    message = hello_for(rid, pid, name=name, project=default_project(project), meta=labels,
+                        hook="profiler.attach", attach=True)  # fmt: skip
+    if not send(config, message):
+        raise CliError(f"the daemon at {config.socket} does not answer; see {config.log_file}")
+    if not wait:
+        return rid
+    deadline = time.monotonic() + config.flush_interval_s + 5.0
+    while time.monotonic() < deadline:
+        row = ledger_run(config, rid)
+        if row is not None and str(pid) in row["meta"].get("pids", {}):
+            if row["status"] != "running":
+                raise CliError(f"run {rid} has already ended; give another --run-id")
+            return rid
+        time.sleep(0.1)
+    raise CliError(
+        f"the daemon did not take pid {pid} as run {rid} (a run of another user, or a full "
+        f"daemon?); see {config.log_file} and `profiler status`"
+    )
+
+
+def _cmdline(proc: Any) -> list[str]:
+    import psutil
+
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
+def detach(
+    config: Config, target: str | None, *, meta: Sequence[str] | None = None, wait: bool = True
+) -> list[dict[str, Any]]:
+    """``profiler detach``: end the running runs named by ``target`` (a run id, or a pid of
+    one of their processes) or carrying every ``meta`` KEY=VALUE; returns their records (as
+    ended, or as last seen when ``wait`` is False or they do not end in time)."""
+    if (target is None) == (not meta):
+        raise CliError("give a run id or pid, or --meta KEY=VALUE (one of them)")
+    if target is not None:
+        check_run_id(target, flag="RUN_OR_PID")
+    wanted = run_meta(meta, env={}) if meta else {}
+    if not daemon_status(config):
+        raise CliError(f"no daemon running for {config.home}; its runs end when it restarts")
+    try:
+        ledger = Ledger(config.ledger, readonly=True)
+    except LedgerError as e:
+        raise CliError(str(e)) from e
+    try:
+        running = ledger.runs(status="running")
+    finally:
+        ledger.close()
+    if target is not None:
+        chosen = [
+            r for r in running if r["id"] == target or (target.isdigit() and target in
+                                                        r["meta"].get("pids", {}))
+        ]  # fmt: skip
+    else:
+        chosen = [
+            r for r in running
+            if all(r["meta"].get("run_meta", {}).get(k) == v for k, v in wanted.items())
+        ]  # fmt: skip
+    if not chosen:
+        what = target if target is not None else " ".join(meta or ())
+        raise CliError(f"no running run matches {what}; `profiler runs` lists the runs")
+    now = time.monotonic()
+    for row in chosen:
+        done = {str(p) for p in row["meta"].get("done_pids", [])}
+        for pid in row["meta"].get("pids", {}):
+            if pid not in done:
+                send(config, wire.bye(row["id"], int(pid), "finished", now))
+    if not wait:
+        return [run_record(r) for r in chosen]
+    out = []
+    deadline = time.monotonic() + END_TIMEOUT_S
+    for row in chosen:
+        ended = None
+        while ended is None and time.monotonic() < deadline:
+            found = ledger_run(config, row["id"])
+            if found is not None and found["status"] != "running":
+                ended = found
+            else:
+                time.sleep(0.1)
+        out.append(run_record(ended or row))
+    return out

@@ -1,0 +1,528 @@
+"""``/metrics``: the daemon's state in the Prometheus text format (0.0.4), rendered on scrape.
+
+The text is written directly rather than through prometheus_client's generic writer, which
+validates and escapes every label of every sample one by one: with 200 live runs on 8 GPUs
+(about 13,000 series) that took over 100 ms of the daemon's lock and CPU per scrape; writing
+each run's and device's label set once per scrape takes a fraction of it. ``promtool check
+metrics`` checks the result in the tests.
+
+Names follow DESIGN.md: base units, ``_total`` on counters, prefix ``profiler_``. Device series
+carry ``gpu``, ``uuid``, ``model_name``, ``hostname``: dcgm-exporter's labels in snake_case,
+because ``promtool check metrics`` rejects camelCase label names (``UUID``, ``modelName``); join
+with dcgm-exporter through ``label_replace(DCGM_..., "uuid", "$1", "UUID", "(.*)")``. Per-run
+series carry ``run`` (plus the device labels where per device); descriptive labels live on
+``profiler_run_info`` only.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from profiler import __version__
+from profiler.cost.meter import projected
+
+if TYPE_CHECKING:
+    from profiler.daemon.core import Daemon
+
+DEVICE_LABELS = ["gpu", "uuid", "model_name", "hostname"]
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def label_value(text: str) -> str:
+    """A label value escaped for the text format (backslash, double quote). Characters that are
+    not printable (control characters such as ESC and newline, lone surrogates) are dropped
+    first, as the daemon does with the text hooks send, so what any source supplied (a run, the
+    configured hostname, a GPU's model name) reaches no terminal or dashboard raw."""
+    if not text.isprintable():
+        text = "".join(ch for ch in text if ch.isprintable())
+    if "\\" in text or '"' in text:
+        text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return text
+
+
+def labels(names: Sequence[str], values: Sequence[str]) -> str:
+    """``name="value",...`` for the names and (unescaped) values given."""
+    return ",".join(f'{n}="{label_value(str(v))}"' for n, v in zip(names, values, strict=True))
+
+
+def number(value: float) -> str:
+    """A sample value as the text format spells it (``+Inf``, ``-Inf``, ``NaN``)."""
+    if isinstance(value, int):
+        return f"{float(value)!r}"
+    if math.isfinite(value):
+        return repr(float(value))
+    if math.isnan(value):
+        return "NaN"
+    return "+Inf" if value > 0 else "-Inf"
+
+
+class Family:
+    """One metric family's text: its HELP and TYPE lines and its samples, in order added. A
+    counter's samples are named ``<name>_total``."""
+
+    __slots__ = ("name", "kind", "help", "lines")
+
+    def __init__(self, name: str, kind: str, help: str) -> None:
+        self.name = f"{name}_total" if kind == "counter" else name
+        self.kind, self.help = kind, help
+        self.lines: list[str] = []
+
+    def add(self, label_text: str, value: float) -> None:
+        """One sample; ``label_text`` is already rendered (see :func:`labels`), may be empty."""
+        if label_text:
+            self.lines.append(f"{self.name}{{{label_text}}} {number(value)}\n")
+        else:
+            self.lines.append(f"{self.name} {number(value)}\n")
+
+    def add_histogram(
+        self, label_text: str, buckets: list[tuple[str, int]], sum_value: float
+    ) -> None:
+        """A histogram's ``_bucket`` (``le`` from ``buckets``, cumulative, ending ``+Inf``),
+        ``_count`` and ``_sum`` samples."""
+        name, lines = self.name, self.lines
+        for le, count in buckets:
+            lines.append(f'{name}_bucket{{{label_text},le="{le}"}} {number(count)}\n')
+        lines.append(f"{name}_count{{{label_text}}} {number(buckets[-1][1])}\n")
+        lines.append(f"{name}_sum{{{label_text}}} {number(sum_value)}\n")
+
+    def text(self) -> str:
+        help_text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
+        head = f"# HELP {self.name} {help_text}\n# TYPE {self.name} {self.kind}\n"
+        return head + "".join(self.lines)
+
+
+def single(name: str, kind: str, help_text: str, value: float) -> Family:
+    """A family of one sample without labels."""
+    family = Family(name, kind, help_text)
+    family.add("", value)
+    return family
+
+
+def render_metrics(daemon: Daemon) -> bytes:
+    """The whole ``/metrics`` page from one consistent snapshot (taken under the daemon's
+    lock), UTF-8 encoded."""
+    with daemon.lock:
+        families = list(_families(daemon))
+    return "".join(f.text() for f in families).encode()
+
+
+def _families(d: Daemon) -> Iterator[Family]:
+    device_labels = _device_labels(d)  # rendered once, for the device and the run series
+    yield from _devices(d, device_labels)
+    yield from _cpu(d)
+    yield from _runs(d, device_labels)
+    yield from _costs(d)
+    build = Family("profiler_build_info", "gauge", "Profiler daemon version and GPU source.")
+    build.add(labels(("version", "gpu_source", "hostname"),
+                     (__version__, d.gpu_source, d.hostname)), 1)  # fmt: skip
+    yield build
+    yield single(
+        "profiler_daemon_start_time_seconds",
+        "gauge",
+        "When the daemon started (unix seconds).",
+        d.started_at,
+    )
+    counts = dict(d.message_counts)
+    received = single(
+        "profiler_messages_received",
+        "counter",
+        "Datagrams the daemon received from hooks.",
+        counts.get("received", 0),
+    )
+    malformed = Family("profiler_messages_malformed", "counter", "Datagrams rejected, by reason.")
+    rejected = Family(
+        "profiler_messages_rejected",
+        "counter",
+        "Well-formed messages refused, by reason: run_not_owned, pid_not_owned, "
+        "pid_not_found (kernel credentials), too_many_runs (max_runs), time_in_future.",
+    )
+    for key, n in sorted(counts.items()):
+        kind, _, reason = key.partition(":")
+        if kind == "malformed":
+            malformed.add(labels(("reason",), (reason,)), n)
+        elif kind == "rejected":
+            rejected.add(labels(("reason",), (reason,)), n)
+    yield received
+    yield malformed
+    yield rejected
+    ignored = Family(
+        "profiler_messages_ignored",
+        "counter",
+        "Well-formed messages not applied, by reason (unknown run, run already ended).",
+    )
+    for key in ("messages_unknown_run", "messages_for_ended_run"):
+        ignored.add(labels(("reason",), (key.removeprefix("messages_"),)), d.health.get(key, 0))
+    yield ignored
+    errors = Family(
+        "profiler_sensor_errors", "counter", "Sensor read errors, by sensor and reason."
+    )
+    for key, n in sorted(d.health.items()):
+        if key.startswith("sensor_error:"):
+            _, sensor, reason = key.split(":", 2)
+            errors.add(labels(("sensor", "reason"), (sensor, reason)), n)
+    yield errors
+    yield single(
+        "profiler_ledger_write_errors",
+        "counter",
+        "Failed ledger flushes (data kept in memory).",
+        d.health.get("ledger_write_errors", 0),
+    )
+    yield single(
+        "profiler_message_handler_errors",
+        "counter",
+        "Messages that raised inside the daemon (a bug: see the daemon log); it goes on.",
+        d.health.get("handler_errors", 0),
+    )
+    yield single(
+        "profiler_sample_duration_seconds",
+        "gauge",
+        "Time the last sampling pass took (seconds).",
+        d.sample_seconds_last,
+    )
+    yield single(
+        "profiler_sample_interval_seconds",
+        "gauge",
+        "Configured sensor sampling interval (seconds).",
+        d.config.sample_interval_s,
+    )
+
+
+def _device_labels(d: Daemon) -> dict[str, str]:
+    """Each device's rendered ``gpu, uuid, model_name, hostname`` labels, by UUID."""
+    return {
+        uuid: labels(DEVICE_LABELS, (str(dev.index), dev.uuid, dev.model, d.hostname))
+        for uuid, dev in d.devices.items()
+    }
+
+
+def _devices(d: Daemon, device_labels: dict[str, str]) -> Iterator[Family]:
+    info = Family(
+        "profiler_gpu_info",
+        "gauge",
+        "GPUs the daemon samples; source is nvml or simulated, energy_source is counter or "
+        "power_integration.",
+    )
+    gauges = {
+        "power": Family("profiler_gpu_power_watts", "gauge", "GPU power draw (watts)."),
+        "limit": Family("profiler_gpu_power_limit_watts", "gauge", "Enforced power limit (watts)."),
+        "mem": Family("profiler_gpu_memory_used_bytes", "gauge", "GPU memory in use (bytes)."),
+        "memtotal": Family("profiler_gpu_memory_total_bytes", "gauge", "GPU memory size (bytes)."),
+        "util": Family("profiler_gpu_utilization_ratio", "gauge", "GPU utilization (0-1)."),
+    }  # fmt: skip
+    energy = Family(
+        "profiler_gpu_energy_joules", "counter", "GPU energy since the daemon started (joules)."
+    )
+    idle = Family("profiler_gpu_idle_energy_joules", "counter", "GPU energy no run held (joules).")
+    for dev in d.devices.values():
+        s = dev.latest
+        if s is None:
+            continue
+        dl = device_labels[dev.uuid]
+        info.add(f"{dl},{labels(('source', 'energy_source'), (d.gpu_source, s.energy_source))}", 1)
+        values = {
+            "power": s.power_w,
+            "limit": s.power_limit_w,
+            "mem": s.memory_used_bytes,
+            "memtotal": s.memory_total_bytes,
+            "util": s.utilization_ratio,
+        }
+        for key, value in values.items():
+            if value is not None:  # unsupported is absent, never zero
+                gauges[key].add(dl, value)
+        if s.energy_j is not None:
+            energy.add(dl, s.energy_j)
+            idle.add(dl, dev.idle_j)
+    yield info
+    yield from gauges.values()
+    yield energy
+    yield idle
+
+
+def _cpu(d: Daemon) -> Iterator[Family]:
+    cpu = Family(
+        "profiler_cpu_energy_joules",
+        "counter",
+        "CPU energy since the daemon started (joules); source rapl is measured, estimated is "
+        "TDP x load.",
+    )
+    for zone, (joules, source) in sorted(d.cpu_energy_j.items()):
+        cpu.add(labels(("zone", "source", "hostname"), (zone, source, d.hostname)), joules)
+    yield cpu
+
+
+RUN_INFO_LABELS = (
+    "run", "name", "project", "user", "framework", "framework_version", "hostname", "status",
+    "simulated", "clock", "currency",
+)  # fmt: skip
+
+
+def _runs(d: Daemon, device_labels: dict[str, str]) -> Iterator[Family]:
+    info = Family("profiler_run_info", "gauge", "Runs and their descriptive labels (value 1).")
+    f = {
+        "energy": Family("profiler_run_energy_joules", "counter",
+                         "GPU energy attributed to the run (joules)."),
+        "gpu_seconds": Family("profiler_run_gpu_seconds", "counter",
+                              "GPU time the run held, per device (device-seconds)."),
+        "steps": Family("profiler_run_steps", "counter", "Training steps finished."),
+        "samples": Family("profiler_run_samples", "counter", "Samples processed."),
+        "dropped": Family("profiler_run_dropped_steps", "counter",
+                          "Steps the hooks could not deliver."),
+        "unmeasured": Family(
+            "profiler_run_unmeasured_seconds", "gauge",
+            "Seconds of the run no daemon measured (before it started, or across a restart).",
+        ),
+        "start": Family("profiler_run_start_time_seconds", "gauge", "Run start (unix seconds)."),
+        "end": Family("profiler_run_end_time_seconds", "gauge",
+                      "Run end (unix seconds); absent while running."),
+        "cpu": Family("profiler_run_cpu_energy_joules", "counter",
+                      "Host CPU energy attributed to the run by CPU-time share (joules)."),
+        "rss": Family("profiler_run_host_memory_bytes", "gauge",
+                      "Resident memory of the run's processes on this host (bytes)."),
+        "total": Family("profiler_run_total_steps", "gauge",
+                        "Steps the run expects in all, when known."),
+        "rank_steps": Family("profiler_run_rank_steps", "counter",
+                             "Steps finished by each rank of the run."),
+        "memory": Family(
+            "profiler_run_framework_memory_bytes", "gauge",
+            "The framework's own device memory per rank, latest reading (bytes): "
+            "allocated, peak_allocated, reserved.",
+        ),
+        "loss": Family("profiler_run_loss", "gauge",
+                       "Latest finite training loss the hook reported."),
+        "nonfinite": Family("profiler_run_nonfinite_loss_steps", "counter",
+                            "Steps whose loss was NaN or infinite."),
+    }  # fmt: skip
+    step_seconds = Family("profiler_step_duration_seconds", "histogram", "Step duration (seconds).")
+    step_joules = Family(
+        "profiler_step_energy_joules", "histogram", "GPU energy per step (joules)."
+    )
+    simulated = "true" if d.gpu_source == "simulated" else "false"
+    for run in d.runs.values():
+        r = f'run="{label_value(run.id)}"'
+        info.add(
+            labels(RUN_INFO_LABELS, (
+                run.id, run.name, run.project, run.user, run.framework, run.framework_version,
+                d.hostname, run.status, simulated, run.clock, run.cost.currency,
+            )),
+            1,
+        )  # fmt: skip
+        for rank, n in sorted(run.rank_steps.items()):
+            f["rank_steps"].add(f'{r},rank="{rank}"', n)
+        for proc in run.processes.values():
+            if proc.memory is None or proc.said_bye or proc.gone:
+                continue
+            for kind, value in zip(MEMORY_KINDS, proc.memory, strict=True):
+                if value is not None:
+                    f["memory"].add(f'{r},rank="{proc.rank}",kind="{kind}"', value)
+        if run.last_loss is not None:
+            f["loss"].add(r, run.last_loss)
+        if run.last_loss is not None or run.nonfinite_loss_steps:  # no loss reported: unknown
+            f["nonfinite"].add(r, run.nonfinite_loss_steps)
+        for key, per_device in (("energy", run.gpu_energy_j), ("gpu_seconds", run.gpu_seconds)):
+            for uuid, value in sorted(per_device.items()):
+                dl = device_labels.get(uuid) or labels(DEVICE_LABELS, ("", uuid, "", d.hostname))
+                f[key].add(f"{r},{dl}", value)
+        # Unknown is left out, never 0: no hook timed steps, or the hook counts no samples.
+        if run.known_steps is not None:
+            f["steps"].add(r, run.known_steps)
+        if run.known_samples is not None:
+            f["samples"].add(r, run.known_samples)
+        f["dropped"].add(r, run.dropped_steps)
+        f["unmeasured"].add(r, run.unmeasured_s)
+        f["start"].add(r, run.started_at)
+        if run.ended_at is not None:
+            f["end"].add(r, run.ended_at)
+        if run.cpu_energy_source:
+            f["cpu"].add(f'{r},source="{label_value(run.cpu_energy_source)}"', run.cpu_energy_j)
+        if run.host_rss_bytes is not None:
+            f["rss"].add(r, run.host_rss_bytes)
+        if run.total_steps:
+            f["total"].add(r, run.total_steps)
+        if run.steps_known:  # no hook times its steps: no step durations, not a count of 0
+            step_seconds.add_histogram(r, run.step_seconds.cumulative(), run.step_seconds.total)
+        if run.step_joules.n:
+            step_joules.add_histogram(r, run.step_joules.cumulative(), run.step_joules.total)
+    yield info
+    yield from f.values()
+    yield step_seconds
+    yield step_joules
+
+
+def _costs(d: Daemon) -> Iterator[Family]:
+    """Pricing in force, and per run: cost, emissions, waste, live rate and projections."""
+    p = d.cost_meter.pricing
+    carbon = "" if p.carbon_g_per_kwh is None else repr(p.carbon_g_per_kwh)
+    info = Family(
+        "profiler_pricing_info",
+        "gauge",
+        "The pricing in force (value 1); costs are in this currency.",
+    )
+    info.add(
+        labels(
+            ("currency", "profile", "kind", "gpu_hour_price", "energy_price_kwh", "pue",
+             "carbon_g_per_kwh", "carbon_source", "as_of"),
+            (p.currency, p.profile, p.kind, repr(p.gpu_hour_price), repr(p.energy_price_kwh),
+             repr(p.pue), carbon, p.carbon_source, p.as_of),
+        ),
+        1,
+    )  # fmt: skip
+    yield info
+    prices = (
+        ("profiler_pricing_gpu_hour_price", "Price of one GPU-hour (currency).", p.gpu_hour_price),
+        ("profiler_pricing_energy_price_per_kwh",
+         "Price billed per kWh at the facility (currency; 0 for cloud instances).",
+         p.energy_price_kwh),
+        ("profiler_pricing_pue", "Power usage effectiveness.", p.pue),
+        ("profiler_pricing_carbon_grams_per_kwh", "Grid carbon intensity (gCO2e/kWh).",
+         p.carbon_g_per_kwh),
+    )  # fmt: skip
+    for name, help_text, value in prices:
+        if value is not None:
+            yield single(name, "gauge", help_text, value)
+    fam = {
+        "cost": Family(
+            "profiler_run_cost", "counter",
+            "What the run cost so far, by component (the run's currency; see run_info).",
+        ),
+        "co2": Family("profiler_run_emissions_grams", "counter",
+                      "The run's emissions so far (grams CO2e)."),
+        "waste": Family("profiler_run_waste_cost", "counter",
+                        "Cost of GPU time wasted, by reason (currency)."),
+        "waste_s": Family("profiler_run_waste_gpu_seconds", "counter",
+                          "GPU time wasted, by reason (GPU-seconds)."),
+        "waste_j": Family("profiler_run_waste_energy_joules", "counter",
+                          "GPU energy wasted, by reason (joules)."),
+        "rate": Family("profiler_run_cost_rate_per_hour", "gauge",
+                       "What the run costs per hour now (currency/h, over the latest interval)."),
+        "projected": Family(
+            "profiler_run_projected_cost", "gauge",
+            "The run's projected total cost from its steps so far and total steps.",
+        ),
+        "projected_end": Family(
+            "profiler_run_projected_end_time_seconds", "gauge",
+            "When the run is projected to end (unix seconds), from its wall time per step.",
+        ),
+    }  # fmt: skip
+    now, now_mono = d.wall(), d.clock()
+    # With no GPU sensor, GPU time is unknown: so are waste (GPU time held idle) and the money
+    # priced from GPU time (the gpu_time component, the rate, the projection); left out.
+    gpu_known = d.gpu_source != "none"
+    for run in d.runs.values():
+        r = f'run="{label_value(run.id)}"'
+        c = run.cost
+        if c.co2_known:
+            fam["co2"].add(r, c.co2_g)
+        if gpu_known:
+            for reason in WASTE_REASONS:
+                fam["waste_s"].add(f'{r},reason="{reason}"', c.waste_gpu_seconds.get(reason, 0.0))
+                fam["waste_j"].add(f'{r},reason="{reason}"', c.waste_energy_j.get(reason, 0.0))
+        if c.currency:  # priced: money in the run's currency
+            if gpu_known:
+                fam["cost"].add(f'{r},component="gpu_time"', c.gpu_time)
+            fam["cost"].add(f'{r},component="energy"', c.energy)
+            for reason in WASTE_REASONS if gpu_known else ():
+                fam["waste"].add(f'{r},reason="{reason}"', c.waste.get(reason, 0.0))
+        if not run.live:
+            continue
+        if c.currency and gpu_known:
+            fam["rate"].add(r, c.rate_per_hour(now_mono))
+            total = projected(c.total, run.steps, run.total_steps)
+            if total is not None:
+                fam["projected"].add(r, total)
+        if run.total_steps and run.steps and run.steps < run.total_steps:
+            # wall time per step so far (data loading and host work included)
+            per_step = (run.last_event_mono - run.start_mono) / run.steps
+            remaining = (run.total_steps - run.steps) * per_step
+            fam["projected_end"].add(r, now + remaining)
+    yield from fam.values()
+    yield single(
+        "profiler_cost_currency_mismatches",
+        "counter",
+        "Work not billed because the pricing's currency differs from the run's.",
+        d.cost_meter.currency_mismatches,
+    )
+
+
+MEMORY_KINDS = ("allocated", "peak_allocated", "reserved")
+WASTE_REASONS = ("idle", "nonfinite")
+
+
+ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """``GET /metrics`` (and ``/``) renders the page, ``HEAD`` gives its headers, ``OPTIONS``
+    lists the methods; other paths are 404, other HTTP methods 405 (with ``Allow``), methods
+    HTTP does not define 501. A connection idle for ``timeout`` seconds is closed."""
+
+    daemon: Daemon  # set on the subclass made by serve_metrics
+    timeout = 30  # seconds a client may take to send its request
+
+    def _page(self) -> bytes | None:
+        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+            self.send_error(404, "only /metrics is served here")
+            return None
+        body = render_metrics(self.daemon)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return body
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
+        body = self._page()
+        if body is not None:
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._page()
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self.send_response(204)
+        self.send_header("Allow", ALLOWED_METHODS)
+        self.end_headers()
+
+    def _not_allowed(self) -> None:
+        self.send_response(405, "Method Not Allowed")
+        body = b"only GET, HEAD and OPTIONS are served here\n"
+        self.send_header("Allow", ALLOWED_METHODS)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the protocol's name
+        pass  # one line per scrape would flood the daemon's log
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    """A listen backlog for a burst of scrapes (many Prometheus replicas, dashboards, ``watch``
+    sessions at once): http.server's 5 makes the kernel drop the rest's SYNs, which then wait
+    for a retransmission (1 s and more). A client that hangs up mid-answer is not an error."""
+
+    request_queue_size = 1024  # the kernel caps it at net.core.somaxconn
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # the scraper went away; nothing to log
+        super().handle_error(request, client_address)
+
+
+def serve_metrics(daemon: Daemon, host: str, port: int) -> tuple[ThreadingHTTPServer, int]:
+    """Serve ``/metrics`` on ``host:port`` (IPv4 or IPv6; port 0 picks a free one) from a
+    background thread; returns (server, bound port). OSError if the address cannot be bound."""
+    handler = type("MetricsHandler", (_MetricsHandler,), {"daemon": daemon})
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("MetricsServer", (_MetricsServer,), {"address_family": family})
+    server = server_class((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server, server.server_address[1]

@@ -1,0 +1,533 @@
+"""The SQLite ledger: runs with metadata and totals, per-device totals, per-minute rollups.
+
+WAL mode; SQL is parameterised; the schema version lives in ``PRAGMA user_version`` and
+migrations run in order on open. A file that is not a ledger is refused, never overwritten.
+Minute rollups are keyed by the minute's start in unix seconds and *added to*, so a run that
+spans a month boundary splits cleanly, and a restarted daemon continues where the last left off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 4
+
+_MIGRATIONS = {
+    1: """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        project TEXT NOT NULL DEFAULT '',
+        user TEXT NOT NULL DEFAULT '',
+        framework TEXT NOT NULL DEFAULT '',
+        framework_version TEXT NOT NULL DEFAULT '',
+        hook TEXT NOT NULL DEFAULT '',
+        host TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        steps INTEGER NOT NULL DEFAULT 0,
+        samples INTEGER NOT NULL DEFAULT 0,
+        dropped_steps INTEGER NOT NULL DEFAULT 0,
+        step_time_sum_s REAL NOT NULL DEFAULT 0,
+        step_time_p95_s REAL,
+        step_energy_sum_j REAL NOT NULL DEFAULT 0,
+        steps_with_energy INTEGER NOT NULL DEFAULT 0,
+        gpu_energy_j REAL,
+        gpu_seconds REAL NOT NULL DEFAULT 0,
+        gpu_power_peak_w REAL,
+        cpu_energy_j REAL NOT NULL DEFAULT 0,
+        gpu_source TEXT NOT NULL DEFAULT '',
+        energy_source TEXT NOT NULL DEFAULT '',
+        simulated INTEGER NOT NULL DEFAULT 0,
+        batch_size INTEGER,
+        total_steps INTEGER,
+        meta TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX runs_started ON runs(started_at);
+    CREATE TABLE run_devices (
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        uuid TEXT NOT NULL,
+        model TEXT NOT NULL DEFAULT '',
+        energy_j REAL NOT NULL DEFAULT 0,
+        gpu_seconds REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, uuid)
+    );
+    CREATE TABLE rollups (
+        run_id TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        gpu_energy_j REAL NOT NULL DEFAULT 0,
+        cpu_energy_j REAL NOT NULL DEFAULT 0,
+        gpu_seconds REAL NOT NULL DEFAULT 0,
+        steps INTEGER NOT NULL DEFAULT 0,
+        samples INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, minute)
+    );
+    CREATE TABLE idle_rollups (
+        uuid TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        energy_j REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (uuid, minute)
+    );
+    """,
+    # Cost, carbon and waste, priced when the work happened (currency of the pricing then).
+    2: """
+    ALTER TABLE runs ADD COLUMN currency TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN cost_gpu_time REAL NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN cost_energy REAL NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN co2_g REAL NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN waste_cost REAL NOT NULL DEFAULT 0;
+    ALTER TABLE rollups ADD COLUMN cost_gpu_time REAL NOT NULL DEFAULT 0;
+    ALTER TABLE rollups ADD COLUMN cost_energy REAL NOT NULL DEFAULT 0;
+    ALTER TABLE rollups ADD COLUMN co2_g REAL NOT NULL DEFAULT 0;
+    ALTER TABLE rollups ADD COLUMN waste_cost REAL NOT NULL DEFAULT 0;
+    CREATE TABLE pricing_history (
+        since REAL PRIMARY KEY,
+        profile TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        gpu_hour_price REAL NOT NULL,
+        energy_price_kwh REAL NOT NULL,
+        pue REAL NOT NULL,
+        carbon_g_per_kwh REAL,
+        carbon_source TEXT NOT NULL DEFAULT '',
+        as_of TEXT NOT NULL DEFAULT '',
+        sources TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+    # Unknown is NULL, never 0: a run no hook times has NULL steps and samples, and a hook that
+    # counts no samples (no batch size) NULL samples. SQLite cannot drop NOT NULL in place, so
+    # the table is rebuilt; earlier rows that were unknown are marked so where the row says it.
+    3: """
+    CREATE TABLE runs_v3 (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        project TEXT NOT NULL DEFAULT '',
+        user TEXT NOT NULL DEFAULT '',
+        framework TEXT NOT NULL DEFAULT '',
+        framework_version TEXT NOT NULL DEFAULT '',
+        hook TEXT NOT NULL DEFAULT '',
+        host TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        steps INTEGER,
+        samples INTEGER,
+        dropped_steps INTEGER NOT NULL DEFAULT 0,
+        step_time_sum_s REAL NOT NULL DEFAULT 0,
+        step_time_p95_s REAL,
+        step_energy_sum_j REAL NOT NULL DEFAULT 0,
+        steps_with_energy INTEGER NOT NULL DEFAULT 0,
+        gpu_energy_j REAL,
+        gpu_seconds REAL NOT NULL DEFAULT 0,
+        gpu_power_peak_w REAL,
+        cpu_energy_j REAL NOT NULL DEFAULT 0,
+        gpu_source TEXT NOT NULL DEFAULT '',
+        energy_source TEXT NOT NULL DEFAULT '',
+        simulated INTEGER NOT NULL DEFAULT 0,
+        batch_size INTEGER,
+        total_steps INTEGER,
+        meta TEXT NOT NULL DEFAULT '{}',
+        currency TEXT NOT NULL DEFAULT '',
+        cost_gpu_time REAL NOT NULL DEFAULT 0,
+        cost_energy REAL NOT NULL DEFAULT 0,
+        co2_g REAL NOT NULL DEFAULT 0,
+        waste_cost REAL NOT NULL DEFAULT 0
+    );
+    INSERT INTO runs_v3 (
+        id, name, project, user, framework, framework_version, hook, host, status, started_at,
+        ended_at, steps, samples, dropped_steps, step_time_sum_s, step_time_p95_s,
+        step_energy_sum_j, steps_with_energy, gpu_energy_j, gpu_seconds, gpu_power_peak_w,
+        cpu_energy_j, gpu_source, energy_source, simulated, batch_size, total_steps, meta,
+        currency, cost_gpu_time, cost_energy, co2_g, waste_cost
+    ) SELECT
+        id, name, project, user, framework, framework_version, hook, host, status, started_at,
+        ended_at, steps, samples, dropped_steps, step_time_sum_s, step_time_p95_s,
+        step_energy_sum_j, steps_with_energy, gpu_energy_j, gpu_seconds, gpu_power_peak_w,
+        cpu_energy_j, gpu_source, energy_source, simulated, batch_size, total_steps, meta,
+        currency, cost_gpu_time, cost_energy, co2_g, waste_cost
+    FROM runs;
+    UPDATE runs_v3 SET samples = NULL
+        WHERE json_valid(meta) AND json_extract(meta, '$.samples_source') = 'none';
+    UPDATE runs_v3 SET steps = NULL, samples = NULL WHERE steps = 0 AND hook LIKE 'profiler.%';
+    DROP TABLE runs;
+    ALTER TABLE runs_v3 RENAME TO runs;
+    CREATE INDEX runs_started ON runs(started_at);
+    """,
+    # The recovery-file records merged (one token per record line), written in the merge's own
+    # transaction: a record is never merged twice (its rollups would count twice).
+    4: """
+    CREATE TABLE recovery_merges (
+        token TEXT PRIMARY KEY,
+        merged_at REAL NOT NULL
+    );
+    """,
+}
+
+
+class LedgerError(Exception):
+    """The ledger cannot be used; the message says which file and what to do. ``repaired``
+    names the tables a failed write found missing and re-created (empty): the caller may write
+    again, everything it holds."""
+
+    def __init__(self, message: str, repaired: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.repaired = repaired
+
+
+# What a failed statement may raise: SQLite's errors, and integers beyond 64 bits or text
+# SQLite cannot take (raised by the sqlite3 module before SQLite sees them).
+_DB_ERRORS = (sqlite3.Error, OverflowError, ValueError)
+
+
+@cache
+def _schema(version: int) -> dict[str, tuple[str, str]]:
+    """The tables and indexes of a ledger at schema ``version``: name -> (type, CREATE SQL),
+    read from an in-memory database built by the migrations themselves."""
+    db = sqlite3.connect(":memory:")
+    try:
+        for step in range(1, version + 1):
+            db.executescript(_MIGRATIONS[step])
+        return {
+            name: (kind, sql)
+            for kind, name, sql in db.execute(
+                "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid"
+            )
+        }
+    finally:
+        db.close()
+
+
+@dataclass
+class Rollup:
+    """Additions to one run's minute (unix seconds of the minute's start).
+
+    ``steps`` and ``samples`` stay 0 in the minutes of a run whose steps or samples are unknown
+    (the daemon adds to them only for a step a hook timed): readers never show those zeros, as
+    the run's row says unknown (``runs.steps``/``runs.samples`` NULL) and the report reads a
+    run's rollup counts only when its row knows them
+    (:func:`profiler.report.monthly._month_runs`)."""
+
+    run_id: str
+    minute: int
+    gpu_energy_j: float = 0.0
+    cpu_energy_j: float = 0.0
+    gpu_seconds: float = 0.0
+    steps: int = 0
+    samples: int = 0
+    cost_gpu_time: float = 0.0
+    cost_energy: float = 0.0
+    co2_g: float = 0.0
+    waste_cost: float = 0.0
+
+
+ROLLUP_SUMS = (
+    "gpu_energy_j", "cpu_energy_j", "gpu_seconds", "steps", "samples", "cost_gpu_time",
+    "cost_energy", "co2_g", "waste_cost",
+)  # fmt: skip
+
+RUN_COLUMNS = (
+    "id", "name", "project", "user", "framework", "framework_version", "hook", "host", "status",
+    "started_at", "ended_at", "steps", "samples", "dropped_steps", "step_time_sum_s",
+    "step_time_p95_s", "step_energy_sum_j", "steps_with_energy", "gpu_energy_j", "gpu_seconds",
+    "gpu_power_peak_w", "cpu_energy_j", "gpu_source", "energy_source", "simulated", "batch_size",
+    "total_steps", "meta", "currency", "cost_gpu_time", "cost_energy", "co2_g", "waste_cost",
+)  # fmt: skip
+
+
+class Ledger:
+    """One SQLite file. Not thread-safe: the daemon's main loop is its only writer."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly and not self.path.exists():
+            raise LedgerError(f"no ledger at {self.path}: start the daemon or run a job first")
+        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        if not readonly and not self.path.exists():
+            # Owner-only from the first byte; SQLite gives its -wal/-shm files the same mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            self.db = sqlite3.connect(uri, uri=True, timeout=10)
+            self.db.row_factory = sqlite3.Row
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(readonly)
+            missing = self.missing_tables()
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(
+                f"{self.path} is not a usable ledger ({e}); move it aside to start a new one"
+            ) from e
+        # The file this connection writes: a ledger deleted or replaced under a running daemon
+        # is found by comparing it with what the path names now (:meth:`gone`).
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+        # Tables found missing at open and re-created empty (a writable ledger only).
+        self.repaired: tuple[str, ...] = ()
+        if missing and readonly:
+            raise LedgerError(
+                f"{self.path} is missing its {', '.join(missing)} table"
+                f"{'s' if len(missing) > 1 else ''}: start the daemon to re-create "
+                "it, or move the file aside"
+            )
+        if missing:
+            try:
+                self.repaired = self.repair()
+            except sqlite3.Error as e:  # a read-only or full disk: the tables cannot be made
+                self.db.close()
+                raise LedgerError(
+                    f"{self.path} is missing its {', '.join(missing)} table"
+                    f"{'s' if len(missing) > 1 else ''} and cannot re-create "
+                    f"{'them' if len(missing) > 1 else 'it'} ({e}): free space or make the "
+                    "file writable, or move it aside"
+                ) from e
+
+    def _migrate(self, readonly: bool) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path} has ledger schema {version}, newer than this profiler "
+                f"({SCHEMA_VERSION}): upgrade the profiler"
+            )
+        if version == SCHEMA_VERSION or readonly:
+            return
+        if version == 0:
+            tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables:
+                raise LedgerError(
+                    f"{self.path} is an SQLite file but not a profiler ledger; "
+                    "move it aside or set PROFILER_HOME elsewhere"
+                )
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            # One transaction per step, version included: a migration stopped half-way leaves
+            # the file as it was (executescript would otherwise commit statement by statement).
+            self.db.executescript(
+                f"BEGIN;\n{_MIGRATIONS[step]}\nPRAGMA user_version = {step};\nCOMMIT;"
+            )
+
+    def missing_tables(self) -> tuple[str, ...]:
+        """Tables the file's schema version should have but does not (dropped by hand)."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        have = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+        return tuple(
+            name
+            for name, (kind, _sql) in _schema(min(version, SCHEMA_VERSION)).items()
+            if kind == "table" and name not in have
+        )
+
+    def repair(self) -> tuple[str, ...]:
+        """Re-create missing tables (and their indexes), empty, in one transaction; returns
+        their names. What the dropped tables held is gone; nothing else is touched."""
+        missing = self.missing_tables()
+        if not missing:
+            return ()
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        have = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+        statements = [
+            sql
+            for name, (_kind, sql) in _schema(min(version, SCHEMA_VERSION)).items()
+            if name not in have
+        ]
+        self.db.executescript("BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT;")
+        return missing
+
+    def gone(self) -> str | None:
+        """Why the path no longer names the file this ledger writes (``deleted`` or
+        ``replaced``), or None while it does."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        except OSError:
+            return None  # cannot tell (permissions): the write itself will say
+        return None if (st.st_dev, st.st_ino) == self._identity else "replaced"
+
+    def close(self) -> None:
+        self.db.close()
+
+    def write(
+        self,
+        runs: Iterable[dict[str, Any]],
+        devices: Iterable[tuple[str, str, str, float, float]],
+        rollups: Iterable[Rollup],
+        idle: Iterable[tuple[str, int, float]],
+        merged: Iterable[str] = (),
+    ) -> None:
+        """Write run rows (the columns each row has replace the stored ones), per-device run
+        totals (replacing) and add rollups, all in one transaction. ``devices`` rows are
+        (run_id, uuid, model, joules, seconds); ``idle`` rows are (uuid, minute, joules);
+        ``merged`` are recovery-file record tokens recorded as merged in the same transaction
+        (:meth:`merged_tokens`).
+
+        Raises :class:`LedgerError` when nothing was written (the transaction is rolled back);
+        when the cause was a missing table, it is re-created and named in ``repaired``."""
+        try:
+            self._write(runs, devices, rollups, idle, merged)
+        except _DB_ERRORS as e:
+            try:
+                repaired = self.repair()
+            except sqlite3.Error:
+                repaired = ()
+            if repaired:
+                raise LedgerError(
+                    f"{self.path} had lost its {', '.join(repaired)} table(s), re-created empty",
+                    repaired,
+                ) from e
+            raise LedgerError(f"cannot write {self.path} ({e})") from e
+
+    def _write(
+        self,
+        runs: Iterable[dict[str, Any]],
+        devices: Iterable[tuple[str, str, str, float, float]],
+        rollups: Iterable[Rollup],
+        idle: Iterable[tuple[str, int, float]],
+        merged: Iterable[str] = (),
+    ) -> None:
+        with self.db:
+            for run in runs:
+                columns = [c for c in RUN_COLUMNS if c in run]
+                updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c != "id")
+                self.db.execute(
+                    f"INSERT INTO runs ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' for _ in columns)}) "
+                    f"ON CONFLICT(id) DO UPDATE SET {updates}",
+                    [_column(run, c) for c in columns],
+                )
+            self.db.executemany(
+                "INSERT INTO run_devices (run_id, uuid, model, energy_j, gpu_seconds) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(run_id, uuid) DO UPDATE SET "
+                "model=excluded.model, energy_j=excluded.energy_j, "
+                "gpu_seconds=excluded.gpu_seconds",
+                list(devices),
+            )
+            self.db.executemany(
+                f"INSERT INTO rollups (run_id, minute, {', '.join(ROLLUP_SUMS)}) "
+                f"VALUES (?, ?, {', '.join('?' for _ in ROLLUP_SUMS)}) "
+                "ON CONFLICT(run_id, minute) DO UPDATE SET "
+                + ", ".join(f"{c}={c}+excluded.{c}" for c in ROLLUP_SUMS),
+                [(r.run_id, r.minute, *(getattr(r, c) for c in ROLLUP_SUMS)) for r in rollups],
+            )
+            self.db.executemany(
+                "INSERT INTO idle_rollups (uuid, minute, energy_j) VALUES (?, ?, ?) "
+                "ON CONFLICT(uuid, minute) DO UPDATE SET energy_j=energy_j+excluded.energy_j",
+                list(idle),
+            )
+            self.db.executemany(
+                "INSERT INTO recovery_merges (token, merged_at) VALUES (?, ?)",
+                [(token, time.time()) for token in merged],
+            )
+
+    def merged_tokens(self, tokens: Iterable[str]) -> set[str]:
+        """Which of these recovery-file record tokens the ledger has merged already.
+        Raises :class:`LedgerError` when the file cannot answer."""
+        wanted = list(tokens)
+        done: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            done.update(
+                r["token"]
+                for r in self.query(
+                    "SELECT token FROM recovery_merges WHERE token IN "
+                    f"({', '.join('?' for _ in chunk)})",
+                    chunk,
+                )
+            )
+        return done
+
+    def runs(
+        self, *, status: str | None = None, run_id: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Runs, newest first, as dicts (``meta`` decoded, per-device totals under ``devices``)."""
+        where, args = [], []
+        for column, value in (("status", status), ("id", run_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY started_at DESC"
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self.query(sql, args)
+        for row in rows:
+            row["meta"] = json.loads(row["meta"] or "{}")
+            row["devices"] = self.query(
+                "SELECT uuid, model, energy_j, gpu_seconds FROM run_devices WHERE run_id = ? "
+                "ORDER BY uuid",
+                (row["id"],),
+            )
+        return rows
+
+    def query(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of a read as dicts; :class:`LedgerError` with one line when the file cannot
+        answer (a missing table, a corrupt page, a lock held too long)."""
+        try:
+            return [dict(r) for r in self.db.execute(sql, tuple(args))]
+        except sqlite3.Error as e:
+            raise LedgerError(
+                f"cannot read {self.path} ({e}); if it is damaged, move it aside"
+            ) from e
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        found = self.runs(run_id=run_id)
+        return found[0] if found else None
+
+    def rollups(self, run_id: str) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM rollups WHERE run_id = ? ORDER BY minute", (run_id,))
+
+    def record_pricing(self, since: float, pricing: Any) -> None:
+        """Remember the pricing in force from ``since`` (unix seconds), unless it is the same
+        as the latest one recorded. Raises :class:`LedgerError` when the file cannot be written."""
+        fields = (
+            pricing.profile, pricing.kind, pricing.currency, pricing.gpu_hour_price,
+            pricing.energy_price_kwh, pricing.pue, pricing.carbon_g_per_kwh,
+            pricing.carbon_source, pricing.as_of,
+        )  # fmt: skip
+        last = self.query(
+            "SELECT profile, kind, currency, gpu_hour_price, energy_price_kwh, pue, "
+            "carbon_g_per_kwh, carbon_source, as_of FROM pricing_history "
+            "ORDER BY since DESC LIMIT 1"
+        )
+        if last and tuple(last[0].values()) == fields:
+            return
+        try:
+            with self.db:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO pricing_history "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (since, *fields, json.dumps(pricing.sources, sort_keys=True)),
+                )
+        except _DB_ERRORS as e:
+            raise LedgerError(f"cannot record the pricing in {self.path} ({e})") from e
+
+    def pricing_history(self) -> list[dict[str, Any]]:
+        """Every pricing the daemon used, oldest first (``since`` in unix seconds)."""
+        rows = self.query("SELECT * FROM pricing_history ORDER BY since")
+        for row in rows:
+            row["sources"] = json.loads(row["sources"] or "{}")
+        return rows
+
+    def idle_energy_j(self) -> dict[str, float]:
+        return {
+            r["uuid"]: r["total"]
+            for r in self.query(
+                "SELECT uuid, sum(energy_j) AS total FROM idle_rollups GROUP BY uuid"
+            )
+        }
+
+
+def _column(row: dict[str, Any], column: str) -> Any:
+    value = row.get(column)
+    if column == "meta":
+        return json.dumps(value or {}, sort_keys=True)
+    if column == "simulated":
+        return int(bool(value))
+    return value
