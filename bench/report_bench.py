@@ -24,7 +24,9 @@ if __package__ in (None, ""):  # run as a file: python bench/report_bench.py
 
 from bench.common import Figure, bench_main, progress  # noqa: E402
 from profiler.ledger.store import Ledger, Rollup  # noqa: E402
-from profiler.report.monthly import FORMATS, GROUP_KEYS, build_report, render  # noqa: E402
+from profiler.report.model import GROUP_KEYS  # noqa: E402
+from profiler.report.monthly import build_report  # noqa: E402
+from profiler.report.render import FORMATS, render  # noqa: E402
 
 TARGET_S = 5.0
 MINUTES_PER_RUN = 200  # 5,000 runs x 200 minutes = 1M rollups

@@ -1,4 +1,4 @@
-"""The real daemon (``profiler.daemon.core.Service`` around ``Daemon``, configured from the
+"""The real daemon (``profiler.daemon.service.Service`` around ``Daemon``, configured from the
 environment like ``profiler daemon``) on a *scripted* simulated GPU anchored at a given
 monotonic time, so a benchmark knows the exact energy every device drew.
 
@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a file
 
 from bench.simgpu import make_sim  # noqa: E402
 from profiler.config import load_config  # noqa: E402
-from profiler.daemon.core import build_daemon, serve  # noqa: E402
+from profiler.daemon.service import build_daemon, serve  # noqa: E402
 from profiler.sensors.nvml import NvmlSensor  # noqa: E402
 from profiler.sensors.simulated import SimulatedNVML  # noqa: E402
 

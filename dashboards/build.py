@@ -1,11 +1,13 @@
-"""Builds the Grafana dashboards in this folder: `python dashboards/build.py` rewrites
-training-run.json and fleet-month.json. Queries use only series the daemon exports
+"""Builds the Grafana dashboards: `python dashboards/build.py` rewrites training-run.json and
+fleet-month.json in profiler/dashboards/, where the package ships them (`profiler dashboards
+push` finds them there in a checkout and in an installed wheel; deploy/docker-compose.yml
+mounts that folder into Grafana). Queries use only series the daemon exports
 (tests/deploy/test_dashboards.py checks that, and runs every query against a real Prometheus)."""
 
 import json
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+OUT = Path(__file__).resolve().parents[1] / "profiler" / "dashboards"
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 _id = [0]
@@ -343,5 +345,5 @@ fleet = {
     "annotations": {"list": []},
     "panels": layout(fleet_panels),
 }
-json.dump(training, open(HERE / "training-run.json", "w"), indent=2)
-json.dump(fleet, open(HERE / "fleet-month.json", "w"), indent=2)
+json.dump(training, open(OUT / "training-run.json", "w"), indent=2)
+json.dump(fleet, open(OUT / "fleet-month.json", "w"), indent=2)

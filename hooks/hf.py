@@ -36,18 +36,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 import transformers
 from transformers import TrainerCallback
 
 from hooks.client import Client
-from hooks.pytorch import CallbackRuns, _Tracked
-from hooks.runid import default_name, hello_fields, job_run_id
-
-
-def _gpu_uuid(index: int) -> str:
-    uuid = str(torch.cuda.get_device_properties(index).uuid)
-    return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+from hooks.options import RunOptions
+from hooks.pytorch import CallbackRuns, TrackedRun
+from hooks.torch_cuda import gpu_uuid
 
 
 class EnergyCallback(TrainerCallback, CallbackRuns):
@@ -65,12 +60,10 @@ class EnergyCallback(TrainerCallback, CallbackRuns):
         run_id: str | None = None,
         user: str | None = None,
     ) -> None:
-        self.name = name
-        self.project = project
-        self.user = user
-        self.base_run_id = job_run_id(name or default_name(), run_id)
+        self.options = RunOptions(name=name, project=project, run_id=run_id, user=user)
+        self.base_run_id = self.options.job_run_id()
         self.trains = 0
-        self._run: _Tracked | None = None
+        self._run: TrackedRun | None = None
         self._micro_batches = 0
         self._pending: tuple[float, int] | None = None  # (end, samples) of a step awaiting its loss
         self._errors = 0
@@ -84,10 +77,7 @@ class EnergyCallback(TrainerCallback, CallbackRuns):
             self.trains += 1
             rid = self.base_run_id if self.trains == 1 else f"{self.base_run_id}-{self.trains}"
             remaining = (state.max_steps or 0) - state.global_step
-            fields = hello_fields(
-                name=self.name,
-                project=self.project,
-                user=self.user,
+            fields = self.options.hello_fields(
                 framework="transformers",
                 framework_version=transformers.__version__,
                 hook="hf.EnergyCallback",
@@ -96,13 +86,13 @@ class EnergyCallback(TrainerCallback, CallbackRuns):
                 samples_source="config",
                 ranks=(args.process_index, args.local_process_index, args.world_size),
             )
-            self._run = _Tracked(Client(rid, fields), None)
+            self._run = TrackedRun(Client(rid, fields), None)
             self._micro_batches = 0
             self._pending = None
             if args.device.type == "cuda":
-                self._run._check_cuda()
+                self._run.check_cuda()
                 if args.n_gpu > 1:  # nn.DataParallel over every visible GPU
-                    devices = [_gpu_uuid(i) for i in range(args.n_gpu)]
+                    devices = [gpu_uuid(i) for i in range(args.n_gpu)]
                     self._run.client.update_hello(devices=devices)
         except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
             self._errors += 1

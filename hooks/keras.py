@@ -51,8 +51,8 @@ from collections.abc import Callable
 from typing import Any
 
 from hooks.client import Client
+from hooks.options import RunOptions
 from hooks.recorder import DeviceClock, MemoryProbe, StepRecorder
-from hooks.runid import hello_fields, job_run_id
 
 HOOK = "keras.EnergyCallback"
 
@@ -89,12 +89,7 @@ class EnergyCallback:
         run_id: str | None = None,
         user: str | None = None,
     ) -> None:
-        self.name = name
-        self.project = project
-        self.batch_size = batch_size
-        self.total_steps = total_steps
-        self.user = user
-        self._run_id = run_id
+        self.options = RunOptions(name, project, batch_size, total_steps, run_id, user)
         self.params: dict[str, Any] = {}
         self.validation_data = None
         self._model: Any = None
@@ -272,23 +267,21 @@ class EnergyCallback:
         steps = _positive_int(self.params.get("steps"))
         epochs = _positive_int(self.params.get("epochs"))
         self._steps_per_epoch = steps
-        total = self.total_steps or (steps * epochs if steps and epochs else None)
+        options = self.options
+        total = options.total_steps or (steps * epochs if steps and epochs else None)
         probe, clock, device_fields = _device_setup(framework)
-        fields = hello_fields(
-            name=self.name,
-            project=self.project,
-            user=self.user,
+        fields = options.hello_fields(
             framework=framework,
             framework_version=version,
             hook=HOOK,
-            batch_size=self.batch_size,
+            batch_size=options.batch_size,
             total_steps=total,
-            samples_source="argument" if self.batch_size else "none",
+            samples_source="argument" if options.batch_size else "none",
             **device_fields,
         )
-        client = Client(job_run_id(fields["name"], self._run_id), fields)
+        client = Client(options.job_run_id(), fields)
         self._recorder = StepRecorder(
-            client, batch_size=self.batch_size, device_clock=clock, memory_probe=probe
+            client, batch_size=options.batch_size, device_clock=clock, memory_probe=probe
         )
         self._defer = framework == "tf_keras"
         self._begin_index = None
@@ -446,7 +439,7 @@ def _device_setup(framework: str) -> tuple[MemoryProbe | None, DeviceClock | Non
 
         # Keras builds the model's variables on the device before fit(), so CUDA is in use by now.
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            from hooks.pytorch import CudaEventClock, cuda_device_uuid, torch_cuda_memory
+            from hooks.torch_cuda import CudaEventClock, cuda_device_uuid, torch_cuda_memory
 
             uuid = cuda_device_uuid()
             fields = {

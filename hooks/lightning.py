@@ -43,8 +43,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from hooks.client import Client
-from hooks.pytorch import CallbackRuns, _Tracked
-from hooks.runid import default_name, hello_fields, job_run_id
+from hooks.options import RunOptions
+from hooks.pytorch import CallbackRuns, TrackedRun
 
 
 def _callback_bases() -> tuple[type, ...]:
@@ -109,13 +109,12 @@ class EnergyCallback(*_callback_bases(), CallbackRuns):
         user: str | None = None,
     ) -> None:
         super().__init__()
-        self.name = name
-        self.project = project
-        self.batch_size = batch_size
-        self.user = user
-        self.base_run_id = job_run_id(name or default_name(), run_id)
+        self.options = RunOptions(
+            name=name, project=project, batch_size=batch_size, run_id=run_id, user=user
+        )
+        self.base_run_id = self.options.job_run_id()
         self.fits = 0
-        self._run: _Tracked | None = None
+        self._run: TrackedRun | None = None
         self._last_global_step = 0
         self._step_open = False
         self._samples = 0
@@ -139,22 +138,20 @@ class EnergyCallback(*_callback_bases(), CallbackRuns):
             self.fits += 1
             rid = self.base_run_id if self.fits == 1 else f"{self.base_run_id}-{self.fits}"
             package = type(trainer).__module__.split(".")[0]  # lightning or pytorch_lightning
-            fields = hello_fields(
-                name=self.name,
-                project=self.project,
-                user=self.user,
+            batch_size = self.options.batch_size
+            fields = self.options.hello_fields(
                 framework="lightning",
                 framework_version=str(getattr(sys.modules.get(package), "__version__", "")),
                 hook=f"{package}.EnergyCallback",
-                batch_size=(self.batch_size or 0) * trainer.accumulate_grad_batches,
+                batch_size=(batch_size or 0) * trainer.accumulate_grad_batches,
                 total_steps=None,
-                samples_source="argument" if self.batch_size else "none",
+                samples_source="argument" if batch_size else "none",
                 ranks=(trainer.global_rank, trainer.local_rank, trainer.world_size),
             )
-            self._run = _Tracked(Client(rid, fields), self.batch_size)
+            self._run = TrackedRun(Client(rid, fields), batch_size)
             self._source = None
             if pl_module.device.type == "cuda":
-                self._run._check_cuda()
+                self._run.check_cuda()
         except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
             self._errors += 1
 
@@ -205,7 +202,7 @@ class EnergyCallback(*_callback_bases(), CallbackRuns):
                 self._source = "batch" if size is not None else "argument"
                 if size is not None:
                     run.client.update_hello(samples_source="batch")
-            self._samples += size if size is not None else (self.batch_size or 0)
+            self._samples += size if size is not None else (self.options.batch_size or 0)
         except Exception:  # noqa: BLE001 - the hook boundary
             self._errors += 1
 

@@ -62,49 +62,11 @@ from torch.optim.optimizer import (
 )
 
 from hooks.client import Client
+from hooks.options import RunOptions
 from hooks.recorder import StepRecorder
-from hooks.runid import hello_fields, job_run_id
+from hooks.torch_cuda import CudaEventClock, cuda_device_uuid, torch_cuda_memory
 
 FLUSH_INTERVAL_S = 0.1
-
-
-class CudaEventClock:
-    """:class:`hooks.recorder.DeviceClock` on CUDA events of the current stream."""
-
-    def mark(self) -> Any:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def done(self, token: Any) -> bool:
-        return token.query()
-
-    def elapsed_s(self, earlier: Any, later: Any) -> float:
-        return earlier.elapsed_time(later) / 1000.0
-
-    def wait(self, token: Any) -> None:
-        token.synchronize()
-
-
-def torch_cuda_memory() -> tuple[int | None, int | None, int | None] | None:
-    """This process's CUDA caching-allocator memory on the current device, in bytes:
-    ``(allocated, peak allocated, reserved)``; None before CUDA is initialised."""
-    if not torch.cuda.is_initialized():
-        return None
-    stats = torch.cuda.memory_stats()
-    return (
-        stats.get("allocated_bytes.all.current"),
-        stats.get("allocated_bytes.all.peak"),
-        stats.get("reserved_bytes.all.current"),
-    )
-
-
-def cuda_device_uuid() -> str | None:
-    """The NVML-style UUID (``GPU-...``) of the current CUDA device, if CUDA is initialised."""
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
-        return None
-    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
-    return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
 
 
 def _is_last(handle: Any) -> bool:
@@ -196,11 +158,14 @@ class _GlobalHooks:
 
 _global_hooks = _GlobalHooks()
 # This process's live runs (for a forked child to silence the ones it inherits).
-_runs: weakref.WeakSet[_Tracked] = weakref.WeakSet()
+_runs: weakref.WeakSet[TrackedRun] = weakref.WeakSet()
 
 
-class _Tracked:
-    """A run in this process: the recorder, the CUDA switch-over and the run's end.
+class TrackedRun:
+    """A run in this process: the recorder, the CUDA switch-over and the run's end. The public
+    base of every torch-based hook: :class:`TrackHandle`, :class:`StepTimer` and the Lightning
+    and Hugging Face callbacks, which feed :attr:`recorder` themselves and call
+    :meth:`check_cuda` once they know the model is on CUDA.
 
     The run ends once: by :meth:`stop` (or :meth:`release`), whichever comes first, from any
     thread; later calls do nothing. In a forked child an inherited run is silent for good."""
@@ -232,9 +197,10 @@ class _Tracked:
     def dropped_total(self) -> int:
         return self.client.dropped_total
 
-    def _check_cuda(self) -> None:
-        """Once, after the first step: if the training uses CUDA, time steps with CUDA events,
-        read framework memory and declare the device."""
+    def check_cuda(self) -> None:
+        """Once, after the first step (or at the start, for a hook that knows the model is on
+        CUDA): if the training uses CUDA, time steps with CUDA events, read framework memory and
+        declare the device."""
         self._cuda_checked = True
         uuid = cuda_device_uuid()
         if uuid is None:
@@ -310,10 +276,10 @@ class _Tracked:
 
 
 class CallbackRuns:
-    """For framework callbacks that start a :class:`_Tracked` run per fit/train: what a user or
+    """For framework callbacks that start a :class:`TrackedRun` per fit/train: what a user or
     test reads. Expects ``_run``, ``base_run_id`` and ``_errors`` on the instance."""
 
-    _run: _Tracked | None
+    _run: TrackedRun | None
     base_run_id: str
     _errors: int
 
@@ -333,7 +299,7 @@ class CallbackRuns:
         return self._errors + (self._run.errors if self._run else 0)
 
 
-class TrackHandle(_Tracked):
+class TrackHandle(TrackedRun):
     """A run tracked through the optimizer's steps. Use as a context manager or call
     :meth:`stop`.
 
@@ -370,7 +336,7 @@ class TrackHandle(_Tracked):
                 return
             self.recorder.end()
             if not self._cuda_checked:
-                self._check_cuda()
+                self.check_cuda()
                 if self.recorder.device_clock is None and self.recorder.memory_probe is None:
                     # torch is done with this optimizer's own post hooks for this step
                     _global_hooks.leave(self)
@@ -428,7 +394,7 @@ class StepMark:
     loss: Any = None
 
 
-class StepTimer(_Tracked):
+class StepTimer(TrackedRun):
     """A run whose steps the code marks itself::
 
     with timer.step(samples=len(batch)) as step:
@@ -444,7 +410,7 @@ class StepTimer(_Tracked):
         live = not self._stopped
         try:
             if live and not self._cuda_checked and self.recorder.steps == 0:
-                self._check_cuda()
+                self.check_cuda()
             if live:
                 self.recorder.begin()
         except Exception:  # noqa: BLE001 - the hook boundary
@@ -467,8 +433,9 @@ class StepTimer(_Tracked):
         run_id: str | None = None,
         user: str | None = None,
     ) -> None:
-        fields = _fields(name, project, user, batch_size, total_steps, "pytorch.StepTimer")
-        super().__init__(Client(job_run_id(fields["name"], run_id), fields), batch_size)
+        options = RunOptions(name, project, batch_size, total_steps, run_id, user)
+        fields = _hello(options, "pytorch.StepTimer")
+        super().__init__(Client(options.job_run_id(), fields), batch_size)
 
 
 def track(
@@ -492,8 +459,9 @@ def track(
     in the new handle); no step is counted twice. Never raises into training.
     """
     global _current
-    fields = _fields(name, project, user, batch_size, total_steps, "pytorch.track")
-    client = Client(job_run_id(fields["name"], run_id), fields)
+    options = RunOptions(name, project, batch_size, total_steps, run_id, user)
+    fields = _hello(options, "pytorch.track")
+    client = Client(options.job_run_id(), fields)
     previous = _current
     if previous is not None and not previous.stopped:
         if previous.run_id == client.run_id:
@@ -536,8 +504,9 @@ class AutoTrack:
         try:
             handle = self.handle
             if handle is None:
-                fields = _fields(None, "", None, None, None, "pytorch.auto")
-                client = Client(job_run_id(fields["name"]), fields)
+                options = RunOptions()
+                fields = _hello(options, "pytorch.auto")
+                client = Client(options.job_run_id(), fields)
                 handle = self.handle = TrackHandle(client, None, auto=True)
             if not handle.fast:
                 handle._pre(optimizer, args, kwargs)
@@ -569,7 +538,7 @@ _auto: AutoTrack | None = None
 
 
 def _forget_inherited() -> None:
-    """In a forked child: the runs it inherits are its parent's (see :class:`_Tracked`); the
+    """In a forked child: the runs it inherits are its parent's (see :class:`TrackedRun`); the
     automatic hook goes off (the child's steps would count twice as the parent's rank)."""
     global _current
     _current = None
@@ -596,22 +565,13 @@ def _hand_over_auto() -> None:
         _auto.hand_over()
 
 
-def _fields(
-    name: str | None,
-    project: str,
-    user: str | None,
-    batch_size: int | None,
-    total_steps: int | None,
-    hook: str,
-) -> dict[str, Any]:
-    return hello_fields(
-        name=name,
-        project=project,
-        user=user,
+def _hello(options: RunOptions, hook: str) -> dict[str, Any]:
+    """The ``hello`` fields of a torch hook's run (``hook``: which one)."""
+    return options.hello_fields(
         framework="pytorch",
         framework_version=torch.__version__,
         hook=hook,
-        batch_size=batch_size,
-        total_steps=total_steps,
-        samples_source="argument" if batch_size else "none",
+        batch_size=options.batch_size,
+        total_steps=options.total_steps,
+        samples_source="argument" if options.batch_size else "none",
     )

@@ -60,10 +60,7 @@ VERSION = 1
 MAX_DATAGRAM_BYTES = 65_000
 HELLO_EVERY_S = 5.0
 SOCKET_NAME = "daemon.sock"
-MESSAGE_TYPES = ("hello", "step", "bye")
 BYE_STATUSES = ("finished", "failed", "interrupted")
-CLOCKS = ("host_monotonic", "cuda_event")
-SAMPLES_SOURCES = ("batch", "argument", "config", "none")
 
 
 def default_home() -> Path:

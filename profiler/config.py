@@ -18,6 +18,7 @@ from typing import Any
 
 from hooks.runid import LABEL_MAX_CHARS, label_problem
 from hooks.wire import default_home, socket_path
+from profiler.sensors.gpu_spec import parse_gpu_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,11 +124,7 @@ def _host(value: Any) -> str:
 
 def _gpu(value: Any) -> str:
     text = str(value).strip()
-    head = text.split(":", 1)[0]
-    if head not in ("auto", "nvml", "none", "simulated"):
-        raise ValueError("auto, nvml, none, or simulated[:MODEL[:COUNT]]")
-    if head != "simulated" and ":" in text:
-        raise ValueError("auto, nvml, none, or simulated[:MODEL[:COUNT]]")
+    parse_gpu_spec(text)  # ValueError when not the grammar
     return text
 
 
@@ -145,7 +142,7 @@ def _url(value: Any) -> str:
 
 
 def _group(value: Any) -> str:
-    from profiler.ingest.messages import group_id
+    from profiler.ingest.receiver import group_id
 
     text = str(value).strip()
     if isinstance(value, bool) or not text:
@@ -289,7 +286,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _belongs(key: str, known: set[str]) -> str:
     """Where a misplaced key belongs, or the nearest known key, or the known keys."""
-    from profiler.cost.pricing import COST_KEYS, ONPREM_KEYS
+    from profiler.cost.settings import COST_KEYS, ONPREM_KEYS
 
     if key in COST_KEYS:
         return ": it belongs under [cost] (write [cost] above it; see `profiler prices`)"

@@ -30,8 +30,10 @@ def test_keras_hook_imports_no_framework_until_training():
 def test_daemon_side_never_imports_frameworks():
     loaded = loaded_after(
         "import profiler.cli.main, profiler.daemon.core, profiler.daemon.exporter, "
+        "profiler.cli.daemon_cmds, profiler.cli.report_cmds, profiler.cli.run, "
+        "profiler.cli.attach, "
         "profiler.sensors.nvml, "
         "profiler.sensors.simulated, profiler.cli.demo; "
-        "from profiler.daemon.core import build_daemon; from profiler.config import load_config"
+        "from profiler.daemon.service import build_daemon; from profiler.config import load_config"
     )
     assert [m for m in loaded if m not in ("prometheus_client",)] == []

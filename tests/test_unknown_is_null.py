@@ -148,7 +148,7 @@ def test_report_counts_unknown_runs_instead_of_adding_zero(daemon, tmp_path):
 
 
 def test_a_restored_run_keeps_null(tmp_path):
-    from profiler.daemon.core import _run_from_row
+    from profiler.ledger.rows import run_from_row as _run_from_row
 
     ledger = Ledger(tmp_path / "l.sqlite")
     meta = {"steps_known": False, "samples_source": "", "start_mono": 1.0}
@@ -162,7 +162,7 @@ def test_a_restored_run_keeps_null(tmp_path):
 
 
 def test_a_schema_2_ledger_marks_unknown_rows_null(tmp_path):
-    from profiler.ledger.store import _MIGRATIONS
+    from profiler.ledger.schema import MIGRATIONS as _MIGRATIONS
 
     path = tmp_path / "v2.sqlite"
     db = sqlite3.connect(path)

@@ -15,12 +15,12 @@ import sys
 import pytest
 from conftest import run_cli, sample_value, start_daemon, wait_for
 
-from profiler.cli.main import read_runs
+from profiler.cli.run_records import read_runs
 from profiler.config import load_config
 from profiler.ledger.store import Ledger, Rollup
 from profiler.report.compare import compare, render
 from profiler.report.monthly import build_report
-from profiler.report.monthly import render as render_report
+from profiler.report.render import render as render_report
 
 UTC = dt.timezone.utc
 NOV = dt.datetime(2026, 11, 1, tzinfo=UTC).timestamp()

@@ -7,6 +7,7 @@ daemon keeps running afterwards (``profiler stop`` stops it), serving ``/metrics
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import subprocess
@@ -15,8 +16,10 @@ import time
 from typing import Any
 
 from hooks.runid import run_id_from_env
-from profiler.cli.main import CliError, daemon_status, read_runs
+from profiler.cli.errors import CliError
+from profiler.cli.run_records import read_runs
 from profiler.config import Config
+from profiler.daemon.control import daemon_status
 from profiler.daemon.lock import home_error
 
 DEFAULT_DEMO_GPU = "simulated:A100-SXM4-40GB:1"
@@ -168,3 +171,8 @@ def format_summary(run: dict[str, Any], status: dict[str, Any], config: Config) 
     elif run["gpu_energy_j"] is None:
         lines.append("  NOTE: no GPU was sampled, so GPU energy is unsupported (not zero).")
     return "\n".join(lines)
+
+
+def cmd_demo(config: Config, args: argparse.Namespace) -> int:
+    """``profiler demo [--seconds S] [--gpu SPEC]``."""
+    return run_demo(config, seconds=args.seconds, gpu=args.gpu)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from profiler.cost.pricing import MARKETS, TARIFFS, Pricing, stale_figures
+from profiler.cost.catalog import MARKETS, TARIFFS
+from profiler.cost.pricing import Pricing
+from profiler.cost.staleness import stale_figures
 
 
 def _num(value: float, digits: int = 6) -> str:

@@ -9,6 +9,7 @@ stays light over a slow SSH link.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import io
 import math
@@ -25,8 +26,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from profiler.cli.errors import CliError
 from profiler.config import Config
-from profiler.report.monthly import display_text
+from profiler.report.text import display_text
+from profiler.units import JOULES_PER_KWH
 
 DASH = "-"
 FETCH_ERRORS = (OSError, http.client.HTTPException, ValueError)
@@ -176,7 +179,7 @@ def _energy(j: float | None) -> str:
         return DASH
     if j < 1e3:
         return f"{j:.0f} J"
-    return f"{j / 3600:.2f} Wh" if j < 3.6e6 else f"{j / 3.6e6:.3f} kWh"
+    return f"{j / 3600:.2f} Wh" if j < JOULES_PER_KWH else f"{j / JOULES_PER_KWH:.3f} kWh"
 
 
 def _money(v: float | None, currency: str, suffix: str = "") -> str:
@@ -207,7 +210,7 @@ def _when(end: float | None, wall: float) -> str:
 def _plain(text: str, style: str = "") -> Text:
     """Text from the daemon (names, ids, models, host) as it reads: never rich markup (a name
     like ``[/]`` is text, not a tag), control characters and bidirectional overrides cleaned
-    (:func:`profiler.report.monthly.display_text`), so nothing reaches the terminal raw."""
+    (:func:`profiler.report.text.display_text`), so nothing reaches the terminal raw."""
     return Text(display_text(text), style=style)
 
 
@@ -275,7 +278,7 @@ def _take(url: str, previous: Snapshot | None) -> Snapshot:
 
 def watch(config: Config, interval: float = 1.0, once: bool = False, console=None) -> int:
     """Show the daemon until Ctrl-C (0) or until it stops (1); ``once``: one plain frame."""
-    from profiler.cli.main import daemon_status
+    from profiler.daemon.control import daemon_status
 
     status = daemon_status(config)
     if status and status.get("status_error"):
@@ -316,3 +319,10 @@ def watch(config: Config, interval: float = 1.0, once: bool = False, console=Non
         return 0
     print(f"the daemon for {config.home} stopped; start one with `profiler start`")
     return 1
+
+
+def cmd_watch(config: Config, args: argparse.Namespace) -> int:
+    """``profiler watch [--interval S] [--once]``."""
+    if not 0.1 <= args.interval <= 3600:
+        raise CliError(f"--interval {args.interval:g}: seconds from 0.1 to 3600")
+    return watch(config, interval=args.interval, once=args.once)

@@ -22,8 +22,11 @@ take newer figures, upgrade codecarbon in a checkout and run the tool (its ``--c
 when the packaged file differs from the installed codecarbon's data).
 
 Every lookup returns gCO2e/kWh or raises :class:`CarbonError` with a one-line message (nearest
-known codes suggested). The file is parsed once and cached; this module imports the standard
-library only.
+known codes suggested). The file is parsed once and cached.
+
+:func:`choose_intensity` picks the intensity for a pricing from the ``[cost]`` settings, in the
+precedence :mod:`profiler.cost.pricing` documents, and records where it came from. This module
+imports the standard library and :mod:`profiler.cost.settings` only (no pandas, no codecarbon).
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ import functools
 import importlib.metadata
 import importlib.util
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from profiler.cost.settings import CostSettings, Figures, PricingError, as_non_negative, as_text
 
 LBS_PER_MWH_TO_G_PER_KWH = 0.45359237  # 1 lb = 453.59237 g, 1 MWh = 1000 kWh
 
@@ -101,11 +108,6 @@ def codecarbon_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise CarbonError("codecarbon is not installed")
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def clear_cache() -> None:
-    """Forget the parsed file (after it was regenerated)."""
-    _read.cache_clear()
 
 
 def _suggest(value: str, choices: list[str], n: int = 3) -> str:
@@ -189,3 +191,132 @@ def gcp_region_country(region: str) -> str:
     """The ISO-3 country of a GCP region ("" when the data does not say)."""
     row = _data()["gcp_regions"].get(str(region).strip().lower().rpartition(":")[2])
     return "" if row is None else str(row.get("country") or "").strip().upper()
+
+
+# ----------------------------------------------------------------------------------------------
+# The intensity for a pricing
+# ----------------------------------------------------------------------------------------------
+
+
+_US_AZURE = re.compile(r"^(east|west|central|northcentral|southcentral|westcentral)us\d*$")
+
+
+def region_country(provider: str, region: str) -> str:
+    """The ISO-3 country of a cloud region ("" when not known here).
+
+    GCP regions come from codecarbon's impact.csv; AWS ``us-*`` and GCP ``us-*`` regions and the
+    Azure US regions (``eastus``, ``westus2``, ``southcentralus``...) are the USA. Other regions
+    need a ``country`` in the catalog entry or in ``[cost]``.
+    """
+    region = region.strip().lower()
+    if provider == "gcp":
+        try:
+            found = gcp_region_country(region)
+        except CarbonError:
+            found = ""
+        if found:
+            return found
+    if region.startswith("us-") or _US_AZURE.match(region):
+        return "USA"
+    return ""
+
+
+def choose_intensity(
+    s: CostSettings, instance: dict[str, Any] | None, profile_id: str | None, figures: Figures
+) -> tuple[float | None, str]:
+    """(gCO2e/kWh or None, short source) for a pricing, first that applies (the precedence
+    :mod:`profiler.cost.pricing` gives); the full source goes to ``figures``. ``instance`` is the
+    catalog entry of a cloud pricing (``profile_id``), else None. Raises :class:`PricingError`."""
+    if "carbon_g_per_kwh" in s:
+        origin = s.where("carbon_g_per_kwh")
+        value = as_non_negative(s.get("carbon_g_per_kwh"), "carbon_g_per_kwh", origin, "gCO2e/kWh")
+        figures.add("carbon_g_per_kwh", origin)
+        return value, f"{origin} carbon_g_per_kwh"
+    if "us_state" in s and "country" in s:
+        country = as_text(s.get("country"), "country", s.where("country")).upper()
+        if country != "USA":
+            raise PricingError(
+                f"{s.where('us_state')}: 'us_state' needs country = 'USA', got {country!r} "
+                f"from {s.where('country')}"
+            )
+    from_env_country = "country" in s and s.where("country").startswith("environment")
+    if "region" in s and ("country" in s or "us_state" in s) and not from_env_country:
+        raise PricingError(
+            f"{s.where('region')}: set either 'region' or 'country' (and 'us_state'), not both"
+        )
+    version = codecarbon_version()
+    cc = f"codecarbon {version}".strip()
+    if "region" in s and not from_env_country:
+        origin = s.where("region")
+        region = as_text(s.get("region"), "region", origin)
+        provider, _, bare = region.lower().partition(":")
+        if provider != "gcp" or not bare:
+            raise PricingError(
+                f"{origin}: 'region' must be 'gcp:REGION' such as 'gcp:us-central1' (codecarbon "
+                f"has region data for Google Cloud only; for others set 'country'), got {region!r}"
+            )
+        value = _lookup(gcp_region_intensity, bare, "region", origin)
+        figures.add("carbon_g_per_kwh", f"{cc} {CLOUD_IMPACT} gcp:{bare}, from {origin}")
+        return value, f"codecarbon impact.csv gcp:{bare}"
+    if "country" in s or "us_state" in s:
+        return _country_carbon(s, cc, figures)
+    if instance is not None and profile_id is not None:
+        return _instance_carbon(instance, profile_id, cc, figures)
+    return None, ""
+
+
+def _country_carbon(s: CostSettings, cc: str, figures: Figures) -> tuple[float, str]:
+    if "us_state" in s:
+        origin = s.where("us_state")
+        state = as_text(s.get("us_state"), "us_state", origin)
+        value = _lookup(us_state_intensity, state, "us_state", origin)
+        figures.add(
+            "carbon_g_per_kwh",
+            f"{cc} {USA_EMISSIONS} {state} (lbs/MWh x {LBS_PER_MWH_TO_G_PER_KWH}), from {origin}",
+        )
+        return value, f"codecarbon usa_emissions.json {state}"
+    origin = s.where("country")
+    country = as_text(s.get("country"), "country", origin).upper()
+    value = _lookup(country_intensity, country, "country", origin)
+    figures.add(
+        "carbon_g_per_kwh",
+        f"{cc} {GLOBAL_ENERGY_MIX} {country}, from {origin}",
+    )
+    return value, f"codecarbon global_energy_mix {country}"
+
+
+def _instance_carbon(
+    instance: dict[str, Any], profile_id: str, cc: str, figures: Figures
+) -> tuple[float | None, str]:
+    """The implicit default for a cloud instance: its region's intensity, or None if unknown."""
+    provider = profile_id.split(":", 1)[0].lower()
+    region = str(instance.get("region", "")).strip().lower()
+    about = f'region of catalog [instances."{profile_id}"]'
+    try:
+        if provider == "gcp" and region and region in gcp_regions():
+            value = gcp_region_intensity(region)
+            figures.add("carbon_g_per_kwh", f"{cc} {CLOUD_IMPACT} gcp:{region} ({about})")
+            return value, f"codecarbon impact.csv gcp:{region}"
+        country = instance.get("country") or (region_country(provider, region) if region else "")
+        if not country:
+            figures.add(
+                "carbon_g_per_kwh",
+                f"unknown: no country for region {region!r} of {profile_id}; set [cost] country",
+            )
+            return None, ""
+        value = country_intensity(country)
+    except CarbonError as e:
+        figures.add("carbon_g_per_kwh", f"unknown: {e}")
+        return None, ""
+    figures.add(
+        "carbon_g_per_kwh",
+        f"{cc} {GLOBAL_ENERGY_MIX} {country} (country of {about}: {region or '?'})",
+    )
+    return value, f"codecarbon global_energy_mix {country}"
+
+
+def _lookup(fn: Callable[[str], float], value: str, key: str, origin: str) -> float:
+    try:
+        return float(fn(value))
+    except CarbonError as e:
+        raise PricingError(f"{origin}: '{key}' = {value!r}: {e}") from e

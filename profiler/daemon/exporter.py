@@ -22,13 +22,11 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from profiler import __version__
 from profiler.cost.meter import projected
-
-if TYPE_CHECKING:
-    from profiler.daemon.core import Daemon
+from profiler.daemon.view import MetricsView
 
 DEVICE_LABELS = ["gpu", "uuid", "model_name", "hostname"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -104,7 +102,7 @@ def single(name: str, kind: str, help_text: str, value: float) -> Family:
     return family
 
 
-def render_metrics(daemon: Daemon) -> bytes:
+def render_metrics(daemon: MetricsView) -> bytes:
     """The whole ``/metrics`` page from one consistent snapshot (taken under the daemon's
     lock), UTF-8 encoded."""
     with daemon.lock:
@@ -112,7 +110,7 @@ def render_metrics(daemon: Daemon) -> bytes:
     return "".join(f.text() for f in families).encode()
 
 
-def _families(d: Daemon) -> Iterator[Family]:
+def _families(d: MetricsView) -> Iterator[Family]:
     device_labels = _device_labels(d)  # rendered once, for the device and the run series
     yield from _devices(d, device_labels)
     yield from _cpu(d)
@@ -193,7 +191,7 @@ def _families(d: Daemon) -> Iterator[Family]:
     )
 
 
-def _device_labels(d: Daemon) -> dict[str, str]:
+def _device_labels(d: MetricsView) -> dict[str, str]:
     """Each device's rendered ``gpu, uuid, model_name, hostname`` labels, by UUID."""
     return {
         uuid: labels(DEVICE_LABELS, (str(dev.index), dev.uuid, dev.model, d.hostname))
@@ -201,7 +199,7 @@ def _device_labels(d: Daemon) -> dict[str, str]:
     }
 
 
-def _devices(d: Daemon, device_labels: dict[str, str]) -> Iterator[Family]:
+def _devices(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
     info = Family(
         "profiler_gpu_info",
         "gauge",
@@ -244,7 +242,7 @@ def _devices(d: Daemon, device_labels: dict[str, str]) -> Iterator[Family]:
     yield idle
 
 
-def _cpu(d: Daemon) -> Iterator[Family]:
+def _cpu(d: MetricsView) -> Iterator[Family]:
     cpu = Family(
         "profiler_cpu_energy_joules",
         "counter",
@@ -262,7 +260,7 @@ RUN_INFO_LABELS = (
 )  # fmt: skip
 
 
-def _runs(d: Daemon, device_labels: dict[str, str]) -> Iterator[Family]:
+def _runs(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
     info = Family("profiler_run_info", "gauge", "Runs and their descriptive labels (value 1).")
     f = {
         "energy": Family("profiler_run_energy_joules", "counter",
@@ -354,7 +352,7 @@ def _runs(d: Daemon, device_labels: dict[str, str]) -> Iterator[Family]:
     yield step_joules
 
 
-def _costs(d: Daemon) -> Iterator[Family]:
+def _costs(d: MetricsView) -> Iterator[Family]:
     """Pricing in force, and per run: cost, emissions, waste, live rate and projections."""
     p = d.cost_meter.pricing
     carbon = "" if p.carbon_g_per_kwh is None else repr(p.carbon_g_per_kwh)
@@ -424,10 +422,10 @@ def _costs(d: Daemon) -> Iterator[Family]:
                 fam["waste_j"].add(f'{r},reason="{reason}"', c.waste_energy_j.get(reason, 0.0))
         if c.currency:  # priced: money in the run's currency
             if gpu_known:
-                fam["cost"].add(f'{r},component="gpu_time"', c.gpu_time)
-            fam["cost"].add(f'{r},component="energy"', c.energy)
+                fam["cost"].add(f'{r},component="gpu_time"', c.gpu_time_cost)
+            fam["cost"].add(f'{r},component="energy"', c.energy_cost)
             for reason in WASTE_REASONS if gpu_known else ():
-                fam["waste"].add(f'{r},reason="{reason}"', c.waste.get(reason, 0.0))
+                fam["waste"].add(f'{r},reason="{reason}"', c.waste_cost.get(reason, 0.0))
         if not run.live:
             continue
         if c.currency and gpu_known:
@@ -461,7 +459,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
     lists the methods; other paths are 404, other HTTP methods 405 (with ``Allow``), methods
     HTTP does not define 501. A connection idle for ``timeout`` seconds is closed."""
 
-    daemon: Daemon  # set on the subclass made by serve_metrics
+    daemon: MetricsView  # set on the subclass made by serve_metrics
     timeout = 30  # seconds a client may take to send its request
 
     def _page(self) -> bytes | None:
@@ -516,7 +514,7 @@ class _MetricsServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def serve_metrics(daemon: Daemon, host: str, port: int) -> tuple[ThreadingHTTPServer, int]:
+def serve_metrics(daemon: MetricsView, host: str, port: int) -> tuple[ThreadingHTTPServer, int]:
     """Serve ``/metrics`` on ``host:port`` (IPv4 or IPv6; port 0 picks a free one) from a
     background thread; returns (server, bound port). OSError if the address cannot be bound."""
     handler = type("MetricsHandler", (_MetricsHandler,), {"daemon": daemon})

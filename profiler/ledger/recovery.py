@@ -85,14 +85,6 @@ def write_recovery(path: Path, held: Held) -> None:
         os.close(fd)
 
 
-def read_recovery(path: Path) -> tuple[Held, int]:
-    """Every record of a recovery file, in order, merged into one :class:`Held` (later run
-    rows win, rollups add up), and the number of lines that could not be read (skipped).
-    Raises FileNotFoundError when there is none."""
-    records, bad = read_recovery_records(path)
-    return combine(held for _token, held in records), bad
-
-
 def combine(records: Iterable[Held]) -> Held:
     """Records merged into one, in order (later run rows win, rollups add up)."""
     held = Held()

@@ -1,7 +1,8 @@
 """The SQLite ledger: runs with metadata and totals, per-device totals, per-minute rollups.
 
 WAL mode; SQL is parameterised; the schema version lives in ``PRAGMA user_version`` and
-migrations run in order on open. A file that is not a ledger is refused, never overwritten.
+migrations (:mod:`profiler.ledger.schema`) run in order on open. A file that is not a ledger is
+refused, never overwritten.
 Minute rollups are keyed by the minute's start in unix seconds and *added to*, so a run that
 spans a month boundary splits cleanly, and a restarted daemon continues where the last left off.
 """
@@ -14,163 +15,19 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-SCHEMA_VERSION = 4
+from profiler.ledger.schema import (
+    MIGRATIONS,
+    ROLLUP_SUMS,
+    RUN_COLUMNS,
+    SCHEMA_VERSION,
+    schema_objects,
+)
 
-_MIGRATIONS = {
-    1: """
-    CREATE TABLE runs (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        project TEXT NOT NULL DEFAULT '',
-        user TEXT NOT NULL DEFAULT '',
-        framework TEXT NOT NULL DEFAULT '',
-        framework_version TEXT NOT NULL DEFAULT '',
-        hook TEXT NOT NULL DEFAULT '',
-        host TEXT NOT NULL DEFAULT '',
-        status TEXT NOT NULL,
-        started_at REAL NOT NULL,
-        ended_at REAL,
-        steps INTEGER NOT NULL DEFAULT 0,
-        samples INTEGER NOT NULL DEFAULT 0,
-        dropped_steps INTEGER NOT NULL DEFAULT 0,
-        step_time_sum_s REAL NOT NULL DEFAULT 0,
-        step_time_p95_s REAL,
-        step_energy_sum_j REAL NOT NULL DEFAULT 0,
-        steps_with_energy INTEGER NOT NULL DEFAULT 0,
-        gpu_energy_j REAL,
-        gpu_seconds REAL NOT NULL DEFAULT 0,
-        gpu_power_peak_w REAL,
-        cpu_energy_j REAL NOT NULL DEFAULT 0,
-        gpu_source TEXT NOT NULL DEFAULT '',
-        energy_source TEXT NOT NULL DEFAULT '',
-        simulated INTEGER NOT NULL DEFAULT 0,
-        batch_size INTEGER,
-        total_steps INTEGER,
-        meta TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX runs_started ON runs(started_at);
-    CREATE TABLE run_devices (
-        run_id TEXT NOT NULL REFERENCES runs(id),
-        uuid TEXT NOT NULL,
-        model TEXT NOT NULL DEFAULT '',
-        energy_j REAL NOT NULL DEFAULT 0,
-        gpu_seconds REAL NOT NULL DEFAULT 0,
-        PRIMARY KEY (run_id, uuid)
-    );
-    CREATE TABLE rollups (
-        run_id TEXT NOT NULL,
-        minute INTEGER NOT NULL,
-        gpu_energy_j REAL NOT NULL DEFAULT 0,
-        cpu_energy_j REAL NOT NULL DEFAULT 0,
-        gpu_seconds REAL NOT NULL DEFAULT 0,
-        steps INTEGER NOT NULL DEFAULT 0,
-        samples INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (run_id, minute)
-    );
-    CREATE TABLE idle_rollups (
-        uuid TEXT NOT NULL,
-        minute INTEGER NOT NULL,
-        energy_j REAL NOT NULL DEFAULT 0,
-        PRIMARY KEY (uuid, minute)
-    );
-    """,
-    # Cost, carbon and waste, priced when the work happened (currency of the pricing then).
-    2: """
-    ALTER TABLE runs ADD COLUMN currency TEXT NOT NULL DEFAULT '';
-    ALTER TABLE runs ADD COLUMN cost_gpu_time REAL NOT NULL DEFAULT 0;
-    ALTER TABLE runs ADD COLUMN cost_energy REAL NOT NULL DEFAULT 0;
-    ALTER TABLE runs ADD COLUMN co2_g REAL NOT NULL DEFAULT 0;
-    ALTER TABLE runs ADD COLUMN waste_cost REAL NOT NULL DEFAULT 0;
-    ALTER TABLE rollups ADD COLUMN cost_gpu_time REAL NOT NULL DEFAULT 0;
-    ALTER TABLE rollups ADD COLUMN cost_energy REAL NOT NULL DEFAULT 0;
-    ALTER TABLE rollups ADD COLUMN co2_g REAL NOT NULL DEFAULT 0;
-    ALTER TABLE rollups ADD COLUMN waste_cost REAL NOT NULL DEFAULT 0;
-    CREATE TABLE pricing_history (
-        since REAL PRIMARY KEY,
-        profile TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        currency TEXT NOT NULL,
-        gpu_hour_price REAL NOT NULL,
-        energy_price_kwh REAL NOT NULL,
-        pue REAL NOT NULL,
-        carbon_g_per_kwh REAL,
-        carbon_source TEXT NOT NULL DEFAULT '',
-        as_of TEXT NOT NULL DEFAULT '',
-        sources TEXT NOT NULL DEFAULT '{}'
-    );
-    """,
-    # Unknown is NULL, never 0: a run no hook times has NULL steps and samples, and a hook that
-    # counts no samples (no batch size) NULL samples. SQLite cannot drop NOT NULL in place, so
-    # the table is rebuilt; earlier rows that were unknown are marked so where the row says it.
-    3: """
-    CREATE TABLE runs_v3 (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        project TEXT NOT NULL DEFAULT '',
-        user TEXT NOT NULL DEFAULT '',
-        framework TEXT NOT NULL DEFAULT '',
-        framework_version TEXT NOT NULL DEFAULT '',
-        hook TEXT NOT NULL DEFAULT '',
-        host TEXT NOT NULL DEFAULT '',
-        status TEXT NOT NULL,
-        started_at REAL NOT NULL,
-        ended_at REAL,
-        steps INTEGER,
-        samples INTEGER,
-        dropped_steps INTEGER NOT NULL DEFAULT 0,
-        step_time_sum_s REAL NOT NULL DEFAULT 0,
-        step_time_p95_s REAL,
-        step_energy_sum_j REAL NOT NULL DEFAULT 0,
-        steps_with_energy INTEGER NOT NULL DEFAULT 0,
-        gpu_energy_j REAL,
-        gpu_seconds REAL NOT NULL DEFAULT 0,
-        gpu_power_peak_w REAL,
-        cpu_energy_j REAL NOT NULL DEFAULT 0,
-        gpu_source TEXT NOT NULL DEFAULT '',
-        energy_source TEXT NOT NULL DEFAULT '',
-        simulated INTEGER NOT NULL DEFAULT 0,
-        batch_size INTEGER,
-        total_steps INTEGER,
-        meta TEXT NOT NULL DEFAULT '{}',
-        currency TEXT NOT NULL DEFAULT '',
-        cost_gpu_time REAL NOT NULL DEFAULT 0,
-        cost_energy REAL NOT NULL DEFAULT 0,
-        co2_g REAL NOT NULL DEFAULT 0,
-        waste_cost REAL NOT NULL DEFAULT 0
-    );
-    INSERT INTO runs_v3 (
-        id, name, project, user, framework, framework_version, hook, host, status, started_at,
-        ended_at, steps, samples, dropped_steps, step_time_sum_s, step_time_p95_s,
-        step_energy_sum_j, steps_with_energy, gpu_energy_j, gpu_seconds, gpu_power_peak_w,
-        cpu_energy_j, gpu_source, energy_source, simulated, batch_size, total_steps, meta,
-        currency, cost_gpu_time, cost_energy, co2_g, waste_cost
-    ) SELECT
-        id, name, project, user, framework, framework_version, hook, host, status, started_at,
-        ended_at, steps, samples, dropped_steps, step_time_sum_s, step_time_p95_s,
-        step_energy_sum_j, steps_with_energy, gpu_energy_j, gpu_seconds, gpu_power_peak_w,
-        cpu_energy_j, gpu_source, energy_source, simulated, batch_size, total_steps, meta,
-        currency, cost_gpu_time, cost_energy, co2_g, waste_cost
-    FROM runs;
-    UPDATE runs_v3 SET samples = NULL
-        WHERE json_valid(meta) AND json_extract(meta, '$.samples_source') = 'none';
-    UPDATE runs_v3 SET steps = NULL, samples = NULL WHERE steps = 0 AND hook LIKE 'profiler.%';
-    DROP TABLE runs;
-    ALTER TABLE runs_v3 RENAME TO runs;
-    CREATE INDEX runs_started ON runs(started_at);
-    """,
-    # The recovery-file records merged (one token per record line), written in the merge's own
-    # transaction: a record is never merged twice (its rollups would count twice).
-    4: """
-    CREATE TABLE recovery_merges (
-        token TEXT PRIMARY KEY,
-        merged_at REAL NOT NULL
-    );
-    """,
-}
+if TYPE_CHECKING:
+    from profiler.cost.pricing import Pricing
 
 
 class LedgerError(Exception):
@@ -186,24 +43,6 @@ class LedgerError(Exception):
 # What a failed statement may raise: SQLite's errors, and integers beyond 64 bits or text
 # SQLite cannot take (raised by the sqlite3 module before SQLite sees them).
 _DB_ERRORS = (sqlite3.Error, OverflowError, ValueError)
-
-
-@cache
-def _schema(version: int) -> dict[str, tuple[str, str]]:
-    """The tables and indexes of a ledger at schema ``version``: name -> (type, CREATE SQL),
-    read from an in-memory database built by the migrations themselves."""
-    db = sqlite3.connect(":memory:")
-    try:
-        for step in range(1, version + 1):
-            db.executescript(_MIGRATIONS[step])
-        return {
-            name: (kind, sql)
-            for kind, name, sql in db.execute(
-                "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid"
-            )
-        }
-    finally:
-        db.close()
 
 
 @dataclass
@@ -227,20 +66,6 @@ class Rollup:
     cost_energy: float = 0.0
     co2_g: float = 0.0
     waste_cost: float = 0.0
-
-
-ROLLUP_SUMS = (
-    "gpu_energy_j", "cpu_energy_j", "gpu_seconds", "steps", "samples", "cost_gpu_time",
-    "cost_energy", "co2_g", "waste_cost",
-)  # fmt: skip
-
-RUN_COLUMNS = (
-    "id", "name", "project", "user", "framework", "framework_version", "hook", "host", "status",
-    "started_at", "ended_at", "steps", "samples", "dropped_steps", "step_time_sum_s",
-    "step_time_p95_s", "step_energy_sum_j", "steps_with_energy", "gpu_energy_j", "gpu_seconds",
-    "gpu_power_peak_w", "cpu_energy_j", "gpu_source", "energy_source", "simulated", "batch_size",
-    "total_steps", "meta", "currency", "cost_gpu_time", "cost_energy", "co2_g", "waste_cost",
-)  # fmt: skip
 
 
 class Ledger:
@@ -310,7 +135,7 @@ class Ledger:
             # One transaction per step, version included: a migration stopped half-way leaves
             # the file as it was (executescript would otherwise commit statement by statement).
             self.db.executescript(
-                f"BEGIN;\n{_MIGRATIONS[step]}\nPRAGMA user_version = {step};\nCOMMIT;"
+                f"BEGIN;\n{MIGRATIONS[step]}\nPRAGMA user_version = {step};\nCOMMIT;"
             )
 
     def missing_tables(self) -> tuple[str, ...]:
@@ -319,7 +144,7 @@ class Ledger:
         have = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
         return tuple(
             name
-            for name, (kind, _sql) in _schema(min(version, SCHEMA_VERSION)).items()
+            for name, (kind, _sql) in schema_objects(min(version, SCHEMA_VERSION)).items()
             if kind == "table" and name not in have
         )
 
@@ -333,7 +158,7 @@ class Ledger:
         have = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
         statements = [
             sql
-            for name, (_kind, sql) in _schema(min(version, SCHEMA_VERSION)).items()
+            for name, (_kind, sql) in schema_objects(min(version, SCHEMA_VERSION)).items()
             if name not in have
         ]
         self.db.executescript("BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT;")
@@ -483,7 +308,7 @@ class Ledger:
     def rollups(self, run_id: str) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM rollups WHERE run_id = ? ORDER BY minute", (run_id,))
 
-    def record_pricing(self, since: float, pricing: Any) -> None:
+    def record_pricing(self, since: float, pricing: Pricing) -> None:
         """Remember the pricing in force from ``since`` (unix seconds), unless it is the same
         as the latest one recorded. Raises :class:`LedgerError` when the file cannot be written."""
         fields = (

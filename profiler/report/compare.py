@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from profiler.report.monthly import display_text, json_safe, md_cell
+from profiler.report.text import display_text, json_safe, md_cell
 
 FORMATS = ("table", "md", "json")
 
@@ -115,8 +115,8 @@ def compare(runs: list[dict[str, Any]], refs: list[str]) -> list[dict[str, Any]]
 def render(rows: list[dict[str, Any]], fmt: str) -> str:
     """``table`` (aligned text for a terminal: control characters and bidirectional overrides in
     names cleaned), ``md`` (a Markdown table, user text inert:
-    :func:`profiler.report.monthly.md_cell`)
-    or ``json`` (strict JSON: text exact but for lone surrogates, unknown figures null)."""
+    :func:`profiler.report.text.md_cell`) or ``json`` (strict JSON: text exact but for lone
+    surrogates, unknown figures null)."""
     if fmt == "json":
         return json.dumps(json_safe(rows), indent=1, allow_nan=False)
     header = ["", *(f"{r['name']} ({r['id']})" for r in rows)]

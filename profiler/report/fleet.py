@@ -19,18 +19,19 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
-from profiler.report.monthly import (
+from profiler.report.model import (
     UTC,
     MonthReport,
     ReportError,
     RunLine,
     Totals,
-    _group,
-    _total,
     check_begun,
     check_budget,
+    group_runs,
     parse_month,
-)  # fmt: skip
+    sum_runs,
+)
+from profiler.units import JOULES_PER_KWH
 
 # Totals field -> (PromQL series selector, scale)
 SERIES = {
@@ -97,7 +98,7 @@ def fleet_runs(base: str, start: float, end: float) -> list[RunLine]:
             cost=None if cost_unknown else v["cost_gpu_time"] + v["cost_energy"],
             cost_gpu_time=None if cost_unknown else v["cost_gpu_time"],
             cost_energy=v["cost_energy"], waste_cost=None if cost_unknown else v["waste_cost"],
-            kwh=(v["gpu_j"] + v["cpu_j"]) / 3.6e6, runs=1,
+            kwh=(v["gpu_j"] + v["cpu_j"]) / JOULES_PER_KWH, runs=1,
             cost_unknown_runs=int(cost_unknown), gpu_energy_unknown_runs=int(gpu_unknown),
             # likewise emissions (no known grid intensity) and GPU time (no GPU sensor)
             co2_kg=v["co2_kg"] if key in parts["co2_kg"] else None,
@@ -137,13 +138,13 @@ def build_fleet_report(
     previous_runs = fleet_runs(base, prev_start, start)
     priced = Counter(r.currency for r in runs if r.currency)
     currency = priced.most_common(1)[0][0] if priced else ""
-    totals = _total(runs, currency)
+    totals = sum_runs(runs, currency)
     forecast = None
     if start < now < end and totals.cost is not None:
         forecast = totals.cost * (end - start) / (now - start)
     return MonthReport(
-        month=label, currency=currency, totals=totals, previous=_total(previous_runs, currency),
-        groups={key: _group(runs, key, currency) for key in group_by or ()},
+        month=label, currency=currency, totals=totals, previous=sum_runs(previous_runs, currency),
+        groups={key: group_runs(runs, key, currency) for key in group_by or ()},
         runs=sorted(runs, key=lambda r: (r.host, r.id)), daily=[],
         other_currency_runs=sum(1 for r in runs if r.currency and r.currency != currency),
         simulated_runs=sum(1 for r in runs if r.simulated), budget=budget, forecast=forecast,

@@ -58,6 +58,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TextIO
 
+from profiler.report.text import spreadsheet_text
+
 FOCUS_VERSION = "1.2"
 TAG_PREFIX = "mlprofiler/"  # for the tag keys the profiler sets (not the user)
 
@@ -124,7 +126,6 @@ USER_TEXT_COLUMNS = frozenset((
 ))  # fmt: skip
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _MARKET = re.compile(r"\((on_demand|spot|reserved_1y)\)\s*$")
 _PRICING_CATEGORY = {"on_demand": "Standard", "spot": "Dynamic", "reserved_1y": "Other"}
 # Enough digits for the exact sum of two doubles of any magnitudes seen in practice.
@@ -271,23 +272,6 @@ def _row(u: FocusUsage, first: dt.date, after: dt.date) -> dict[str, str | None]
         "x_Simulated": simulated,
         "x_User": u.user or None,
     }
-
-
-# What makes a spreadsheet (Excel, LibreOffice, Google Sheets) read a cell as a formula when it
-# starts a cell, after OWASP's CSV Injection advice, plus the full-width forms some locales treat
-# the same way, and a leading newline.
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
-
-
-def spreadsheet_text(text: str) -> str:
-    """A user-supplied CSV cell that a spreadsheet shows as text: OWASP's CSV Injection advice,
-    a leading apostrophe on a cell that starts with ``=``, ``+``, ``-``, ``@``, tab, carriage
-    return (or newline, or a full-width ``=+-@``), so it is never evaluated; the csv module
-    quotes and doubles quotes as needed. Lone surrogates become U+FFFD (UTF-8 cannot hold
-    them). Any other text is written exactly."""
-    if text.startswith(FORMULA_TRIGGERS):
-        text = "'" + text
-    return _SURROGATE.sub("\ufffd", text)
 
 
 def _cell(column: str, value: str | None) -> str | None:

@@ -7,16 +7,15 @@ from __future__ import annotations
 import datetime as dt
 import html
 
-from profiler.report.monthly import (
-    MonthReport,
-    Totals,
+from profiler.report.figures import (
     amount_text,
     cost_unknown_note,
     count_text,
-    display_text,
     kwh_text,
     no_work_notice,
 )
+from profiler.report.model import MonthReport, Totals
+from profiler.report.text import display_text
 
 PALETTE = ("#1f4e79", "#2e86c1", "#48c9b0", "#f4d03f", "#e67e22", "#c0392b", "#7d3c98", "#95a5a6")
 CSS = """
@@ -249,9 +248,8 @@ def _daily_chart(report: MonthReport, width: int = 900, height: int = 220) -> st
 
 def escape(text: str) -> str:
     """User text for HTML element content or a quoted attribute value: control characters, lone
-    surrogates and bidirectional overrides cleaned (:func:`profiler.report.monthly.display_text`),
-    then
-    ``&<>"'`` escaped."""
+    surrogates and bidirectional overrides cleaned (:func:`profiler.report.text.display_text`),
+    then ``&<>"'`` escaped."""
     return html.escape(display_text(text), quote=True)
 
 

@@ -6,6 +6,7 @@ Sensors measure devices; they know nothing of runs or money. A figure a sensor c
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,16 +74,31 @@ class CpuSample:
 
 
 class GpuSensor(Protocol):
-    """A source of GPU samples. ``sample()`` reads every device once."""
+    """A source of GPU samples: what the daemon uses of one. ``sample()`` reads every device once;
+    ``errors`` counts failed reads by kind (the daemon reports them as ``sensor_error:gpu:<kind>``).
+    ``attach_process``/``detach_process`` tell a simulated GPU which processes run on which
+    devices (indexes); a real one lists its processes itself and does nothing. A second GPU
+    vendor implements this and is added to discovery."""
 
     source: str  # "nvml" or "simulated"
+    errors: Counter[str]
 
     def sample(self) -> list[GpuSample]: ...
+
+    def attach_process(self, pid: int, devices: list[int]) -> None: ...
+
+    def detach_process(self, pid: int) -> None: ...
+
+    def describe(self) -> str: ...
 
     def close(self) -> None: ...
 
 
 class CpuSensor(Protocol):
-    """A source of cumulative CPU energy per zone."""
+    """A source of cumulative CPU energy per zone; ``errors`` counts failed reads by kind."""
+
+    errors: Counter[str]
 
     def sample(self) -> list[CpuSample]: ...
+
+    def describe(self) -> str: ...

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.sensors.base import GpuProcess, GpuSample, SensorUnavailable
+from profiler.sensors.gpu_spec import parse_gpu_spec
 
 log = logging.getLogger(__name__)
 
@@ -494,18 +495,13 @@ def discover_gpu_sensor(
     NVML if it initialises and lists a GPU, else None. ``"simulated[:MODEL[:COUNT]]"``: the
     simulated GPU (default one A100-SXM4-40GB). A bad spec raises ValueError.
     """
-    text = spec.strip()
-    head = text.split(":", 1)[0].lower()
+    head = parse_gpu_spec(spec)
     if head == "simulated":
         from profiler.sensors.simulated import SimulatedNVML, parse_simulated_spec
 
-        model, count = parse_simulated_spec(text)
+        model, count = parse_simulated_spec(spec.strip())
         sensor = NvmlSensor(SimulatedNVML(model, count, clock=clock), clock=clock)
         return sensor, sensor.describe()
-    if ":" in text or head not in ("none", "nvml", "auto"):
-        raise ValueError(
-            f"gpu spec {spec!r}: expected auto, nvml, none or simulated[:MODEL[:COUNT]]"
-        )
     if head == "none":
         return None, "GPU sampling off (gpu = none)"
     if head == "nvml":

@@ -41,7 +41,7 @@ from typing import Any
 import psutil
 import pynvml
 
-from profiler.sensors.host import ProcessTable, process_tree_cpu_seconds
+from profiler.sensors.procs import ProcessTable, process_tree_cpu_seconds
 
 MIB = 1024**2
 GIB = 1024**3
@@ -254,7 +254,7 @@ class Utilization:
 
 
 @dataclass(frozen=True)
-class ProcessInfo:
+class SimulatedProcess:
     """One ``nvmlDeviceGetComputeRunningProcesses`` entry; ``usedGpuMemory`` in bytes or None."""
 
     pid: int
@@ -278,7 +278,7 @@ class _Device:
     counter_base_j: float = 0.0  # energy at the last simulated driver reload
     counter_offset_mj: int = 0
     counter_resets: int = 0  # simulated driver reloads so far (part of the counter's epoch)
-    living: tuple[float, list[ProcessInfo]] | None = None  # (when, processes) last looked up
+    living: tuple[float, list[SimulatedProcess]] | None = None  # (when, processes) last looked up
 
     @property
     def load_mode(self) -> bool:
@@ -485,7 +485,9 @@ class SimulatedNVML:
             percent = round(100 * min(1.0, max(0.0, ratio)))
             return Utilization(gpu=percent, memory=percent // 2)
 
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: SimulatedHandle) -> list[ProcessInfo]:
+    def nvmlDeviceGetComputeRunningProcesses(
+        self, handle: SimulatedHandle
+    ) -> list[SimulatedProcess]:
         """Attached processes still alive; ``usedGpuMemory`` is the figure given to
         ``attach_process`` (bytes), else the process's resident memory as a stand-in."""
         with self._lock:
@@ -623,7 +625,7 @@ class SimulatedNVML:
             watts *= 1.0 + self._rng.gauss(0.0, self.noise)
         return min(m.power_limit_w, max(m.idle_w, watts))
 
-    def _living_processes(self, dev: _Device) -> list[ProcessInfo]:
+    def _living_processes(self, dev: _Device) -> list[SimulatedProcess]:
         """The device's processes that still run, looked up at most every
         :data:`PROCESS_LIST_TTL_S` seconds (of real time: processes are real) or when the
         attached set changes; NVML, too, lists what its last look saw."""
@@ -637,7 +639,7 @@ class SimulatedNVML:
                 dev.processes.pop(pid)
                 dev.cpu_prev_s.pop(pid, None)
                 continue
-            out.append(ProcessInfo(pid, given if given is not None else _rss_bytes(pid)))
+            out.append(SimulatedProcess(pid, given if given is not None else _rss_bytes(pid)))
         dev.living = (now, out)
         return out
 

@@ -346,7 +346,7 @@ def test_demo_training_without_torch_says_one_line(tmp_path):
 
 
 def test_the_daemon_is_proven_by_its_lock_or_else_its_start_time_and_program(daemon):
-    from profiler.cli.main import _proven
+    from profiler.daemon.control import _proven
 
     lock = daemon.home / "daemon.lock"
     status = json.loads((daemon.home / "daemon.json").read_text())
@@ -370,7 +370,7 @@ def test_the_daemon_is_proven_by_its_lock_or_else_its_start_time_and_program(dae
 
 def test_one_label_check_serves_run_ids_flags_and_the_host_name(tmp_path):
     from hooks.runid import LABEL_MAX_CHARS, label_problem, run_id_problem
-    from profiler.cli.main import CliError
+    from profiler.cli.errors import CliError
     from profiler.cli.run import check_label, check_run_id
     from profiler.config import ConfigError, load_config
     from profiler.ingest.messages import MAX_TEXT, sanitize
@@ -419,7 +419,7 @@ def test_a_failed_spawn_whose_daemon_will_not_stop_keeps_exit_127(monkeypatch, c
     # Before: stop_daemon's CliError (the daemon did not stop in time) left run_command, and
     # `profiler run` exited 2 instead of the shell's 127.
     from profiler.cli import run as proxy
-    from profiler.cli.main import CliError
+    from profiler.cli.errors import CliError
     from profiler.config import load_config
 
     def slow_stop(config, status, timeout_s=15.0):

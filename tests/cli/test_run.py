@@ -24,7 +24,7 @@ from hooks.client import proxied
 from hooks.runid import env_meta
 from profiler.cli.run import AUTOLOAD_DIR, command_name, exit_status
 from profiler.ingest.messages import Malformed, decode
-from profiler.sensors.host import ancestor_pids, outermost_pids, process_tree_cpu_seconds
+from profiler.sensors.procs import ancestor_pids, outermost_pids, process_tree_cpu_seconds
 
 SCRIPTS = REPO / "tests" / "scripts"
 PLAIN = str(SCRIPTS / "train_plain.py")

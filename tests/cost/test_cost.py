@@ -45,15 +45,15 @@ def test_eight_gpu_cloud_run_of_two_hours(tmp_path, market, gph):
     d.attribute_all()
     run = d.runs["p4d"]
     assert run.total_gpu_seconds == pytest.approx(8 * 7200.0, rel=1e-9)
-    assert run.cost.gpu_time == pytest.approx(8 * 2 * gph, rel=1e-9)
-    assert run.cost.energy == 0.0  # cloud: the instance price includes the energy
+    assert run.cost.gpu_time_cost == pytest.approx(8 * 2 * gph, rel=1e-9)
+    assert run.cost.energy_cost == 0.0  # cloud: the instance price includes the energy
     kwh = sum(sim.exact_energy_j(i, t0, t0 + 7200.0) for i in range(8)) / 3.6e6
     assert kwh == pytest.approx(sum(300 + 10 * i for i in range(8)) * 2 / 1000, rel=1e-9)
     assert run.cost.co2_g == pytest.approx(kwh * 1.15 * resolved.carbon_g_per_kwh, rel=1e-6)
     assert run.cost.waste_total == 0.0
     d.flush()
     row = d.ledger.run("p4d")
-    assert row["cost_gpu_time"] == pytest.approx(run.cost.gpu_time)
+    assert row["cost_gpu_time"] == pytest.approx(run.cost.gpu_time_cost)
     assert row["co2_g"] == pytest.approx(run.cost.co2_g) and row["currency"] == "USD"
 
 
@@ -74,8 +74,8 @@ def test_on_prem_bills_amortised_gpu_time_and_facility_energy(tmp_path):
     run = d.runs["onprem"]
     kwh = sim.exact_energy_j(0, t0, t0 + 3600.0) / 3.6e6
     assert kwh == pytest.approx(0.35, rel=1e-9)
-    assert run.cost.gpu_time == pytest.approx(1 * gph, rel=1e-9)
-    assert run.cost.energy == pytest.approx(0.35 * 1.5 * 0.10, rel=1e-6)
+    assert run.cost.gpu_time_cost == pytest.approx(1 * gph, rel=1e-9)
+    assert run.cost.energy_cost == pytest.approx(0.35 * 1.5 * 0.10, rel=1e-6)
     assert run.cost.co2_g == pytest.approx(0.35 * 1.5 * 56.0, rel=1e-6)
     assert run.cost.total == pytest.approx(gph + 0.0525, rel=1e-6)
     assert projected(run.cost.total, run.steps, 2 * run.steps) == pytest.approx(2 * run.cost.total)
@@ -96,7 +96,7 @@ def test_a_price_change_mid_run_does_not_rewrite_what_the_run_already_cost(tmp_p
     run_for(d, clock, 2.0)
     d.attribute_all()
     run = d.runs["change"]
-    assert run.cost.gpu_time == pytest.approx(2.0 + 3.0, rel=1e-6)
+    assert run.cost.gpu_time_cost == pytest.approx(2.0 + 3.0, rel=1e-6)
     assert run.cost.co2_g == pytest.approx(0.2 * 400.0 + 0.2 * 100.0, rel=1e-6)
     assert run.cost.pricing_profiles == ["flat 2.00", "flat 3.00"]
     d.flush()
@@ -135,10 +135,10 @@ def test_idle_gpu_time_and_steps_after_a_nan_loss_are_waste(tmp_path):
     assert run.cost.waste_gpu_seconds["idle"] == pytest.approx(100.0, abs=1.5)
     assert run.cost.waste_gpu_seconds["nonfinite"] == pytest.approx(49.0, abs=1.0)
     idle_s = run.cost.waste_gpu_seconds["idle"]
-    assert run.cost.waste["idle"] == pytest.approx(idle_s * 0.001, rel=1e-9)
+    assert run.cost.waste_cost["idle"] == pytest.approx(idle_s * 0.001, rel=1e-9)
     assert run.cost.waste_energy_j["idle"] == pytest.approx(idle_w * idle_s, rel=0.02)
     assert run.cost.waste_total == pytest.approx(
-        run.cost.waste["idle"] + run.cost.waste["nonfinite"]
+        run.cost.waste_cost["idle"] + run.cost.waste_cost["nonfinite"]
     )
     assert IDLE_UTILIZATION < 0.1
 
@@ -169,7 +169,7 @@ def test_metrics_show_live_cost_rate_and_projection(tmp_path):
     assert end == pytest.approx(d.wall() + (400 - run.steps) * 1.0, rel=1e-9)
     assert sample_value(text, "profiler_pricing_info", kind="flat", pue="1.5") == 1
     cost = sample_value(text, "profiler_run_cost_total", run="live", component="gpu_time")
-    assert cost == pytest.approx(run.cost.gpu_time, rel=1e-9)
+    assert cost == pytest.approx(run.cost.gpu_time_cost, rel=1e-9)
 
 
 def test_unpriced_runs_record_no_money_and_a_currency_change_never_mixes_sums(tmp_path):

@@ -11,13 +11,10 @@ import pytest
 
 from profiler.cli.prices import render_catalog, render_effective
 from profiler.cost import carbon
-from profiler.cost.pricing import (
-    Pricing,
-    PricingError,
-    load_catalog,
-    resolve_pricing,
-    stale_figures,
-)
+from profiler.cost.catalog import load_catalog
+from profiler.cost.pricing import Pricing, resolve_pricing
+from profiler.cost.settings import PricingError
+from profiler.cost.staleness import stale_figures
 
 needs_codecarbon = pytest.mark.skipif(
     importlib.util.find_spec("codecarbon") is None, reason="codecarbon is not installed"

@@ -152,7 +152,7 @@ def test_power_integration_path_when_the_counter_is_unsupported(tmp_path):
 
 
 def test_sharing_counts_the_runs_holding_a_device_at_a_time():
-    from profiler.daemon.core import Sharing
+    from profiler.accounting.devices import Sharing
 
     # a: 0..10, b: 5.. (running), c: 2..4; a run that ended before it was seen is left out
     # by Daemon._sharing, and never counts as holding

@@ -236,7 +236,7 @@ def test_ledger_write_failures_keep_data_in_memory_and_write_it_later(
     d.ledger.db.execute("VACUUM")  # no free pages left (a migration may leave some) to write in
     pages = d.ledger.db.execute("PRAGMA page_count").fetchone()[0]
     d.ledger.db.execute(break_it.format(pages=pages))
-    caplog.set_level(logging.ERROR, logger="profiler.daemon.core")
+    caplog.set_level(logging.ERROR, logger="profiler.daemon.persist")
     step = 0
     for _ in range(5):  # five flush intervals of steps and energy, none written
         rows = tuple((step + i, clock.now + 0.01 * i, clock.now + 0.01 * i + 0.01, 4, None)
@@ -300,7 +300,8 @@ def test_a_busy_daemon_delays_steps_but_loses_none(tmp_path):
     """A receiver that reads slowly fills its queue (Linux queues ~10 datagrams): the hook keeps
     what the socket refuses and sends it later; every step arrives once, in order."""
     from hooks.client import Client
-    from profiler.ingest.messages import Receiver, StepBatch
+    from profiler.ingest.messages import StepBatch
+    from profiler.ingest.receiver import Receiver
 
     receiver = Receiver(tmp_path / "daemon.sock")
     got: list[int] = []

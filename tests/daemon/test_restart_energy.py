@@ -14,7 +14,7 @@ import pytest
 from inprocess import FakeClock, hello
 
 from profiler.accounting.energy import CounterMark, split_gap
-from profiler.cli.main import run_record
+from profiler.cli.run_records import run_record
 from profiler.config import Config
 from profiler.daemon.core import Daemon
 from profiler.ingest.messages import Bye

@@ -16,6 +16,8 @@ import pytest
 import yaml
 from conftest import REPO
 
+from profiler.cli.report_cmds import DASHBOARDS_DIR
+
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "kubernetes"
@@ -245,7 +247,9 @@ def test_grafana_provisioning() -> None:
     (provider,) = load(prov / "dashboards" / "ml-profiler.yml")["providers"]
     assert provider["type"] == "file"
     dashboards = mounts[provider["options"]["path"]]
-    assert dashboards == (REPO / "dashboards").resolve()
+    assert dashboards == (REPO / "profiler" / "dashboards").resolve()
+    # the folder Grafana provisions is the one `profiler dashboards push` pushes by default
+    assert dashboards == DASHBOARDS_DIR.resolve()
     assert list(dashboards.glob("*.json"))
 
 

@@ -36,6 +36,7 @@ pytest.importorskip("grafana_client")
 from profiler.grafana import Annotator, GrafanaError, push_dashboards, token_from  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+DASHBOARDS = REPO / "profiler" / "dashboards"
 TOKEN = "glsa_contract_token"
 
 
@@ -239,7 +240,7 @@ def test_fake_rejects_what_grafana_rejects(grafana):
 
 
 def test_push_is_idempotent(grafana):
-    dashboards = REPO / "dashboards"
+    dashboards = DASHBOARDS
     expected = sorted(json.loads(p.read_text())["uid"] for p in dashboards.glob("*.json"))
     assert len(expected) >= 2
 
@@ -264,7 +265,7 @@ def test_push_is_idempotent(grafana):
 
 
 def test_push_custom_folder(grafana):
-    push_dashboards(grafana.url, TOKEN, REPO / "dashboards", folder_title="Team", folder_uid="t1")
+    push_dashboards(grafana.url, TOKEN, DASHBOARDS, folder_title="Team", folder_uid="t1")
     assert grafana.folders["t1"]["title"] == "Team"
     assert {d["folderUid"] for d in grafana.dashboards.values()} == {"t1"}
 
@@ -277,7 +278,7 @@ def one_line_error(excinfo) -> str:
 
 def test_bad_token_is_one_line(grafana):
     with pytest.raises(GrafanaError) as excinfo:
-        push_dashboards(grafana.url, "wrong", REPO / "dashboards")
+        push_dashboards(grafana.url, "wrong", DASHBOARDS)
     message = one_line_error(excinfo)
     assert "401" in message and "GRAFANA_TOKEN" in message and "--token-file" in message
     assert "wrong" not in message
@@ -291,7 +292,7 @@ def test_bad_token_is_one_line(grafana):
 def test_refusals_are_one_line(grafana, status, words):
     grafana.force = (status, {"message": "nope\nsecond line"})
     with pytest.raises(GrafanaError) as excinfo:
-        push_dashboards(grafana.url, TOKEN, REPO / "dashboards")
+        push_dashboards(grafana.url, TOKEN, DASHBOARDS)
     message = one_line_error(excinfo)
     assert str(status) in message and words in message
 
@@ -300,7 +301,7 @@ def test_unreachable_is_one_line():
     url = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(GrafanaError) as excinfo:
-        push_dashboards(url, TOKEN, REPO / "dashboards", timeout=2)
+        push_dashboards(url, TOKEN, DASHBOARDS, timeout=2)
     assert time.monotonic() - start < 10
     message = one_line_error(excinfo)
     assert "cannot reach Grafana" in message and url in message
@@ -308,7 +309,7 @@ def test_unreachable_is_one_line():
 
 def test_bad_url_and_bad_dashboards(tmp_path):
     with pytest.raises(GrafanaError, match="not a Grafana URL"):
-        push_dashboards("localhost:3000", TOKEN, REPO / "dashboards")
+        push_dashboards("localhost:3000", TOKEN, DASHBOARDS)
     with pytest.raises(GrafanaError, match="no dashboards"):
         push_dashboards("http://127.0.0.1:1", TOKEN, tmp_path)
     (tmp_path / "x.json").write_text('{"title": "no uid"}')

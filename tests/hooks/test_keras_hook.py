@@ -361,6 +361,6 @@ def test_callback_copies_carry_settings_not_runs(offline):
     cb = EnergyCallback(name="unit", batch_size=16, run_id="fixed")
     cb.on_train_begin()
     clone = copy.deepcopy(cb)
-    assert clone.batch_size == 16 and clone._run_id == "fixed"
+    assert clone.options.batch_size == 16 and clone.options.run_id == "fixed"
     assert clone.run_id is None and not clone._active
     cb.on_train_end()

@@ -10,7 +10,8 @@ from array import array
 import pytest
 
 from hooks import wire
-from profiler.ingest.messages import Bye, Hello, Malformed, Receiver, StepBatch, StepExtras, decode
+from profiler.ingest.messages import Bye, Hello, Malformed, StepBatch, StepExtras, decode
+from profiler.ingest.receiver import Receiver
 
 
 def test_round_trip_of_each_message_type():
@@ -142,7 +143,7 @@ def test_receiver_counts_over_a_real_socket(tmp_path):
 def test_the_inbox_keeps_the_socket_empty_while_the_loop_is_busy(tmp_path):
     """Linux queues only ~10 datagrams on the socket: with the inbox thread reading it, 200
     sent while nobody calls get() all arrive, none refused, in order."""
-    from profiler.ingest.messages import Inbox
+    from profiler.ingest.receiver import Inbox
 
     path = str(tmp_path / "d.sock")
     r = Receiver(tmp_path / "d.sock")
@@ -181,7 +182,7 @@ def test_a_signal_during_the_inbox_wait_never_makes_it_wait_for_good(tmp_path):
     import signal
     import threading
 
-    from profiler.ingest.messages import Inbox
+    from profiler.ingest.receiver import Inbox
 
     r = Receiver(tmp_path / "d.sock")
     inbox = Inbox(r)

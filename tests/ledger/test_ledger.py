@@ -4,7 +4,8 @@ import sqlite3
 
 import pytest
 
-from profiler.ledger.store import SCHEMA_VERSION, Ledger, LedgerError, Rollup
+from profiler.ledger.schema import SCHEMA_VERSION
+from profiler.ledger.store import Ledger, LedgerError, Rollup
 
 
 def row(**kw):
@@ -68,7 +69,7 @@ def test_readonly_missing_ledger_says_what_to_do(tmp_path):
 
 
 def test_a_schema_1_ledger_is_migrated_in_place_and_keeps_its_runs(tmp_path):
-    from profiler.ledger.store import _MIGRATIONS
+    from profiler.ledger.schema import MIGRATIONS as _MIGRATIONS
 
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)

@@ -261,7 +261,7 @@ def test_a_table_dropped_while_the_daemon_runs_is_recreated_and_the_run_written(
     advance(d, clock, 1.0)
     assert d.flush()
     d.ledger.db.execute(f"DROP TABLE {table}")
-    caplog.set_level(logging.WARNING, logger="profiler.daemon.core")
+    caplog.set_level(logging.WARNING, logger="profiler.daemon.persist")
     rows = tuple((i, clock.now + 0.01 * i, clock.now + 0.01 * (i + 1), 4, None)
                  for i in range(1, 301))  # fmt: skip
     d.handle(StepBatch("t", pid, rows, 0))

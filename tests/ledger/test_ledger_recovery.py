@@ -16,8 +16,8 @@ from inprocess import advance, hello, make_daemon
 from hooks import wire
 from hooks.client import Client
 from profiler.config import Config
-from profiler.daemon import core as daemon_module
-from profiler.daemon.core import Service
+from profiler.daemon import persist as daemon_module
+from profiler.daemon.service import Service
 from profiler.ingest.messages import Bye, StepBatch
 from profiler.ledger.recovery import read_recovery_records, recovery_path
 from profiler.ledger.store import Ledger, LedgerError

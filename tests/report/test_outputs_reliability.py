@@ -27,15 +27,9 @@ from conftest import profiler_env, run_cli, start_daemon
 
 from profiler.config import ConfigError, load_config
 from profiler.ledger.store import Ledger, Rollup
-from profiler.report.monthly import (
-    ReportError,
-    RunLine,
-    Totals,
-    build_report,
-    parse_month,
-    render,
-    to_focus,
-)
+from profiler.report.model import ReportError, RunLine, Totals, parse_month
+from profiler.report.monthly import build_report, to_focus
+from profiler.report.render import render
 
 UTC = dt.timezone.utc
 NOV = dt.datetime(2026, 11, 1, tzinfo=UTC).timestamp()
@@ -240,7 +234,7 @@ def test_markdown_report_example_from_the_issue_is_plain_text(tmp_path):
 def lone_surrogate_report() -> object:
     """A report holding text no ledger write can carry but a run's metadata JSON can: lone
     surrogates (``"\\ud800"`` decodes to one) and non-finite numbers."""
-    from profiler.report.monthly import MonthReport
+    from profiler.report.model import MonthReport
 
     bad = "x\ud800y\udfffz"
     t = Totals(cost=1.0, cost_gpu_time=1.0, kwh=1.0, gpu_hours=1.0, runs=1, steps=1, samples=1)
@@ -396,7 +390,8 @@ def test_top_level_keys_next_to_a_daemon_table_are_not_ignored(tmp_path):
      ("PROFILER_CARBON_G_PER_KWH", "lots")],
 )  # fmt: skip
 def test_pricing_errors_show_what_the_user_gave(var, value):
-    from profiler.cost.pricing import PricingError, resolve_pricing
+    from profiler.cost.pricing import resolve_pricing
+    from profiler.cost.settings import PricingError
 
     with pytest.raises(PricingError) as e:
         resolve_pricing({}, env={"PROFILER_PRICING": "flat", "PROFILER_GPU_HOUR_PRICE": "1",
@@ -454,7 +449,7 @@ def test_budget_flag_must_be_a_finite_positive_amount(tmp_path, budget):
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf", "0"])
 def test_budget_in_profiler_toml_must_be_finite(tmp_path, value):
-    from profiler.report.monthly import budgets_from_config
+    from profiler.report.model import budgets_from_config
 
     with pytest.raises(ReportError, match="'monthly' must be a positive amount"):
         budgets_from_config({"monthly": float(value)}, "profiler.toml")

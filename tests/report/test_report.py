@@ -12,7 +12,9 @@ import pytest
 from conftest import profiler_env, run_cli
 
 from profiler.ledger.store import Ledger, Rollup
-from profiler.report.monthly import ReportError, build_report, parse_month, render
+from profiler.report.model import ReportError, parse_month
+from profiler.report.monthly import build_report
+from profiler.report.render import render
 
 UTC = dt.timezone.utc
 NOV = dt.datetime(2026, 11, 1, tzinfo=UTC).timestamp()

@@ -1,0 +1,129 @@
+"""The public run object: a ledger row as ``profiler runs --json`` (and the demo's summary,
+``profiler run``, ``detach`` and ``compare``) show it. Units are in the keys' names (``_s``,
+``_j``, ``_kwh``, ``_w``, ``_g``, ``_bytes``); money (``cost``, ``cost_gpu_time``,
+``cost_energy``, ``waste_cost``) is in ``currency``; null means unknown, never zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from profiler.accounting.energy import percentile
+from profiler.config import Config
+from profiler.ledger.store import Ledger
+from profiler.units import JOULES_PER_KWH
+
+
+def run_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A ledger row as the public run object (``profiler runs --json``)."""
+    steps = row["steps"]
+    ended = row["ended_at"]
+    duration = (ended - row["started_at"]) if ended else None
+    energy = row["gpu_energy_j"]
+    meta = row["meta"]
+    timed = meta.get("timed_steps", steps)
+    cost_meta = meta.get("cost", {})
+    currency = row.get("currency") or None  # absent in a schema-1 ledger
+    # Unknown = no source could measure it: with no GPU sensor (``PROFILER_GPU=none``) GPU time,
+    # and the money and waste priced from it, are unknown (null); with a sensor, 0 GPU-seconds
+    # for a run that held no device is a measured zero.
+    gpu_known = row["gpu_source"] != "none"
+    priced = currency is not None and gpu_known
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "project": row["project"],
+        "user": row["user"],
+        "framework": row["framework"],
+        "framework_version": row["framework_version"],
+        "host": row["host"],
+        "status": row["status"],
+        "started_at": row["started_at"],
+        "ended_at": ended,
+        "duration_s": duration,
+        "steps": steps,
+        "samples": row["samples"],
+        "dropped_steps": row["dropped_steps"],
+        # steps a hook sent that a daemon killed before its flush did not record (no timing)
+        "unrecorded_steps": meta.get("unrecorded_steps", 0),
+        # seconds no daemon measured (run began before it, or it restarted): energy missing
+        "unmeasured_s": meta.get("unmeasured_s", 0.0),
+        # GPU joules of restart gaps, read from the GPU's own energy counter (in gpu_energy_j)
+        "gap_gpu_energy_j": meta.get("gap_gpu_energy_j", 0.0),
+        "step_time_mean_s": row["step_time_sum_s"] / timed if timed else None,
+        "step_time_p50_s": percentile(sorted(meta.get("durations", [])), 0.5),
+        "step_time_p95_s": row["step_time_p95_s"],
+        "gpu_energy_j": energy,
+        "gpu_energy_kwh": energy / JOULES_PER_KWH if energy is not None else None,
+        "gpu_seconds": row["gpu_seconds"] if gpu_known else None,
+        "gpu_power_mean_w": energy / duration if energy is not None and duration else None,
+        "gpu_power_peak_w": row["gpu_power_peak_w"],
+        "cpu_energy_j": row["cpu_energy_j"] if row["meta"].get("cpu_energy_source") else None,
+        "cpu_energy_source": row["meta"].get("cpu_energy_source") or None,
+        "gpu_source": row["gpu_source"],
+        "energy_source": row["energy_source"],
+        "simulated": bool(row["simulated"]),
+        "devices": row["devices"],
+        "clock": meta.get("clock"),
+        "samples_source": meta.get("samples_source") or None,
+        "memory_source": meta.get("memory_source") or None,
+        "ranks": _ranks(meta),
+        # money is null for runs never priced; CO2 null where no grid intensity was known
+        "currency": currency,
+        "cost": (row["cost_gpu_time"] + row["cost_energy"]) if priced else None,
+        "cost_gpu_time": row["cost_gpu_time"] if priced else None,
+        "cost_energy": row["cost_energy"] if currency else None,
+        "co2_g": row["co2_g"] if cost_meta.get("co2_known") else None,
+        "waste_cost": row["waste_cost"] if priced else None,
+        "waste": cost_meta.get("waste", {}) if gpu_known else None,
+        "waste_gpu_seconds": cost_meta.get("waste_gpu_seconds", {}) if gpu_known else None,
+        "pricing_profiles": cost_meta.get("pricing_profiles", []),
+        "last_loss": meta.get("last_loss"),
+        # null when the hook never reported a loss (nothing counted NaN steps)
+        "nonfinite_loss_steps": meta.get("nonfinite_loss_steps")
+        or (None if meta.get("last_loss") is None else 0),
+        "first_nonfinite_step": meta.get("first_nonfinite_step"),
+        "cpu_seconds": meta.get("cpu_seconds"),
+        # run metadata: Slurm job, Kubernetes pod, `profiler run --meta`
+        "meta": meta.get("run_meta", {}),
+    }
+
+
+def _ranks(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per rank: where it ran (local rank, world size, declared devices, pids), its steps and
+    samples, and its peak framework memory (bytes)."""
+    pids: dict[int, list[int]] = {}
+    where: dict[int, tuple[int, int]] = {}
+    devices: dict[int, set[str]] = {}
+    for pid, (rank, local, world) in meta.get("ranks", {}).items():
+        pids.setdefault(rank, []).append(int(pid))
+        where[rank] = (local, world)
+        devices.setdefault(rank, set()).update(meta.get("process_devices", {}).get(pid, []))
+    peaks = meta.get("rank_memory_peak", {})
+    samples_unknown = meta.get("samples_source") == "none"
+    out = []
+    for key, n in sorted(meta.get("rank_steps", {}).items(), key=lambda kv: int(kv[0])):
+        peak = peaks.get(key)
+        out.append({
+            "rank": int(key),
+            "local_rank": where.get(int(key), (None, None))[0],
+            "world_size": where.get(int(key), (None, None))[1],
+            "devices": sorted(devices.get(int(key), ())),
+            "steps": n,
+            # null when the run's samples are unknown (no batch size: not counted)
+            "samples": None if samples_unknown else meta.get("rank_samples", {}).get(key, 0),
+            "pids": sorted(pids.get(int(key), [])),
+            "memory_peak_allocated_bytes": peak[0] if peak else None,
+            "memory_peak_reserved_bytes": peak[1] if peak else None,
+        })  # fmt: skip
+    return out
+
+
+def read_runs(config: Config, limit: int | None = None) -> list[dict[str, Any]]:
+    if not config.ledger.exists():
+        return []
+    ledger = Ledger(config.ledger, readonly=True)
+    try:
+        return [run_record(r) for r in ledger.runs(limit=limit)]
+    finally:
+        ledger.close()

@@ -1,0 +1,50 @@
+"""Figures as report text, shared by the Markdown and HTML renderers: a sum over runs that says
+how many runs it leaves out ("1.25 (2 runs unknown)"), "unknown" where no run knows it (never
+0), and the notes that go with them."""
+
+from __future__ import annotations
+
+from profiler.report.model import MonthReport
+
+
+def no_work_notice(report: MonthReport) -> str:
+    """The line an empty month's report opens with, so that zeros are not mistaken for data."""
+    return f"No work was recorded in {report.month}: every figure below is zero."
+
+
+def count_text(value: int | None, unknown_runs: int = 0) -> str:
+    """A count over runs: "unknown" when no run knows it, else the sum of the runs that do,
+    saying how many runs it leaves out ("1,000 (2 runs unknown)")."""
+    if value is None:
+        return "unknown"
+    if unknown_runs:
+        return f"{value:,} ({unknown_runs} run{'s' if unknown_runs > 1 else ''} unknown)"
+    return f"{value:,}"
+
+
+def amount_text(value: float | None, fmt: str, unknown_runs: int = 0) -> str:
+    """A figure summed over runs, formatted with ``fmt``: "unknown" when no run knows it, else
+    the sum of the runs that do, saying how many runs it leaves out ("1.25 (2 runs unknown)")."""
+    if value is None:
+        return "unknown"
+    if unknown_runs:
+        return f"{value:{fmt}} ({unknown_runs} run{'s' if unknown_runs > 1 else ''} unknown)"
+    return f"{value:{fmt}}"
+
+
+def kwh_text(value: float, fmt: str, gpu_unknown_runs: int = 0) -> str:
+    """Measured energy in kWh, saying for how many runs the GPU part is unknown (no GPU sensor:
+    only their CPU energy is in it), e.g. "1.250 (GPU energy unknown for 2 runs)"."""
+    if gpu_unknown_runs:
+        runs = f"{gpu_unknown_runs} run{'s' if gpu_unknown_runs > 1 else ''}"
+        return f"{value:{fmt}} (GPU energy unknown for {runs})"
+    return f"{value:{fmt}}"
+
+
+def cost_unknown_note(unknown_runs: int) -> str:
+    """The sentence saying how many runs' cost is unknown and left out of the money figures."""
+    runs = f"{unknown_runs} run{'s' if unknown_runs > 1 else ''}"
+    return (
+        f"The cost of {runs} is unknown (no GPU sensor measured the GPU time it is priced "
+        "from): left out of the money figures, not counted as 0."
+    )
