@@ -89,21 +89,19 @@ def trainer(args: argparse.Namespace) -> int:
     """Stream a script's steps, as they end in real time, to every daemon home given; the run
     starts (``Client`` built) at the first step's start."""
     from hooks.client import Client
-    from hooks.runid import hello_fields
+    from hooks.options import RunOptions
 
     logging.getLogger("hooks").setLevel(logging.ERROR)  # drops are counted, not printed
     steps = json.loads(Path(args.steps).read_text())
     t0 = args.t0
     _sleep_until(t0 + steps[0][0])
-    fields = hello_fields(
-        name="accuracy",
-        project="bench",
-        user=None,
+    options = RunOptions(
+        name="accuracy", project="bench", batch_size=SAMPLES_PER_STEP, total_steps=len(steps)
+    )
+    fields = options.hello_fields(
         framework="bench",
         framework_version="",
         hook="bench.trainer",
-        batch_size=SAMPLES_PER_STEP,
-        total_steps=len(steps),
         samples_source="argument",
         ranks=(0, 0, 1),
         devices=["0"],
@@ -291,7 +289,7 @@ def simulate(script: Script, *, counter: bool, seed: int = 5) -> dict[str, Any]:
     (daemon's step energy, exact step energy) in joules for each step, ``run`` the same for the
     whole run."""
     from hooks import wire
-    from hooks.runid import hello_fields
+    from hooks.options import RunOptions
     from profiler.config import Config
     from profiler.daemon.core import Daemon
     from profiler.ingest.messages import decode
@@ -309,15 +307,10 @@ def simulate(script: Script, *, counter: bool, seed: int = 5) -> dict[str, Any]:
         wall=lambda: 1.7e9 + clock.now,
     )
     pid, run = os.getpid(), "steps"
-    fields = hello_fields(
-        name=run,
-        project="bench",
-        user=None,
+    fields = RunOptions(name=run, project="bench", batch_size=SAMPLES_PER_STEP).hello_fields(
         framework="bench",
         framework_version="",
         hook="bench",
-        batch_size=SAMPLES_PER_STEP,
-        total_steps=None,
         samples_source="argument",
         ranks=(0, 0, 1),
         devices=["0"],

@@ -86,19 +86,15 @@ def sender(args: argparse.Namespace) -> int:
     (``mode=rows``); ``bulk`` appends each tick's end times at once. Prints one JSON line:
     steps generated, dropped and errors as the hook counts them."""
     from hooks.client import Client
+    from hooks.options import RunOptions
     from hooks.recorder import StepRecorder
-    from hooks.runid import hello_fields
 
     logging.getLogger("hooks").setLevel(logging.ERROR)  # drops are counted, not printed
-    fields = hello_fields(
-        name=args.run,
-        project="bench",
-        user=None,
+    options = RunOptions(name=args.run, project="bench", batch_size=SAMPLES_PER_STEP)
+    fields = options.hello_fields(
         framework="bench",
         framework_version="",
         hook=f"bench.{args.mode}",
-        batch_size=SAMPLES_PER_STEP,
-        total_steps=None,
         samples_source="argument",
         ranks=(args.rank, args.rank % 8, args.world),
         devices=[str(args.rank % 8)],

@@ -47,21 +47,16 @@ def feeder(home: Path, runs: int, gpus: int, seconds: float) -> int:
     """Open ``runs`` runs on every GPU and keep them stepping for ``seconds`` (blocking sends:
     this is a load generator, not a hook)."""
     from hooks import wire
-    from hooks.runid import hello_fields
+    from hooks.options import RunOptions
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     path = str(wire.socket_path(home))
     pid = os.getpid()
     ids = [f"scrape-{i:03d}" for i in range(runs)]
-    fields = hello_fields(
-        name="scrape",
-        project="bench",
-        user=None,
+    fields = RunOptions(name="scrape", project="bench", batch_size=32).hello_fields(
         framework="bench",
         framework_version="",
         hook="bench.scrape",
-        batch_size=32,
-        total_steps=None,
         samples_source="argument",
         ranks=(0, 0, 1),
         devices=[str(g) for g in range(gpus)],

@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     sensor = NvmlSensor(sim)
     daemon.gpu_sensor = sensor
     daemon.gpu_source = sensor.source
-    daemon.gpu_description = sensor.describe()
     serve(daemon)
     return 0
 

@@ -34,6 +34,7 @@ made. Nothing raises into training: errors are counted in :attr:`EnergyCallback.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import transformers
@@ -60,13 +61,23 @@ class EnergyCallback(TrainerCallback, CallbackRuns):
         run_id: str | None = None,
         user: str | None = None,
     ) -> None:
-        self.options = RunOptions(name=name, project=project, run_id=run_id, user=user)
+        self.name = name
+        self.project = project
+        self.user = user
+        self._run_id = run_id
         self.base_run_id = self.options.job_run_id()
         self.trains = 0
         self._run: TrackedRun | None = None
         self._micro_batches = 0
         self._pending: tuple[float, int] | None = None  # (end, samples) of a step awaiting its loss
         self._errors = 0
+
+    @property
+    def options(self) -> RunOptions:
+        """The run arguments as they stand (the attributes ``name``, ``project`` and ``user``
+        may be changed until ``train()`` begins; the run id is fixed at construction,
+        :attr:`base_run_id`)."""
+        return RunOptions(name=self.name, project=self.project, run_id=self._run_id, user=self.user)
 
     # ---- the run ------------------------------------------------------------------------------
 
@@ -77,12 +88,15 @@ class EnergyCallback(TrainerCallback, CallbackRuns):
             self.trains += 1
             rid = self.base_run_id if self.trains == 1 else f"{self.base_run_id}-{self.trains}"
             remaining = (state.max_steps or 0) - state.global_step
-            fields = self.options.hello_fields(
+            options = replace(
+                self.options,
+                batch_size=args.train_batch_size * args.gradient_accumulation_steps,
+                total_steps=remaining if remaining > 0 else None,
+            )
+            fields = options.hello_fields(
                 framework="transformers",
                 framework_version=transformers.__version__,
                 hook="hf.EnergyCallback",
-                batch_size=args.train_batch_size * args.gradient_accumulation_steps,
-                total_steps=remaining if remaining > 0 else None,
                 samples_source="config",
                 ranks=(args.process_index, args.local_process_index, args.world_size),
             )

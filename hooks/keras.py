@@ -48,6 +48,7 @@ import numbers
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from hooks.client import Client
@@ -89,7 +90,12 @@ class EnergyCallback:
         run_id: str | None = None,
         user: str | None = None,
     ) -> None:
-        self.options = RunOptions(name, project, batch_size, total_steps, run_id, user)
+        self.name = name
+        self.project = project
+        self.batch_size = batch_size
+        self.total_steps = total_steps
+        self.user = user
+        self._run_id = run_id
         self.params: dict[str, Any] = {}
         self.validation_data = None
         self._model: Any = None
@@ -107,6 +113,19 @@ class EnergyCallback:
     @property
     def model(self) -> Any:
         return self._model
+
+    @property
+    def options(self) -> RunOptions:
+        """The run arguments as they stand (the attributes ``name``, ``project``,
+        ``batch_size``, ``total_steps`` and ``user`` may be changed until a ``fit`` begins)."""
+        return RunOptions(
+            name=self.name,
+            project=self.project,
+            batch_size=self.batch_size,
+            total_steps=self.total_steps,
+            run_id=self._run_id,
+            user=self.user,
+        )
 
     @property
     def run_id(self) -> str | None:
@@ -270,12 +289,10 @@ class EnergyCallback:
         options = self.options
         total = options.total_steps or (steps * epochs if steps and epochs else None)
         probe, clock, device_fields = _device_setup(framework)
-        fields = options.hello_fields(
+        fields = replace(options, total_steps=total).hello_fields(
             framework=framework,
             framework_version=version,
             hook=HOOK,
-            batch_size=options.batch_size,
-            total_steps=total,
             samples_source="argument" if options.batch_size else "none",
             **device_fields,
         )

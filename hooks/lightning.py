@@ -40,6 +40,7 @@ import importlib
 import math
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from hooks.client import Client
@@ -109,9 +110,11 @@ class EnergyCallback(*_callback_bases(), CallbackRuns):
         user: str | None = None,
     ) -> None:
         super().__init__()
-        self.options = RunOptions(
-            name=name, project=project, batch_size=batch_size, run_id=run_id, user=user
-        )
+        self.name = name
+        self.project = project
+        self.batch_size = batch_size
+        self.user = user
+        self._run_id = run_id
         self.base_run_id = self.options.job_run_id()
         self.fits = 0
         self._run: TrackedRun | None = None
@@ -122,6 +125,19 @@ class EnergyCallback(*_callback_bases(), CallbackRuns):
         self._errors = 0
 
     # ---- what a user or test can read ---------------------------------------------------------
+
+    @property
+    def options(self) -> RunOptions:
+        """The run arguments as they stand (the attributes ``name``, ``project``,
+        ``batch_size`` and ``user`` may be changed until a fit begins; the run id is fixed at
+        construction, :attr:`base_run_id`)."""
+        return RunOptions(
+            name=self.name,
+            project=self.project,
+            batch_size=self.batch_size,
+            run_id=self._run_id,
+            user=self.user,
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the trainer and its callbacks: a live run (socket, thread) stays here.
@@ -138,13 +154,13 @@ class EnergyCallback(*_callback_bases(), CallbackRuns):
             self.fits += 1
             rid = self.base_run_id if self.fits == 1 else f"{self.base_run_id}-{self.fits}"
             package = type(trainer).__module__.split(".")[0]  # lightning or pytorch_lightning
-            batch_size = self.options.batch_size
-            fields = self.options.hello_fields(
+            options = self.options
+            batch_size = options.batch_size
+            per_step = (batch_size or 0) * trainer.accumulate_grad_batches
+            fields = replace(options, batch_size=per_step).hello_fields(
                 framework="lightning",
                 framework_version=str(getattr(sys.modules.get(package), "__version__", "")),
                 hook=f"{package}.EnergyCallback",
-                batch_size=(batch_size or 0) * trainer.accumulate_grad_batches,
-                total_steps=None,
                 samples_source="argument" if batch_size else "none",
                 ranks=(trainer.global_rank, trainer.local_rank, trainer.world_size),
             )
@@ -202,7 +218,7 @@ class EnergyCallback(*_callback_bases(), CallbackRuns):
                 self._source = "batch" if size is not None else "argument"
                 if size is not None:
                     run.client.update_hello(samples_source="batch")
-            self._samples += size if size is not None else (self.options.batch_size or 0)
+            self._samples += size if size is not None else (self.batch_size or 0)
         except Exception:  # noqa: BLE001 - the hook boundary
             self._errors += 1
 

@@ -2,17 +2,18 @@
 
 ``track()``, :class:`hooks.pytorch.StepTimer`, the Keras, Lightning and Hugging Face
 ``EnergyCallback`` s and the automatic hooks of ``profiler run --hooks`` take the same keyword
-arguments (each keeps its own signature; a hook without a use for one of them does not take it).
-They hold them as one :class:`RunOptions`, which also makes the run id and the user's part of
-the ``hello`` fields the same way for every hook. Standard library only.
+arguments (each keeps its own signature and attributes; a hook without a use for one of them
+does not take it). Each builds one :class:`RunOptions` from them when a run starts, which makes
+the run id and the ``hello`` fields the same way for every hook. Standard library only.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any
 
-from hooks.runid import default_name, hello_fields, job_run_id
+from hooks.runid import default_name, env_meta, job_run_id, ranks_from_env, user_name
 
 
 @dataclass(frozen=True)
@@ -44,29 +45,36 @@ class RunOptions:
         framework: str,
         framework_version: str,
         hook: str,
-        batch_size: int | None,
-        total_steps: int | None,
         samples_source: str,
         clock: str = "host_monotonic",
         memory_source: str = "",
         ranks: tuple[int, int, int] | None = None,
         devices: list[str] | None = None,
     ) -> dict[str, Any]:
-        """The ``hello`` fields (:func:`hooks.runid.hello_fields`) with this run's name,
-        project and user; the hook says what it measures (``batch_size`` and ``total_steps``
-        as it counts them, which may differ from the options')."""
-        return hello_fields(
-            name=self.name,
-            project=self.project,
-            user=self.user,
-            framework=framework,
-            framework_version=framework_version,
-            hook=hook,
-            batch_size=batch_size,
-            total_steps=total_steps,
-            samples_source=samples_source,
-            clock=clock,
-            memory_source=memory_source,
-            ranks=ranks,
-            devices=devices,
-        )
+        """The ``hello`` fields every hook sends (see :mod:`hooks.wire`): this run's name,
+        project, user, ``batch_size`` and ``total_steps``, what the hook measures and how (the
+        keywords), the host, and the scheduler's metadata (:func:`hooks.runid.env_meta`) under
+        ``meta`` when there is any. A hook that announces other samples per step or total steps
+        than the user gave (counted over gradient accumulation, projected from the framework)
+        calls this on ``dataclasses.replace(options, batch_size=..., total_steps=...)``."""
+        rank, local_rank, world_size = ranks or ranks_from_env()
+        meta = env_meta()
+        return {
+            **({"meta": meta} if meta else {}),
+            "name": self.name or default_name(),
+            "project": self.project,
+            "user": self.user or user_name(),
+            "framework": framework,
+            "framework_version": framework_version,
+            "hook": hook,
+            "rank": rank,
+            "local_rank": local_rank,
+            "world_size": world_size,
+            "devices": devices or [],
+            "host": socket.gethostname(),
+            "batch_size": self.batch_size or None,
+            "total_steps": self.total_steps or None,
+            "clock": clock,
+            "samples_source": samples_source,
+            "memory_source": memory_source,
+        }

@@ -433,7 +433,14 @@ class StepTimer(TrackedRun):
         run_id: str | None = None,
         user: str | None = None,
     ) -> None:
-        options = RunOptions(name, project, batch_size, total_steps, run_id, user)
+        options = RunOptions(
+            name=name,
+            project=project,
+            batch_size=batch_size,
+            total_steps=total_steps,
+            run_id=run_id,
+            user=user,
+        )
         fields = _hello(options, "pytorch.StepTimer")
         super().__init__(Client(options.job_run_id(), fields), batch_size)
 
@@ -459,7 +466,14 @@ def track(
     in the new handle); no step is counted twice. Never raises into training.
     """
     global _current
-    options = RunOptions(name, project, batch_size, total_steps, run_id, user)
+    options = RunOptions(
+        name=name,
+        project=project,
+        batch_size=batch_size,
+        total_steps=total_steps,
+        run_id=run_id,
+        user=user,
+    )
     fields = _hello(options, "pytorch.track")
     client = Client(options.job_run_id(), fields)
     previous = _current
@@ -571,7 +585,5 @@ def _hello(options: RunOptions, hook: str) -> dict[str, Any]:
         framework="pytorch",
         framework_version=torch.__version__,
         hook=hook,
-        batch_size=options.batch_size,
-        total_steps=options.total_steps,
         samples_source="argument" if options.batch_size else "none",
     )

@@ -1,5 +1,5 @@
 """Who a run is: its id (every rank of one job must name the same run), ranks, user and the
-``hello`` fields every hook sends."""
+scheduler's metadata (:class:`hooks.options.RunOptions` puts them into the ``hello`` fields)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import logging
 import os
 import re
 import secrets
-import socket
 import sys
 import time
 import unicodedata
-from typing import Any
 
 log = logging.getLogger("hooks")
 
@@ -179,44 +177,3 @@ def user_name() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
-
-
-def hello_fields(
-    *,
-    name: str | None,
-    project: str,
-    user: str | None,
-    framework: str,
-    framework_version: str,
-    hook: str,
-    batch_size: int | None,
-    total_steps: int | None,
-    samples_source: str,
-    clock: str = "host_monotonic",
-    memory_source: str = "",
-    ranks: tuple[int, int, int] | None = None,
-    devices: list[str] | None = None,
-) -> dict[str, Any]:
-    """The ``hello`` fields every hook sends (see :mod:`hooks.wire`), with the scheduler's
-    metadata (:func:`env_meta`) under ``meta`` when there is any."""
-    rank, local_rank, world_size = ranks or ranks_from_env()
-    meta = env_meta()
-    return {
-        **({"meta": meta} if meta else {}),
-        "name": name or default_name(),
-        "project": project,
-        "user": user or user_name(),
-        "framework": framework,
-        "framework_version": framework_version,
-        "hook": hook,
-        "rank": rank,
-        "local_rank": local_rank,
-        "world_size": world_size,
-        "devices": devices or [],
-        "host": socket.gethostname(),
-        "batch_size": batch_size or None,
-        "total_steps": total_steps or None,
-        "clock": clock,
-        "samples_source": samples_source,
-        "memory_source": memory_source,
-    }

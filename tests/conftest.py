@@ -101,6 +101,26 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
         d.stop()
 
 
+@pytest.fixture
+def process_tree():
+    """A child that started a grandchild: ``(child, grandchild pid)``."""
+    code = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', "
+        "'import time\\nt = time.time()\\nwhile time.time() - t < 20: pass'])\n"
+        "print(p.pid, flush=True)\ntime.sleep(30)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    grandchild = int(child.stdout.readline())
+    yield child, grandchild
+    for pid in (grandchild, child.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    child.wait()
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value; that value is returned."""
     deadline = time.monotonic() + timeout
@@ -213,7 +233,7 @@ def exported_series_names(home: Path) -> set[str]:
         clock.now += 0.1
         d.sample()
         d.handle(StepBatch("r", os.getpid(), ((i, clock.now - 0.1, clock.now, 8, extras),), 0))
-    d.cpu_energy_j = {"package-0": (100.0, "rapl")}  # as a CPU sensor would give
+    d.cpu.energy_j = {"package-0": (100.0, "rapl")}  # as a CPU sensor would give
     text = render_metrics(d).decode()
     assert 'profiler_run_cost_total{run="r",component="gpu_time"}' in text
     names: set[str] = set()

@@ -15,8 +15,6 @@ import textwrap
 import pytest
 from conftest import run_cli, sample_value, start_daemon, wait_for
 
-from profiler.ledger.store import Ledger
-
 slow = pytest.mark.slow
 
 NO_OPTIMIZER = """
@@ -145,40 +143,3 @@ def test_report_counts_unknown_runs_instead_of_adding_zero(daemon, tmp_path):
     assert csv_out.returncode == 0, csv_out.stderr
     row = next(ln for ln in csv_out.stdout.splitlines() if ",no-opt-plain," in ln)
     assert ",,," in row  # steps, samples and the per-sample figures are empty, not 0
-
-
-def test_a_restored_run_keeps_null(tmp_path):
-    from profiler.ledger.rows import run_from_row as _run_from_row
-
-    ledger = Ledger(tmp_path / "l.sqlite")
-    meta = {"steps_known": False, "samples_source": "", "start_mono": 1.0}
-    ledger.write([{"id": "r", "name": "r", "status": "running", "started_at": 1.0,
-                   "steps": None, "samples": None, "meta": meta}], [], [], [])  # fmt: skip
-    row = ledger.run("r")
-    assert row["steps"] is None and row["samples"] is None
-    run = _run_from_row(row)
-    assert run.known_steps is None and run.known_samples is None
-    ledger.close()
-
-
-def test_a_schema_2_ledger_marks_unknown_rows_null(tmp_path):
-    from profiler.ledger.schema import MIGRATIONS as _MIGRATIONS
-
-    path = tmp_path / "v2.sqlite"
-    db = sqlite3.connect(path)
-    db.executescript(_MIGRATIONS[1] + _MIGRATIONS[2])
-    rows = [("plain", "profiler.run", 0, 0, "{}"), ("bs", "keras.EnergyCallback", 5, 0,
-            '{"samples_source": "none"}'), ("ok", "pytorch.track", 5, 320, "{}")]  # fmt: skip
-    for run_id, hook, steps, samples, meta in rows:
-        db.execute(
-            "INSERT INTO runs (id, name, status, started_at, hook, steps, samples, meta) "
-            "VALUES (?, ?, 'finished', 1.0, ?, ?, ?, ?)",
-            (run_id, run_id, hook, steps, samples, meta),
-        )
-    db.execute("PRAGMA user_version = 2")
-    db.commit()
-    db.close()
-    ledger = Ledger(path)
-    got = {r["id"]: (r["steps"], r["samples"]) for r in ledger.runs()}
-    assert got == {"plain": (None, None), "bs": (5, None), "ok": (5, 320)}
-    ledger.close()

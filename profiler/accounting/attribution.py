@@ -10,34 +10,22 @@ pricing's currency (through :class:`~profiler.cost.meter.CostMeter`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-from profiler.accounting.devices import DeviceState, Sharing, minute
+from profiler.accounting.devices import DeviceState, Sharing
 from profiler.accounting.energy import CounterMark, Holder, split_interval
+from profiler.accounting.rollups import RollupFor, add_priced, minute
 from profiler.accounting.runs import Run
-from profiler.cost.meter import IDLE_UTILIZATION, CostMeter, Priced
+
+if TYPE_CHECKING:
+    from profiler.cost.meter import CostMeter
 
 STALE_PENDING_S = 30.0
 ATTRIBUTION_LAG_S = 0.5  # more than the hooks' flush interval (0.25 s)
+IDLE_UTILIZATION = 0.05
+"""A device interval at most this busy (utilization ratio) in which the run ended no step is
+idle waste (:func:`waste_reason`)."""
 
-
-class MinuteTotals(Protocol):
-    """One run's totals for one minute (the ledger's rollup row): steps, samples, joules,
-    GPU-seconds, money in the pricing's currency and grams CO2e."""
-
-    steps: int
-    samples: int
-    gpu_energy_j: float
-    gpu_seconds: float
-    cpu_energy_j: float
-    cost_gpu_time: float
-    cost_energy: float
-    co2_g: float
-    waste_cost: float
-
-
-RollupFor = Callable[[str, float], MinuteTotals]
-"""(run id, unix seconds) -> the totals of that run's minute, created when first asked."""
 
 Ancestors = Callable[[int], Sequence[int]]
 """pid -> its living ancestors, parent first (empty when unknown)."""
@@ -225,11 +213,3 @@ def waste_reason(run: Run, start_mono: float, utilization: float | None) -> str 
     ):
         return "idle"
     return None
-
-
-def add_priced(rollup: MinuteTotals, priced: Priced) -> None:
-    """Add one priced share (currency, grams CO2e) to a minute's totals."""
-    rollup.cost_gpu_time += priced.gpu_time_cost
-    rollup.cost_energy += priced.energy_cost
-    rollup.co2_g += priced.co2_g
-    rollup.waste_cost += priced.waste_cost

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from profiler.accounting.attribution import RollupFor, add_priced
 from profiler.accounting.energy import split_cpu_energy
+from profiler.accounting.rollups import RollupFor, add_priced
 from profiler.accounting.runs import ProcessInfo, Run
-from profiler.cost.meter import CostMeter
 from profiler.sensors.base import CpuSample
+
+if TYPE_CHECKING:
+    from profiler.cost.meter import CostMeter
 
 BORN_WITH_RUN_S = 1.0  # a process created at most this long before its run began is its own
 

@@ -70,8 +70,3 @@ class Sharing:
         started = bisect.bisect_right(self._starts, t)
         ended = bisect.bisect_left(self._ends, t)  # spans over before t
         return max(1, started - ended)
-
-
-def minute(unix_s: float) -> int:
-    """The start of the minute holding ``unix_s`` (unix seconds): the key of minute rollups."""
-    return int(unix_s // 60) * 60

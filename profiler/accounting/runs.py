@@ -8,12 +8,11 @@ Times ending in ``_mono`` are seconds on CLOCK_MONOTONIC (the clock hooks send);
 from __future__ import annotations
 
 import bisect
-import math
 import random
 from dataclasses import dataclass, field
 
 from profiler.accounting.energy import percentile
-from profiler.cost.meter import RunCost
+from profiler.cost.records import RunCost
 from profiler.ingest.messages import StepExtras
 
 # Histogram bucket upper bounds.
@@ -327,7 +326,3 @@ class Run:
         if any(p.gone and not p.said_bye for p in self.processes.values()):
             return "lost"
         return self.bye_status or "finished"
-
-
-def finite(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -17,6 +17,7 @@ from profiler.daemon.control import daemon_status, start_background, stop_daemon
 
 
 def cmd_daemon(config: Config, args: argparse.Namespace) -> int:
+    """``profiler daemon``: run the daemon in the foreground, logging to stderr, until stopped."""
     from profiler.daemon.service import DaemonError, run_foreground
 
     logging.basicConfig(
@@ -30,6 +31,8 @@ def cmd_daemon(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_start(config: Config, args: argparse.Namespace) -> int:
+    """``profiler start``: start a background daemon unless one runs; either way say where its
+    metrics are. Exit 0."""
     status = daemon_status(config)
     started = False
     if not status:
@@ -84,6 +87,8 @@ def cmd_stop(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    """``profiler status [--json]``: the running daemon's pid, version, metrics URL, socket and
+    settings. Exit 1 when none runs."""
     status = daemon_status(config)
     if not status:
         if args.json:
@@ -107,6 +112,8 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_runs(config: Config, args: argparse.Namespace) -> int:
+    """``profiler runs [--json] [--limit N]``: the ledger's runs, newest first, as a table (GPU
+    kWh, GPU-hours, cost in its currency, CO2 in grams) or as JSON run objects."""
     runs = read_runs(config, args.limit)
     if args.json:
         print(json.dumps(runs, indent=1))

@@ -22,7 +22,7 @@ from typing import IO, NoReturn
 
 from profiler import __version__
 from profiler.cli.errors import CliError
-from profiler.cli.report_cmds import DASHBOARDS_DIR
+from profiler.cli.paths import DASHBOARDS_DIR
 from profiler.config import Config, ConfigError, load_config
 from profiler.daemon.control import ControlError
 from profiler.ledger.store import LedgerError

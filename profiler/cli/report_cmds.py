@@ -9,8 +9,6 @@ import argparse
 import datetime
 import os
 import sys
-from importlib import resources
-from pathlib import Path
 
 from profiler.cli.errors import CliError
 from profiler.cli.run_records import read_runs
@@ -18,12 +16,10 @@ from profiler.config import Config
 from profiler.daemon.control import daemon_status
 from profiler.ledger.store import Ledger
 
-# The dashboard JSON shipped inside the package (built by dashboards/build.py), so that an
-# installed wheel finds it as a checkout does.
-DASHBOARDS_DIR = Path(str(resources.files("profiler") / "dashboards"))
-
 
 def cmd_report(config: Config, args: argparse.Namespace) -> int:
+    """``profiler report``: a month's cost report from the ledger (or the fleet's from
+    Prometheus), in ``--format``, to standard output or ``--out``."""
     from profiler.report.model import ReportError, budgets_from_config
     from profiler.report.monthly import build_report, to_focus
     from profiler.report.render import render
@@ -66,6 +62,7 @@ def cmd_report(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_dashboards(config: Config, args: argparse.Namespace) -> int:
+    """``profiler dashboards push``: create or update the dashboards of ``--dir`` in Grafana."""
     from profiler.grafana import GrafanaError, push_dashboards, token_from
 
     if not args.dir.is_dir():
@@ -80,6 +77,7 @@ def cmd_dashboards(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_compare(config: Config, args: argparse.Namespace) -> int:
+    """``profiler compare RUN ...``: the runs side by side, with ratios to the first."""
     from profiler.report.compare import CompareError, compare, render
 
     try:
@@ -90,6 +88,8 @@ def cmd_compare(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_prices(config: Config, args: argparse.Namespace) -> int:
+    """``profiler prices [--list]``: the pricing in force and where each figure came from (a
+    note when the running daemon prices otherwise), or the whole price catalog."""
     from profiler.cli.prices import render_catalog, render_effective
     from profiler.cost.catalog import load_catalog
     from profiler.cost.settings import PricingError

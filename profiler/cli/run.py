@@ -388,7 +388,7 @@ def _stop_unused(config: Config, status: dict[str, Any]) -> None:
         return
     try:
         stop_daemon(config, status)
-    except (CliError, ControlError) as e:
+    except ControlError as e:
         print(f"profiler: warning: {e}", file=sys.stderr)
 
 

@@ -120,6 +120,8 @@ def _ranks(meta: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def read_runs(config: Config, limit: int | None = None) -> list[dict[str, Any]]:
+    """The ledger's runs as public run objects, newest first (at most ``limit``); [] when there
+    is no ledger yet."""
     if not config.ledger.exists():
         return []
     ledger = Ledger(config.ledger, readonly=True)

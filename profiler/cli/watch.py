@@ -28,6 +28,7 @@ from rich.text import Text
 
 from profiler.cli.errors import CliError
 from profiler.config import Config
+from profiler.daemon.control import daemon_status
 from profiler.report.text import display_text
 from profiler.units import JOULES_PER_KWH
 
@@ -278,8 +279,6 @@ def _take(url: str, previous: Snapshot | None) -> Snapshot:
 
 def watch(config: Config, interval: float = 1.0, once: bool = False, console=None) -> int:
     """Show the daemon until Ctrl-C (0) or until it stops (1); ``once``: one plain frame."""
-    from profiler.daemon.control import daemon_status
-
     status = daemon_status(config)
     if status and status.get("status_error"):
         print(f"profiler: error: the daemon runs (pid {status.get('pid') or 'unknown'}), but "

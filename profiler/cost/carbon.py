@@ -41,7 +41,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from profiler.cost.settings import CostSettings, Figures, PricingError, as_non_negative, as_text
+from profiler.cost.settings import (
+    CostSettings,
+    FigureSources,
+    PricingError,
+    as_non_negative,
+    as_text,
+)
 
 LBS_PER_MWH_TO_G_PER_KWH = 0.45359237  # 1 lb = 453.59237 g, 1 MWh = 1000 kWh
 
@@ -222,7 +228,7 @@ def region_country(provider: str, region: str) -> str:
 
 
 def choose_intensity(
-    s: CostSettings, instance: dict[str, Any] | None, profile_id: str | None, figures: Figures
+    s: CostSettings, instance: dict[str, Any] | None, profile_id: str | None, figures: FigureSources
 ) -> tuple[float | None, str]:
     """(gCO2e/kWh or None, short source) for a pricing, first that applies (the precedence
     :mod:`profiler.cost.pricing` gives); the full source goes to ``figures``. ``instance`` is the
@@ -265,7 +271,7 @@ def choose_intensity(
     return None, ""
 
 
-def _country_carbon(s: CostSettings, cc: str, figures: Figures) -> tuple[float, str]:
+def _country_carbon(s: CostSettings, cc: str, figures: FigureSources) -> tuple[float, str]:
     if "us_state" in s:
         origin = s.where("us_state")
         state = as_text(s.get("us_state"), "us_state", origin)
@@ -286,7 +292,7 @@ def _country_carbon(s: CostSettings, cc: str, figures: Figures) -> tuple[float, 
 
 
 def _instance_carbon(
-    instance: dict[str, Any], profile_id: str, cc: str, figures: Figures
+    instance: dict[str, Any], profile_id: str, cc: str, figures: FigureSources
 ) -> tuple[float | None, str]:
     """The implicit default for a cloud instance: its region's intensity, or None if unknown."""
     provider = profile_id.split(":", 1)[0].lower()

@@ -18,10 +18,10 @@ Carbon intensity (gCO2e/kWh), first that applies: ``carbon_g_per_kwh`` (environm
 ``country`` (+ ``us_state`` for the USA); for a cloud instance with none of these, the instance's
 region: a GCP region from impact.csv, otherwise the region's country (the entry's ``country``
 key, else ``us-*`` and Azure ``*us*`` regions are the USA) from global_energy_mix.json. These are
-codecarbon's figures, packaged with the profiler (:mod:`profiler.cost.carbon`, which makes this
-choice); should that file be
-missing, an explicit country/region is an error and the implicit cloud default leaves the
-intensity unknown (``None``).
+codecarbon's figures, packaged with the profiler in ``profiler/cost/data/carbon_intensity.json``
+(:mod:`profiler.cost.carbon` reads them and makes this choice); should that file be missing, an
+explicit country/region is an error and the implicit cloud default leaves the intensity unknown
+(``None``).
 
 Environment variables win over the file: ``PROFILER_PRICING``, ``PROFILER_MARKET``,
 ``PROFILER_COUNTRY``, ``PROFILER_CARBON_G_PER_KWH``, ``PROFILER_GPU_HOUR_PRICE`` (the last
@@ -48,7 +48,7 @@ from profiler.cost import carbon
 from profiler.cost.catalog import MARKETS, TARIFFS, load_catalog
 from profiler.cost.settings import (
     CostSettings,
-    Figures,
+    FigureSources,
     PricingError,
     as_currency,
     as_non_negative,
@@ -104,7 +104,7 @@ def resolve_pricing(
     env = os.environ if env is None else env
     s = read_settings(cost or {}, where, env)
     catalog = load_catalog(catalog_overrides, where=where)
-    figures = Figures()
+    figures = FigureSources()
 
     profile_id = s.get("pricing")
     if profile_id is not None:
@@ -277,7 +277,9 @@ def _cloud(
     return entry, market, float(entry[market]), currency
 
 
-def _pue_for(s: CostSettings, catalog: dict[str, Any], provider: str, figures: Figures) -> float:
+def _pue_for(
+    s: CostSettings, catalog: dict[str, Any], provider: str, figures: FigureSources
+) -> float:
     """The PUE: [cost] pue when set, else the catalog's figure for ``provider`` (or industry)."""
     if "pue" in s:
         value = as_pue(s.get("pue"), "pue", s.where("pue"))
@@ -302,7 +304,7 @@ def _onprem(
     catalog: dict[str, Any],
     where: str,
     currency_given: str | None,
-    figures: Figures,
+    figures: FigureSources,
 ) -> tuple[str, float, float, float]:
     sub = f"{where} [cost.onprem]"
     if "onprem" not in s:

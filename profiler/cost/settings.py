@@ -45,6 +45,7 @@ class PricingError(ValueError):
 
 
 def did_you_mean(value: str, choices: Any, n: int = 1) -> str:
+    """`` (did you mean 'x'?)`` naming up to ``n`` of ``choices`` close to ``value``, else ""."""
     close = difflib.get_close_matches(str(value), list(choices), n=n, cutoff=0.6)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
@@ -68,6 +69,7 @@ def as_number(value: Any, key: str, where: str, what: str) -> float:
 
 
 def as_non_negative(value: Any, key: str, where: str, what: str) -> float:
+    """A finite number >= 0, in the unit ``what`` names (e.g. currency per kWh)."""
     number = as_number(value, key, where, what)
     if number < 0:
         raise PricingError(f"{where}: '{key}' must not be negative ({what}), got {number:g}")
@@ -75,6 +77,7 @@ def as_non_negative(value: Any, key: str, where: str, what: str) -> float:
 
 
 def as_positive(value: Any, key: str, where: str, what: str) -> float:
+    """A finite number > 0, in the unit ``what`` names (e.g. years)."""
     number = as_number(value, key, where, what)
     if number <= 0:
         raise PricingError(f"{where}: '{key}' must be positive ({what}), got {number:g}")
@@ -82,6 +85,7 @@ def as_positive(value: Any, key: str, where: str, what: str) -> float:
 
 
 def as_pue(value: Any, key: str, where: str) -> float:
+    """A power usage effectiveness: facility energy / IT energy, a ratio >= 1."""
     number = as_number(value, key, where, "power usage effectiveness, >= 1")
     if number < 1:
         raise PricingError(f"{where}: '{key}' is a PUE and must be >= 1, got {number:g}")
@@ -89,6 +93,7 @@ def as_pue(value: Any, key: str, where: str) -> float:
 
 
 def as_iso_date(value: Any, key: str, where: str) -> str:
+    """``YYYY-MM-DD`` from a TOML date or datetime, or a string in ISO form."""
     if isinstance(value, datetime.datetime):
         return value.date().isoformat()
     if isinstance(value, datetime.date):
@@ -102,12 +107,14 @@ def as_iso_date(value: Any, key: str, where: str) -> str:
 
 
 def as_currency(value: Any, key: str, where: str) -> str:
+    """A three-letter currency code, upper-cased (``usd`` -> ``USD``); blanks around it ignored."""
     if not isinstance(value, str) or not _CURRENCY.match(value.strip().upper()):
         raise PricingError(f"{where}: '{key}' must be a currency code such as 'USD', got {value!r}")
     return value.strip().upper()
 
 
 def as_text(value: Any, key: str, where: str) -> str:
+    """A non-empty string, blanks around it removed."""
     if not isinstance(value, str) or not value.strip():
         raise PricingError(f"{where}: '{key}' must be a non-empty string, got {value!r}")
     return value.strip()
@@ -126,21 +133,28 @@ class CostSettings:
     origin: dict[str, str]
 
     def get(self, key: str, default: Any = None) -> Any:
+        """``key``'s value as given (an environment value is a string), else ``default``."""
         return self.values.get(key, default)
 
     def __contains__(self, key: str) -> bool:
         return key in self.values
 
     def where(self, key: str) -> str:
+        """Where ``key``'s value came from: ``<file> [cost]`` or ``environment PROFILER_...``."""
         return self.origin[key]
 
 
 @dataclass
-class Figures:
+class FigureSources:
+    """Where each figure of a pricing came from (``sources``: figure name -> one line) and the
+    as-of dates (ISO ``YYYY-MM-DD``) of the dated ones (``dates``), filled while it is resolved."""
+
     sources: dict[str, str] = field(default_factory=dict)
     dates: list[str] = field(default_factory=list)
 
     def add(self, name: str, text: str, as_of: str = "") -> None:
+        """Record ``text`` as the source of figure ``name`` (replacing an earlier one), with
+        ``; as_of DATE`` appended and the date kept when ``as_of`` (an ISO date) is given."""
         if as_of:
             text = f"{text}; as_of {as_of}"
             self.dates.append(as_of)
@@ -148,6 +162,8 @@ class Figures:
 
 
 def read_settings(cost: Mapping[str, Any], where: str, env: Mapping[str, str]) -> CostSettings:
+    """The ``[cost]`` table of the file ``where`` with the ``PROFILER_*`` variables of ``env``
+    laid over it; PricingError for an unknown key in ``[cost]`` or ``[cost.onprem]``."""
     if not isinstance(cost, Mapping):
         raise PricingError(f"{where}: 'cost' must be a table ([cost])")
     table = f"{where} [cost]"

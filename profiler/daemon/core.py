@@ -1,8 +1,8 @@
 """The node daemon's core: one per machine, serving every training process on it.
 
 :class:`Daemon` wires the parts and holds the state they share: it applies decoded messages
-(admission in :mod:`profiler.ingest.admission`; the run lifecycle here: hello, steps, bye,
-processes gone, runs ended and forgotten), applies sensor readings (attribution in
+(admission in :mod:`profiler.ingest.admission`; hello, steps and bye here; processes gone, runs
+ended and forgotten in :mod:`profiler.daemon.lifecycle`), applies sensor readings (attribution in
 :mod:`profiler.accounting.attribution`, CPU in :mod:`profiler.accounting.cpu`) and keeps the
 ledger through :mod:`profiler.daemon.persist`. The process shell and main loop are
 :class:`profiler.daemon.service.Service`.
@@ -25,50 +25,46 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from profiler import __version__
-from profiler.accounting.attribution import (
-    ATTRIBUTION_LAG_S,
-    STALE_PENDING_S,
-    attribute,
-    resolve_steps,
-)
+from profiler.accounting.attribution import ATTRIBUTION_LAG_S, attribute, resolve_steps
 from profiler.accounting.cpu import CpuAccount
 from profiler.accounting.devices import DeviceState, Readings
 from profiler.accounting.runs import ProcessInfo, Run
 from profiler.config import Config
 from profiler.cost.meter import CostMeter, no_pricing
-from profiler.cost.pricing import Pricing
 from profiler.daemon.announce import Announcer, announcement
+from profiler.daemon.lifecycle import Lifecycle, close_if_done
 from profiler.daemon.persist import Persistence
 from profiler.ingest.admission import owner_of, refusal
 from profiler.ingest.messages import Bye, Hello, Message, StepBatch
 from profiler.ledger.recovery import FlushOutcome
-from profiler.ledger.store import Ledger, Rollup
+from profiler.ledger.store import Ledger
 from profiler.sensors.base import CpuSensor, GpuSample, GpuSensor
-from profiler.sensors.procs import ProcessTable, alive, ancestor_pids, create_time
+from profiler.sensors.procs import ProcessTable, ancestor_pids, create_time
 from profiler.sensors.rapl import cpu_total_j
+
+if TYPE_CHECKING:
+    from profiler.cost.pricing import Pricing
 
 log = logging.getLogger(__name__)
 
 
-WATCHED_GRACE_S = 5.0  # how long a gone process waits for `profiler run`'s bye, seconds
-
-
 class Daemon:
-    """State and logic of the node daemon. ``clock``/``wall`` are injectable for tests."""
+    """State and logic of the node daemon. ``clock``/``wall`` are injectable for tests;
+    ``no_gpu_reason`` is what status and the start log say instead of the GPU sensor's
+    description when there is none (why: sampling off, no GPU found)."""
 
     def __init__(
         self,
         config: Config,
         *,
         gpu_sensor: GpuSensor | None = None,
-        gpu_description: str = "",
+        no_gpu_reason: str = "",
         cpu_sensor: CpuSensor | None = None,
-        cpu_description: str = "",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         hostname: str | None = None,
@@ -80,9 +76,8 @@ class Daemon:
         self.annotator: Announcer | None = None
         self.gpu_sensor = gpu_sensor
         self.gpu_source = gpu_sensor.source if gpu_sensor is not None else "none"
-        self.gpu_description = gpu_description
+        self.no_gpu_reason = no_gpu_reason
         self.cpu_sensor = cpu_sensor
-        self.cpu_description = cpu_description
         self.clock = clock
         self.wall = wall
         self.hostname = hostname or socket.gethostname()
@@ -100,14 +95,16 @@ class Daemon:
         # ancestry of GPU processes is looked up here, not in /proc, on every sample.
         self._procs: ProcessTable | None = None
         self._simulated_pids: set[int] = set()  # processes the simulated GPU was told about
-        # pid watched by `profiler run` -> (that command's pid, its create time): while the
-        # watcher lives, a gone child waits for its bye; a watcher gone (killed) sends none.
-        self._watchers: dict[int, tuple[int, float | None]] = {}
         # The ledger, the rollups gathered between flushes, and resuming runs after a restart.
         self.persist = Persistence(
             config, runs=self.runs, devices=self.devices, finished_at=self._finished_at,
             health=self.health, cost_meter=self.cost_meter, clock=clock, wall=wall,
             started_mono=self.started_mono, gpu_source=lambda: self.gpu_source,
+        )  # fmt: skip
+        # Run ends: processes gone, runs finished, finished runs forgotten.
+        self.lifecycle = Lifecycle(
+            config, runs=self.runs, devices=self.devices, finished_at=self._finished_at,
+            health=self.health, persist=self.persist, clock=clock, on_finish=self._finished,
         )  # fmt: skip
 
     # ---- messages -------------------------------------------------------------------------
@@ -135,7 +132,7 @@ class Daemon:
         run = self._find_run(msg.run)
         created = False
         if run is None:
-            if not self._make_room():
+            if not self.lifecycle.make_room():
                 self.message_counts["rejected:too_many_runs"] += 1
                 return
             since = min(f.get("since", f["mono"]), f["mono"])
@@ -182,7 +179,7 @@ class Daemon:
             self._count_unrecorded(run, proc, *f["sent"])
         self._hello_extras(run, proc, f)
         if f.get("watched") and msg.proxy and msg.sender is not None:
-            self._watchers[msg.pid] = (msg.sender.pid, create_time(msg.sender.pid))
+            self.lifecycle.watchers[msg.pid] = (msg.sender.pid, create_time(msg.sender.pid))
         run.dirty = True
 
     def _count_unrecorded(self, run: Run, proc: ProcessInfo, steps: int, samples: int) -> None:
@@ -251,15 +248,8 @@ class Daemon:
             run.last_event_mono = max(run.last_event_mono, msg.mono)
         if msg.status != "finished":
             run.bye_status = msg.status
-        self._close_if_done(run)
+        close_if_done(run)
         run.dirty = True
-
-    @staticmethod
-    def _close_if_done(run: Run) -> None:
-        """Once every process said ``bye`` or is gone, the run's end is its last event; from
-        then on no interval gives it energy past that time."""
-        if run.end_mono is None and run.all_processes_done():
-            run.end_mono = run.last_event_mono
 
     # ---- sampling and attribution ---------------------------------------------------------
 
@@ -289,7 +279,7 @@ class Daemon:
             for key, n in dict(self.cpu_sensor.errors).items():
                 self.health[f"sensor_error:cpu:{key}"] = n
         resolve_steps(self.runs, self.devices, self.clock())
-        self._end_runs()
+        self.lifecycle.end_runs()
         self.sample_seconds_last = time.perf_counter() - readings.started
 
     def _gpu_sample(self, s: GpuSample) -> None:
@@ -347,104 +337,23 @@ class Daemon:
             minute_wall=self.wall(),
         )  # fmt: skip
 
-    # ---- run ends ---------------------------------------------------------------------------
+    # ---- run ends (profiler.daemon.lifecycle) ------------------------------------------------
 
-    def check_processes(self) -> None:
-        """Mark processes that are gone (pid absent, or reused by another process). An
-        attached process (``profiler attach``) that is gone has ended as expected: it counts
-        as having said ``bye`` (``finished``; its exit status cannot be known) at the time it
-        was found gone. A process ``profiler run`` watches is given :data:`WATCHED_GRACE_S`
-        for that command's ``bye`` (its exit status and end time) before it counts as gone,
-        unless that command is itself gone (killed: no bye will come). A process found gone
-        lived until then (at most one check late): that time is the run's last event, so its
-        wall time ends where its energy and GPU time stop."""
-        now = self.clock()
-        for run in self.runs.values():
-            if not run.live:
-                continue
-            for proc in run.processes.values():
-                if proc.said_bye or proc.gone:
-                    continue
-                if not alive(proc.pid, proc.create_time):
-                    if proc.missing_since is None:
-                        proc.missing_since = now
-                    waiting = now - proc.missing_since < WATCHED_GRACE_S
-                    if proc.watched and waiting and self._watcher_alive(proc.pid):
-                        continue
-                    proc.gone = True
-                    if proc.attached:
-                        proc.said_bye = True
-                    run.last_event_mono = max(run.last_event_mono, proc.missing_since)
-                    run.dirty = True
-            self._close_if_done(run)
-
-    def _watcher_alive(self, pid: int) -> bool:
-        """Whether the ``profiler run`` watching ``pid`` still runs (unknown: assumed so)."""
-        watcher = self._watchers.get(pid)
-        return watcher is None or alive(*watcher)
-
-    def _end_runs(self) -> None:
-        # A run is closed once energy is attributed past its end on every device.
-        horizon = min(
-            (d.attributed_to for d in self.devices.values() if d.attributed_to is not None),
-            default=None,
-        )
-        for run in self.runs.values():
-            if not run.live or not run.all_processes_done():
-                continue
-            self._close_if_done(run)
-            assert run.end_mono is not None
-            # Wait until attribution passes the run's end, so its whole energy and its last
-            # steps' energy are in (bounded, in case a device stops answering).
-            waited = self.clock() - run.end_mono
-            if horizon is None or horizon >= run.end_mono or waited > STALE_PENDING_S:
-                self._finish(run)
-
-    def _finish(self, run: Run) -> None:
-        run.status = run.final_status()
-        run.ended_at = run.to_wall(run.end_mono or run.last_event_mono)
-        run.pending.clear()
-        run.dirty = True
-        self._finished_at[run.id] = self.clock()
-        self.health["runs_ended"] += 1
+    def _finished(self, run: Run) -> None:
+        """``run`` finished: announce its end, and let its processes go (CPU accounting, the
+        GPU sensor); the lifecycle then writes it to the ledger."""
         self._announce(run, "end")
         for pid in run.processes:
             self.cpu.forget(pid)
             self._simulated_pids.discard(pid)
-            self._watchers.pop(pid, None)
             if self.gpu_sensor is not None:
                 self.gpu_sensor.detach_process(pid)
-        self.flush()
 
     def _announce(self, run: Run, event: str) -> None:
         """A Grafana annotation for a run's start or end (queued; never blocks the loop)."""
         if self.annotator is None:
             return
         self.annotator.annotate(*announcement(run, event, self.wall()))
-
-    def forget_finished(self) -> None:
-        """Finished runs leave /metrics after ``finished_run_ttl_s``; the ledger keeps them."""
-        now = self.clock()
-        for run_id, when in list(self._finished_at.items()):
-            if now - when >= self.config.finished_run_ttl_s and not self.runs[run_id].dirty:
-                del self.runs[run_id]
-                del self._finished_at[run_id]
-
-    def _make_room(self) -> bool:
-        """Keep at most ``max_runs`` runs in memory (and in /metrics): drop the oldest finished
-        runs once the ledger holds them. False when every run is live (or unsaved)."""
-        if len(self.runs) < self.config.max_runs:
-            return True
-        for run_id, _when in sorted(self._finished_at.items(), key=lambda kv: kv[1]):
-            if self.runs[run_id].dirty and self.ledger is not None:
-                self.flush()
-            if self.runs[run_id].dirty and self.ledger is not None:
-                return False  # the ledger does not take writes now: keep what is unsaved
-            del self.runs[run_id]
-            del self._finished_at[run_id]
-            if len(self.runs) < self.config.max_runs:
-                return True
-        return False
 
     # ---- ledger -----------------------------------------------------------------------------
 
@@ -472,24 +381,6 @@ class Daemon:
         """The open ledger (None before :meth:`open_ledger`)."""
         return self.persist.ledger
 
-    @property
-    def flush_failures(self) -> int:
-        """Ledger writes failed in a row (0 once one works again)."""
-        return self.persist.flush_failures
-
-    @property
-    def last_flush_error(self) -> str:
-        """The last failed ledger write's one line ("" before any)."""
-        return self.persist.last_flush_error
-
-    @property
-    def _rollups(self) -> dict[tuple[str, int], Rollup]:
-        return self.persist.rollups
-
-    @property
-    def _recovery_pending(self) -> bool:
-        return self.persist.recovery_pending
-
     # ---- what /metrics and status read ----------------------------------------------------------
 
     @property
@@ -497,19 +388,13 @@ class Daemon:
         """CPU zone -> (its cumulative joules, their source) as last read."""
         return self.cpu.energy_j
 
-    @cpu_energy_j.setter
-    def cpu_energy_j(self, zones: dict[str, tuple[float, str]]) -> None:
-        self.cpu.energy_j = zones
+    def describe_gpu(self) -> str:
+        """The GPU sensor in one line (its ``describe()``), else why there is none."""
+        return self.gpu_sensor.describe() if self.gpu_sensor is not None else self.no_gpu_reason
 
-    @property
-    def cpu_total_j(self) -> float | None:
-        """The host's CPU joules since start (all zones), None before a reading gives one."""
-        return self.cpu.total_j
-
-    @property
-    def cpu_source(self) -> str:
-        """Where the CPU energy comes from (``rapl`` or ``estimated``; "" before a reading)."""
-        return self.cpu.source
+    def describe_cpu(self) -> str:
+        """The CPU sensor in one line (its ``describe()``); "" without one."""
+        return self.cpu_sensor.describe() if self.cpu_sensor is not None else ""
 
     def status(self, metrics_url: str) -> dict[str, Any]:
         """What ``daemon.json`` and ``profiler status`` show of this daemon."""
@@ -522,8 +407,8 @@ class Daemon:
             "log": str(self.config.log_file),
             "metrics_url": metrics_url,
             "gpu_source": self.gpu_source,
-            "gpu": self.gpu_description,
-            "cpu": self.cpu_description,
+            "gpu": self.describe_gpu(),
+            "cpu": self.describe_cpu(),
             "started_at": self.started_at,
             "sample_interval_s": self.config.sample_interval_s,
             "pricing": self.cost_meter.pricing.profile,

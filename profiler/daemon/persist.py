@@ -15,15 +15,14 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from profiler.accounting.attribution import add_priced, counter_marks
-from profiler.accounting.devices import DeviceState, minute
+from profiler.accounting.attribution import counter_marks
+from profiler.accounting.devices import DeviceState
 from profiler.accounting.energy import CounterMark, split_gap
+from profiler.accounting.rollups import add_priced, minute
 from profiler.accounting.runs import Run
 from profiler.config import Config
-from profiler.cost.meter import CostMeter
-from profiler.cost.pricing import Pricing
 from profiler.ledger.recovery import (
     FlushOutcome,
     Held,
@@ -37,6 +36,10 @@ from profiler.ledger.rows import rows_of, run_from_row, run_to_row
 from profiler.ledger.store import Ledger, LedgerError, Rollup
 from profiler.sensors import procs
 from profiler.sensors.base import GpuSample
+
+if TYPE_CHECKING:
+    from profiler.cost.meter import CostMeter
+    from profiler.cost.pricing import Pricing
 
 log = logging.getLogger(__name__)
 

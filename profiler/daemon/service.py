@@ -13,16 +13,19 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from profiler import __version__
 from profiler.config import Config
-from profiler.cost.pricing import Pricing
 from profiler.daemon.core import Daemon
 from profiler.daemon.exporter import serve_metrics
 from profiler.daemon.lock import home_error, lock_state, start_ticks
 from profiler.ingest.messages import Message
 from profiler.ingest.receiver import Inbox, Receiver, group_id
 from profiler.ledger.recovery import make_reserve, release_reserve, write_exit_report
+
+if TYPE_CHECKING:
+    from profiler.cost.pricing import Pricing
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ class Service:
             __version__,
             self.config.socket,
             self.metrics_url,
-            self.daemon.gpu_description,
+            self.daemon.describe_gpu(),
         )
 
     def _write_status(self) -> None:
@@ -168,9 +171,9 @@ class Service:
                     next_sample = now + cfg.sample_interval_s
             if now >= next_check:
                 with d.lock:
-                    d.check_processes()
+                    d.lifecycle.check_processes()
                     d.account_cpu()
-                    d.forget_finished()
+                    d.lifecycle.forget_finished()
                 next_check = now + cfg.process_check_interval_s
             if now >= next_flush:
                 with d.lock:
@@ -249,9 +252,9 @@ def build_daemon(config: Config) -> Daemon:
     except (SensorUnavailable, ValueError) as e:
         raise DaemonError(f"gpu = {config.gpu!r}: {e}") from e
     pricing = effective_pricing(config)
-    cpu, cpu_text = discover_cpu_sensor(root=config.rapl_root, tdp_w=config.cpu_tdp_w)
+    cpu, _cpu_text = discover_cpu_sensor(root=config.rapl_root, tdp_w=config.cpu_tdp_w)
     daemon = Daemon(
-        config, gpu_sensor=gpu, gpu_description=gpu_text, cpu_sensor=cpu, cpu_description=cpu_text,
+        config, gpu_sensor=gpu, no_gpu_reason=gpu_text if gpu is None else "", cpu_sensor=cpu,
         pricing=pricing, hostname=config.hostname or None,
     )  # fmt: skip
     if config.grafana_url:

@@ -83,6 +83,14 @@ def daily_run_usage(ledger: Ledger, start: float, end: float) -> list[Row]:
     ).fetchall()
 
 
-def run_metas(ledger: Ledger) -> dict[str, str]:
-    """Run id -> the run's ``meta`` (JSON text, undecoded), for every run."""
-    return {r["id"]: r["meta"] for r in ledger.db.execute("SELECT id, meta FROM runs")}
+def month_run_metas(ledger: Ledger, start: float, end: float) -> dict[str, str]:
+    """Run id -> the run's ``meta`` (JSON text, undecoded), for the runs with minute rollups in
+    ``[start, end)`` only."""
+    return {
+        r["id"]: r["meta"]
+        for r in ledger.db.execute(
+            "SELECT id, meta FROM runs WHERE id IN (SELECT DISTINCT run_id FROM rollups "
+            "WHERE minute >= ? AND minute < ?)",
+            (start, end),
+        )
+    }

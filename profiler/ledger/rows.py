@@ -13,7 +13,7 @@ from typing import Any
 
 from profiler.accounting.energy import CounterMark
 from profiler.accounting.runs import Run
-from profiler.cost.meter import RunCost
+from profiler.cost.records import RunCost
 from profiler.ledger.recovery import Held
 
 

@@ -141,7 +141,7 @@ def to_focus(ledger: Ledger, month: str | None = None, now: float | None = None)
     meta = {r.id: r for r in runs if r.currency}
     extra = {
         run_id: json.loads(text or "{}").get("cost", {})
-        for run_id, text in queries.run_metas(ledger).items()
+        for run_id, text in queries.month_run_metas(ledger, start, end).items()
         if run_id in meta
     }
     usages = []

@@ -4,7 +4,7 @@
 Parsed here only: the configuration checks a value with :func:`parse_gpu_spec` when it is read,
 and :func:`profiler.sensors.nvml.discover_gpu_sensor` picks the sensor by the source it returns.
 A simulated GPU's MODEL and COUNT are checked where the simulated GPU is built
-(:func:`profiler.sensors.simulated.parse_simulated_spec`, which knows the models). Standard
+(:func:`profiler.sensors.simulated_power.parse_simulated_spec`, which knows the models). Standard
 library only, so the configuration can import it at no cost.
 """
 

@@ -61,6 +61,7 @@ class HostSensor:
         if tdp_w is not None and tdp_w <= 0:
             raise ValueError(f"tdp_w must be positive watts, got {tdp_w}")
         self.tdp_assumed = tdp_w is None
+        self.rapl_unavailable = ""  # why RAPL could not be read instead, when that was tried
         self.tdp_w = float(tdp_w) if tdp_w is not None else default_tdp_w()
         self.idle_fraction = IDLE_FRACTION
         self.clock = clock
@@ -91,17 +92,21 @@ class HostSensor:
         return [CpuSample(zone="cpu", t_s=t_s, energy_j=self.energy_j, source=SOURCE)]
 
     def describe(self) -> str:
-        """The model in words, e.g. ``estimated from TDP 20 W x load``."""
+        """The model in words, e.g. ``CPU energy: estimated from TDP 20 W ... x load``, and why
+        RAPL is not read instead (when discovery tried it)."""
         how = (
             f"assumed {TDP_W_PER_LOGICAL_CPU:g} W per logical CPU, clamped to "
             f"{TDP_MIN_W:g}-{TDP_MAX_W:g} W; set cpu_tdp_w"
             if self.tdp_assumed
             else "configured"
         )
-        return (
-            f"estimated from TDP {self.tdp_w:g} W ({how}) x load, "
+        text = (
+            f"CPU energy: estimated from TDP {self.tdp_w:g} W ({how}) x load, "
             f"idle {self.idle_fraction:.0%} of TDP"
         )
+        if self.rapl_unavailable:
+            text += f" (RAPL unavailable: {self.rapl_unavailable})"
+        return text
 
 
 # ---- discovery
@@ -118,5 +123,6 @@ def discover_cpu_sensor(
         rapl = RaplSensor(root, clock=clock)
     except SensorUnavailable as e:
         host = HostSensor(tdp_w=tdp_w, clock=clock)
-        return host, f"CPU energy: {host.describe()} (RAPL unavailable: {e})"
+        host.rapl_unavailable = str(e)
+        return host, host.describe()
     return rapl, rapl.describe()

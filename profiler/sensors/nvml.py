@@ -497,7 +497,8 @@ def discover_gpu_sensor(
     """
     head = parse_gpu_spec(spec)
     if head == "simulated":
-        from profiler.sensors.simulated import SimulatedNVML, parse_simulated_spec
+        from profiler.sensors.simulated import SimulatedNVML
+        from profiler.sensors.simulated_power import parse_simulated_spec
 
         model, count = parse_simulated_spec(spec.strip())
         sensor = NvmlSensor(SimulatedNVML(model, count, clock=clock), clock=clock)

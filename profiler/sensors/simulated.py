@@ -6,7 +6,8 @@ integer percent) and the real ``pynvml`` error classes, so ``except nvml.NVMLErr
 works on either. Every device's power is piecewise constant in time and its energy counter is the
 exact integral of that power, so tests know the ground truth (``exact_energy_j``).
 
-Power models, chosen per device:
+Power models, chosen per device (the GPU models and power timelines are in
+:mod:`profiler.sensors.simulated_power`; this module is the ``pynvml`` surface over them):
 
 - **scripted** (``traces`` given): a list of ``(duration_s, watts)`` phases starting when the
   simulator is built; with ``repeat=True`` the trace loops, otherwise the device sits at the
@@ -28,7 +29,6 @@ Everything this module produces is simulated: callers label it so (``SIMULATED =
 
 from __future__ import annotations
 
-import bisect
 import math
 import random
 import threading
@@ -42,188 +42,25 @@ import psutil
 import pynvml
 
 from profiler.sensors.procs import ProcessTable, process_tree_cpu_seconds
+from profiler.sensors.simulated_power import (
+    DEFAULT_MODEL,
+    GPU_MODELS,
+    MAX_COUNT,
+    MIB,
+    GpuModel,
+    Phase,
+    RecordedPower,
+    ScriptedPower,
+    model_named,
+    per_device_traces,
+)
 
-MIB = 1024**2
-GIB = 1024**3
 BASE_MEMORY_BYTES = 400 * MIB
 """GPU memory in bytes a device reports used with no process on it (driver and context)."""
-RETENTION_S = 3600.0
-"""Seconds of load-mode power history kept for ``exact_energy_j`` (older energy stays in totals)."""
 DRIVER_VERSION = "550.54.15"
-DEFAULT_MODEL = "A100-SXM4-40GB"
-MAX_COUNT = 64
 PROCESS_LIST_TTL_S = 0.5
 """How long the list of a device's living processes is reused before psutil is asked again."""
-_COMPACT_AT = 1024  # drop expired load-mode segments in batches of at least this many
 _NOT_MIG = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId of a process on a non-MIG GPU
-
-Phase = tuple[float, float]
-"""One phase of a scripted trace: ``(duration_s, watts)``."""
-
-
-@dataclass(frozen=True)
-class GpuModel:
-    """A GPU model's power envelope (watts) and memory size (bytes)."""
-
-    name: str
-    power_limit_w: float
-    idle_w: float
-    memory_bytes: int
-
-    @property
-    def nvml_name(self) -> str:
-        """The name as ``nvmlDeviceGetName`` prints it."""
-        return f"NVIDIA {self.name}"
-
-
-GPU_MODELS: dict[str, GpuModel] = {
-    m.name: m
-    for m in (
-        GpuModel("A100-SXM4-40GB", power_limit_w=400.0, idle_w=55.0, memory_bytes=40 * GIB),
-        GpuModel("A100-SXM4-80GB", power_limit_w=400.0, idle_w=60.0, memory_bytes=80 * GIB),
-        GpuModel("H100-SXM5-80GB", power_limit_w=700.0, idle_w=70.0, memory_bytes=80 * GIB),
-        GpuModel("H100-PCIe-80GB", power_limit_w=350.0, idle_w=50.0, memory_bytes=80 * GIB),
-        GpuModel("L4", power_limit_w=72.0, idle_w=16.0, memory_bytes=24 * GIB),
-        GpuModel("T4", power_limit_w=70.0, idle_w=10.0, memory_bytes=16 * GIB),
-        GpuModel("V100-SXM2-32GB", power_limit_w=300.0, idle_w=40.0, memory_bytes=32 * GIB),
-    )
-}
-
-
-def parse_simulated_spec(spec: str) -> tuple[str, int]:
-    """``"simulated[:MODEL[:COUNT]]"`` -> ``(model name, device count)``; ValueError if invalid.
-
-    The model is matched case-insensitively; an empty model means the default A100-SXM4-40GB.
-    """
-    parts = spec.strip().split(":")
-    allowed = ", ".join(GPU_MODELS)
-    if parts[0].lower() != "simulated" or len(parts) > 3:
-        raise ValueError(
-            f"gpu spec {spec!r}: expected simulated[:MODEL[:COUNT]] (models: {allowed})"
-        )
-    model = _model_named(parts[1]) if len(parts) > 1 and parts[1] else DEFAULT_MODEL
-    if model is None:
-        raise ValueError(
-            f"gpu spec {spec!r}: unknown simulated GPU model {parts[1]!r}; "
-            f"allowed models: {allowed}"
-        )
-    count = 1
-    if len(parts) == 3:
-        try:
-            count = int(parts[2])
-        except ValueError:
-            count = 0
-        if not 1 <= count <= MAX_COUNT:
-            raise ValueError(
-                f"gpu spec {spec!r}: COUNT must be an integer from 1 to {MAX_COUNT}, "
-                f"got {parts[2]!r}"
-            )
-    return model, count
-
-
-def _model_named(text: str) -> str | None:
-    wanted = text.strip().lower()
-    return next((name for name in GPU_MODELS if name.lower() == wanted), None)
-
-
-# ---- power timelines: power_at(t_s) in watts, energy_at(t_s) in joules since the start
-
-
-class _ScriptedPower:
-    """Power from a trace of ``(duration_s, watts)`` phases starting at ``t0_s``; energy in
-    closed form, so memory stays the size of the trace however long the simulator lives."""
-
-    def __init__(self, t0_s: float, phases: Sequence[Phase], idle_w: float, repeat: bool) -> None:
-        if not phases:
-            raise ValueError("a scripted trace needs at least one (duration_s, watts) phase")
-        self.t0_s, self.idle_w, self.repeat = t0_s, idle_w, repeat
-        self._starts: list[float] = []
-        self._watts: list[float] = []
-        self._energies: list[float] = []  # joules at the start of each phase
-        t = e = 0.0
-        for duration_s, watts in phases:
-            duration_s, watts = float(duration_s), float(watts)
-            if not (math.isfinite(duration_s) and duration_s >= 0):
-                raise ValueError(f"phase duration must be >= 0 seconds, got {duration_s!r}")
-            if not (math.isfinite(watts) and watts >= 0):
-                raise ValueError(f"phase power must be >= 0 watts, got {watts!r}")
-            self._starts.append(t)
-            self._watts.append(watts)
-            self._energies.append(e)
-            t += duration_s
-            e += duration_s * watts
-        if t <= 0:
-            raise ValueError("a scripted trace must last longer than 0 seconds")
-        self.period_s, self.period_j = t, e
-
-    def power_at(self, t_s: float) -> float:
-        tau = max(0.0, t_s - self.t0_s)
-        if not self.repeat and tau >= self.period_s:
-            return self.idle_w
-        return self._watts[self._phase(tau % self.period_s)]
-
-    def energy_at(self, t_s: float) -> float:
-        tau = max(0.0, t_s - self.t0_s)
-        if self.repeat:
-            cycles, rest = divmod(tau, self.period_s)
-            return cycles * self.period_j + self._partial(rest)
-        if tau >= self.period_s:
-            return self.period_j + self.idle_w * (tau - self.period_s)
-        return self._partial(tau)
-
-    def _phase(self, tau: float) -> int:
-        return bisect.bisect_right(self._starts, tau) - 1
-
-    def _partial(self, tau: float) -> float:
-        i = self._phase(tau)
-        return self._energies[i] + self._watts[i] * (tau - self._starts[i])
-
-
-class _RecordedPower:
-    """Piecewise-constant power recorded as it is set (load mode).
-
-    Segments ``(start_s, watts, joules at start)``; the last one runs to now. Segments that ended
-    more than ``RETENTION_S`` ago are dropped, their energy stays in the next segment's total.
-    """
-
-    def __init__(self, t0_s: float, watts: float) -> None:
-        self._starts = [t0_s]
-        self._watts = [watts]
-        self._energies = [0.0]
-
-    @property
-    def oldest_s(self) -> float:
-        """The earliest time (seconds) ``energy_at`` can still answer for."""
-        return self._starts[0]
-
-    def set(self, t_s: float, watts: float) -> None:
-        """Power is ``watts`` from ``t_s`` on (``t_s`` not before the last change)."""
-        t_s = max(t_s, self._starts[-1])
-        if watts == self._watts[-1]:
-            return
-        energy = self.energy_at(t_s)
-        if t_s == self._starts[-1]:
-            self._watts[-1] = watts
-        else:
-            self._starts.append(t_s)
-            self._watts.append(watts)
-            self._energies.append(energy)
-        self._expire(t_s - RETENTION_S)
-
-    def power_at(self, t_s: float) -> float:
-        return self._watts[self._segment(t_s)]
-
-    def energy_at(self, t_s: float) -> float:
-        i = self._segment(t_s)
-        return self._energies[i] + self._watts[i] * max(0.0, t_s - self._starts[i])
-
-    def _segment(self, t_s: float) -> int:
-        return max(0, bisect.bisect_right(self._starts, t_s) - 1)
-
-    def _expire(self, cutoff_s: float) -> None:
-        k = self._segment(cutoff_s)
-        if k >= _COMPACT_AT:
-            del self._starts[:k], self._watts[:k], self._energies[:k]
 
 
 # ---- records shaped like pynvml's return values
@@ -268,7 +105,7 @@ class _Device:
     index: int
     model: GpuModel
     uuid: str
-    power: _ScriptedPower | _RecordedPower
+    power: ScriptedPower | RecordedPower
     processes: dict[int, int | None] = field(default_factory=dict)  # pid -> given bytes or None
     cpu_prev_s: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds at last look
     last_recompute_s: float = 0.0
@@ -282,7 +119,7 @@ class _Device:
 
     @property
     def load_mode(self) -> bool:
-        return isinstance(self.power, _RecordedPower)
+        return isinstance(self.power, RecordedPower)
 
 
 def _error(code: int) -> pynvml.NVMLError:
@@ -340,7 +177,7 @@ class SimulatedNVML:
         load_period_s: float = 0.05,
         energy_offset_mj: int = 0,
     ) -> None:
-        name = _model_named(model)
+        name = model_named(model)
         if name is None:
             raise ValueError(
                 f"unknown GPU model {model!r}; allowed models: {', '.join(GPU_MODELS)}"
@@ -361,7 +198,7 @@ class SimulatedNVML:
         # (in-process tests) reads the same counters; a new simulator's counters start over.
         self.token = uuidlib.uuid4().hex[:12]
         self.t0_s = clock()
-        per_device = _per_device_traces(traces, count)
+        per_device = per_device_traces(traces, count)
         self._devices = [
             self._new_device(i, per_device[i], repeat, int(energy_offset_mj)) for i in range(count)
         ]
@@ -371,9 +208,9 @@ class SimulatedNVML:
     ) -> _Device:
         m = self.model
         if trace is None:
-            power: _ScriptedPower | _RecordedPower = _RecordedPower(self.t0_s, m.idle_w)
+            power: ScriptedPower | RecordedPower = RecordedPower(self.t0_s, m.idle_w)
         else:
-            power = _ScriptedPower(self.t0_s, trace, m.idle_w, repeat)
+            power = ScriptedPower(self.t0_s, trace, m.idle_w, repeat)
         uuid = f"GPU-5137a7ed-0000-4000-8000-{index:012x}"
         return _Device(
             index, m, uuid, power, last_recompute_s=self.t0_s, counter_offset_mj=offset_mj
@@ -616,7 +453,7 @@ class SimulatedNVML:
         dev.last_recompute_s = now
         watts = self._load_watts(dev.model, dev.utilization) if alive else dev.model.idle_w
         power = dev.power
-        assert isinstance(power, _RecordedPower)  # load mode
+        assert isinstance(power, RecordedPower)  # load mode
         power.set(now, watts)
 
     def _load_watts(self, m: GpuModel, utilization: float) -> float:
@@ -642,21 +479,3 @@ class SimulatedNVML:
             out.append(SimulatedProcess(pid, given if given is not None else _rss_bytes(pid)))
         dev.living = (now, out)
         return out
-
-
-def _per_device_traces(traces: Sequence[Any] | None, count: int) -> list[Sequence[Phase] | None]:
-    """One trace (or None for load mode) per device: a single trace applies to all devices."""
-    if traces is None:
-        return [None] * count
-    if not traces:
-        raise ValueError("traces must be None, one trace, or one trace per device")
-    first = traces[0]
-    if isinstance(first, Sequence) and len(first) == 2 and all(_is_number(x) for x in first):
-        return [traces] * count
-    if len(traces) != count:
-        raise ValueError(f"got {len(traces)} traces for {count} devices: give one or one each")
-    return list(traces)
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, DaemonProcess, profiler_env, run_cli, sample_value, wait_for
 
-from profiler.daemon.core import WATCHED_GRACE_S
-from profiler.daemon.lock import LockState, lock_state
+from profiler.daemon.lifecycle import WATCHED_GRACE_S
+from profiler.daemon.lock import lock_state
 
 PROFILER = [sys.executable, "-m", "profiler"]
 
@@ -345,26 +345,6 @@ def test_demo_training_without_torch_says_one_line(tmp_path):
     one_line(out.stderr, "pip install torch", prefix="profiler demo: cannot import torch")
 
 
-def test_the_daemon_is_proven_by_its_lock_or_else_its_start_time_and_program(daemon):
-    from profiler.daemon.control import _proven
-
-    lock = daemon.home / "daemon.lock"
-    status = json.loads((daemon.home / "daemon.json").read_text())
-    assert lock_state(lock) == LockState(True, daemon.proc.pid)  # from /proc/locks
-    hidden = lock_state(lock, proc_locks=Path("/nonexistent"))  # holder not listed
-    assert hidden == LockState(True, None)
-    assert _proven(hidden, status) and _proven(lock_state(lock), status)
-    victim = subprocess.Popen(["sleep", "60"])
-    try:
-        for lie in ({"pid": victim.pid}, dict(status, pid=victim.pid), dict(status, pid=1)):
-            assert not _proven(hidden, lie) and not _proven(lock_state(lock), lie), lie
-        # without /proc/locks, the recorded start time must match too (a reused pid fails)
-        assert not _proven(hidden, dict(status, start_ticks=status["start_ticks"] + 1))
-    finally:
-        victim.kill()
-        victim.wait()
-
-
 # ---- review: one check for every label value the daemon keeps as given ---------------------------
 
 
@@ -416,14 +396,14 @@ def _missing_command_with_a_daemon_it_started(monkeypatch, capsys, tmp_path, con
 
 
 def test_a_failed_spawn_whose_daemon_will_not_stop_keeps_exit_127(monkeypatch, capsys, tmp_path):
-    # Before: stop_daemon's CliError (the daemon did not stop in time) left run_command, and
+    # Before: stop_daemon's error (the daemon did not stop in time) left run_command, and
     # `profiler run` exited 2 instead of the shell's 127.
     from profiler.cli import run as proxy
-    from profiler.cli.errors import CliError
     from profiler.config import load_config
+    from profiler.daemon.control import ControlError
 
     def slow_stop(config, status, timeout_s=15.0):
-        raise CliError("daemon pid 4242 did not stop within 15 s; `kill -9 4242` forces it")
+        raise ControlError("daemon pid 4242 did not stop within 15 s; `kill -9 4242` forces it")
 
     monkeypatch.setattr(proxy, "stop_daemon", slow_stop)
     monkeypatch.setattr(proxy, "_untouched", lambda status: True)
@@ -460,40 +440,6 @@ def test_a_failed_spawn_leaves_a_daemon_that_another_process_reached(
     finally:
         other.kill()
         other.wait()
-
-
-def test_only_the_daemon_subcommand_looks_like_a_daemon():
-    # Before: any argument `profiler` matched, so `profiler run ...` "looked like" a daemon.
-    from profiler.daemon.lock import looks_like_daemon
-
-    py = sys.executable
-    script = "import time; time.sleep(60)"
-    cases = {
-        # how the daemon is started: hooks/client.py and cli start_background, the console
-        # script (deploy/systemd, the Dockerfile's ENTRYPOINT + CMD), bench.sim_daemon
-        ("-m", "profiler", "daemon"): True,
-        ("/opt/ml-profiler/bin/profiler", "daemon"): True,
-        ("/usr/local/bin/profiler", "--config", "/etc/p.toml", "daemon"): True,
-        ("-m", "bench.sim_daemon", "--trace", "t"): True,
-        ("-m", "profiler", "run", "--", "sleep", "60"): False,
-        ("/usr/local/bin/profiler", "run", "--name", "daemon", "--", "x"): False,
-        ("/usr/local/bin/profiler", "--config", "daemon", "status"): False,
-        ("train.py", "--out", "daemon.lock"): False,
-        ("train.py", "daemon"): False,
-    }
-    for args, expected in cases.items():
-        # a real process with this command line (python ignores what follows -c's script)
-        proc = subprocess.Popen([py, "-c", script, *args])
-        try:
-            got = wait_for(lambda p=proc.pid, a=args: _cmdline_of(p, a), what="its cmdline")
-            assert got and looks_like_daemon(proc.pid) is expected, args
-        finally:
-            proc.kill()
-            proc.wait()
-
-
-def _cmdline_of(pid: int, args: tuple[str, ...]) -> bool:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().endswith("\0".join(args).encode() + b"\0")
 
 
 FAKE_DAEMON = """

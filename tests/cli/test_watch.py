@@ -117,7 +117,7 @@ def test_the_loop_exits_1_when_the_daemon_stops_and_0_on_ctrl_c(tmp_path, monkey
     steps(d, clock, "w1", 1, 3)
     text = exposition(d)
     statuses = iter([{"metrics_url": "http://x/metrics"}, None])
-    monkeypatch.setattr("profiler.daemon.control.daemon_status", lambda config: next(statuses))
+    monkeypatch.setattr(watch, "daemon_status", lambda config: next(statuses))
     answers = iter([text, OSError("connection refused")])
 
     def fetch(url):
@@ -137,7 +137,7 @@ def test_the_loop_exits_1_when_the_daemon_stops_and_0_on_ctrl_c(tmp_path, monkey
         raise KeyboardInterrupt
 
     running = {"metrics_url": "u"}
-    monkeypatch.setattr("profiler.daemon.control.daemon_status", lambda config: running)
+    monkeypatch.setattr(watch, "daemon_status", lambda config: running)
     monkeypatch.setattr(watch, "fetch", interrupted)
     assert watch.watch(Config(home=tmp_path), console=console) == 0
 

@@ -10,7 +10,8 @@ import pytest
 from conftest import sample_value
 from inprocess import P4D_ON_DEMAND, hello, make_daemon, pricing
 
-from profiler.cost.meter import IDLE_UTILIZATION, projected
+from profiler.accounting.attribution import IDLE_UTILIZATION
+from profiler.cost.meter import projected
 from profiler.cost.pricing import Pricing, resolve_pricing
 from profiler.ingest.messages import Bye, StepBatch, StepExtras
 

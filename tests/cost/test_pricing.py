@@ -14,7 +14,6 @@ from profiler.cost import carbon
 from profiler.cost.catalog import load_catalog
 from profiler.cost.pricing import Pricing, resolve_pricing
 from profiler.cost.settings import PricingError
-from profiler.cost.staleness import stale_figures
 
 needs_codecarbon = pytest.mark.skipif(
     importlib.util.find_spec("codecarbon") is None, reason="codecarbon is not installed"
@@ -23,27 +22,7 @@ needs_codecarbon = pytest.mark.skipif(
 WHERE = "/home/u/.profiler/profiler.toml"
 TODAY = datetime.date(2026, 11, 24)  # the day the note's figures were gathered
 
-# The note's on-demand table: instance -> (GPUs, USD per instance-hour).
-NOTE_ON_DEMAND = {
-    "aws:p4d.24xlarge": (8, 21.957642),
-    "aws:p4de.24xlarge": (8, 27.44705),
-    "aws:p5.48xlarge": (8, 55.04),
-    "aws:g5.xlarge": (1, 1.006),
-    "aws:g5.12xlarge": (4, 5.672),
-    "aws:g5.48xlarge": (8, 16.288),
-    "aws:g6.xlarge": (1, 0.8048),
-    "aws:g6.12xlarge": (4, 4.6016),
-    "aws:g6.48xlarge": (8, 13.3504),
-    "gcp:a2-highgpu-1g": (1, 3.673385),
-    "gcp:a2-highgpu-8g": (8, 29.38708),
-    "gcp:a3-highgpu-8g": (8, 88.49),
-    "gcp:g2-standard-4": (1, 0.7068),
-    "gcp:g2-standard-48": (4, 4.0017),
-    "azure:ND96asr_v4": (8, 27.197),
-    "azure:ND96amsr_A100_v4": (8, 32.77),
-    "azure:ND96isr_H100_v5": (8, 98.32),
-}
-P4D_PER_HOUR = 21.957642
+P4D_PER_HOUR = 21.957642  # aws:p4d.24xlarge on demand, USD per hour (the note; test_catalog.py)
 
 ONPREM = {
     "capex_per_gpu": 30000,
@@ -56,51 +35,6 @@ ONPREM = {
 
 def resolve(cost: dict, catalog: dict | None = None, env: dict | None = None) -> Pricing:
     return resolve_pricing(cost, catalog, where=WHERE, env=env or {})
-
-
-# --- the packaged catalog -----------------------------------------------------------------------
-
-
-def test_packaged_catalog_has_the_notes_on_demand_prices():
-    instances = load_catalog()["instances"]
-    assert set(instances) == set(NOTE_ON_DEMAND)
-    for name, (gpus, price) in NOTE_ON_DEMAND.items():
-        assert instances[name]["gpus"] == gpus, name
-        assert instances[name]["on_demand"] == pytest.approx(price), name
-        assert instances[name]["currency"] == "USD"
-
-
-def test_packaged_catalog_dated_figures_from_the_note():
-    cat = load_catalog()
-    i = cat["instances"]
-    assert i["gcp:a2-highgpu-8g"]["spot"] == 15.42
-    assert i["gcp:a3-highgpu-8g"]["spot"] == 50.61
-    assert i["gcp:g2-standard-4"]["spot"] == 0.397
-    assert i["aws:p4d.24xlarge"]["reserved_1y"] == 13.92
-    assert i["azure:ND96asr_v4"]["spot"] == 2.99
-    assert cat["gpus"]["A100-SXM4-40GB"]["watts"] == 400
-    assert cat["gpus"]["H100-SXM5-80GB"]["watts"] == 700
-    assert cat["gpus"]["L4"]["watts"] == 72
-    assert "V100" not in " ".join(cat["gpus"])  # the note's sources conflict
-    assert "A10G" not in cat["gpus"]  # the note found no verified figure
-    assert cat["electricity"]["EU"]["non_household"] == 0.1902
-    assert cat["electricity"]["EU"]["currency"] == "EUR"
-    assert cat["electricity"]["US-NY"]["commercial"] == pytest.approx(19.14 / 100)
-    assert cat["electricity"]["US-NY"]["industrial"] == pytest.approx(8.92 / 100)
-    assert {k: v["value"] for k, v in cat["pue"].items()} == {
-        "industry": 1.58,
-        "aws": 1.15,
-        "gcp": 1.10,
-        "azure": 1.18,
-    }
-
-
-def test_every_packaged_entry_has_source_and_as_of():
-    for table, entries in load_catalog().items():
-        for name, entry in entries.items():
-            assert entry.get("source"), (table, name)
-            datetime.date.fromisoformat(entry["as_of"])
-            assert all(entry["_as_of"].values()), (table, name)
 
 
 # --- cloud ---------------------------------------------------------------------------------------
@@ -229,14 +163,6 @@ def test_catalog_override_changes_the_price_and_sources_say_profiler_toml():
     assert "packaged prices.toml" in p.sources["gpu_hour_price"]
 
 
-def test_undated_override_is_not_stale_and_not_dated_by_the_packaged_entry():
-    catalog = {"instances": {"aws:g5.xlarge": {"on_demand": 1.2}}}  # packaged: 2026-01-21
-    p = resolve({"pricing": "aws:g5.xlarge", "carbon_g_per_kwh": 0}, catalog)
-    assert p.gpu_hour_price == 1.2
-    assert "2026-01-21" not in p.sources["gpu_hour_price"]
-    assert [line for line in stale_figures(p, TODAY) if "gpu_hour_price" in line] == []
-
-
 def test_added_instance():
     catalog = {
         "instances": {
@@ -257,11 +183,6 @@ def test_added_instance():
     assert "profiler.toml" in p.sources["gpu_hour_price"]
     assert "my invoice" in p.sources["gpu_hour_price"]
     assert "lambda:gpu_8x_a100" in load_catalog(catalog)["instances"]
-
-
-def test_packaged_catalog_is_not_mutated_by_overrides():
-    load_catalog({"instances": {"aws:p4d.24xlarge": {"on_demand": 1.0}}})
-    assert load_catalog()["instances"]["aws:p4d.24xlarge"]["on_demand"] == P4D_PER_HOUR
 
 
 # --- environment -------------------------------------------------------------------------------
@@ -473,28 +394,6 @@ def test_unknown_cost_key_lists_the_known_keys():
     message = str(e.value)
     assert "'countr'" in message and "'country'" in message and "known keys" in message
     assert "carbon_g_per_kwh" in message
-
-
-# --- staleness ---------------------------------------------------------------------------------
-
-
-def test_stale_figures_flags_only_old_figures():
-    fresh = resolve({"pricing": "aws:p4d.24xlarge", "carbon_g_per_kwh": 0})  # 2026-11-09
-    assert stale_figures(fresh, TODAY) == []
-    old = resolve({"pricing": "aws:g5.xlarge", "carbon_g_per_kwh": 0})  # 2026-01-21
-    lines = stale_figures(old, TODAY)
-    assert len(lines) == 1
-    assert "gpu_hour_price" in lines[0] and "2026-01-21" in lines[0]
-    assert str((TODAY - datetime.date(2026, 1, 21)).days) in lines[0]
-
-
-def test_stale_boundary_is_180_days():
-    as_of = datetime.date(2026, 1, 1)
-    catalog = {"instances": {"x:box": {"gpus": 1, "on_demand": 1.0, "as_of": as_of.isoformat()}}}
-    p = resolve({"pricing": "x:box", "pue": 1.0, "carbon_g_per_kwh": 0}, catalog)
-    assert stale_figures(p, as_of + datetime.timedelta(days=180)) == []
-    assert len(stale_figures(p, as_of + datetime.timedelta(days=181))) == 1
-    assert len(stale_figures(p, as_of + datetime.timedelta(days=31), max_age_days=30)) == 1
 
 
 # --- what `profiler prices` prints ---------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_ranks_of_one_run_count_steps_per_rank_and_each_device_once(tmp_path):
     assert run.steps == n and run.rank_steps == {0: n, 1: n, 2: n}
     assert run.samples == 3 * n * 32 and run.timed_steps == n
     assert run.step_seconds.n == n and run.last_loss == pytest.approx(2.0 - n / 100)
-    assert sum(r.steps for r in d._rollups.values()) == n
+    assert sum(r.steps for r in d.persist.rollups.values()) == n
     end = clock.now
     exact = sim.exact_energy_j(0, t0 + 1.0, end) + sim.exact_energy_j(1, t0 + 1.0, end)
     assert run.total_gpu_energy_j == pytest.approx(exact, rel=1e-6)
@@ -149,21 +149,3 @@ def test_power_integration_path_when_the_counter_is_unsupported(tmp_path):
     assert dev.latest.energy_source == "power_integration"
     exact = sim.exact_energy_j(0, t0 + 1.0, clock.now)
     assert d.runs["poll"].total_gpu_energy_j == pytest.approx(exact, rel=0.02)
-
-
-def test_sharing_counts_the_runs_holding_a_device_at_a_time():
-    from profiler.accounting.devices import Sharing
-
-    # a: 0..10, b: 5.. (running), c: 2..4; a run that ended before it was seen is left out
-    # by Daemon._sharing, and never counts as holding
-    share = Sharing([(0.0, 10.0), (5.0, None), (2.0, 4.0)])
-    assert [share.holders_at(t) for t in (1.0, 3.0, 4.0, 4.5, 6.0, 10.0, 11.0)] == [
-        1,
-        2,
-        2,
-        1,
-        2,
-        2,
-        1,
-    ]
-    assert Sharing([]).holders_at(1.0) == 1  # never a division by zero

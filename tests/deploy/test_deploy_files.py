@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from profiler.cli.report_cmds import DASHBOARDS_DIR
+from profiler.cli.paths import DASHBOARDS_DIR
 
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"

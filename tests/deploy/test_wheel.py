@@ -146,7 +146,7 @@ def test_help_start_status_stop_and_prices(installed, tmp_path):
 
 def test_dashboards_push_finds_the_packaged_dashboards(installed, tmp_path):
     code = (
-        "from profiler.cli.report_cmds import DASHBOARDS_DIR as d; "
+        "from profiler.cli.paths import DASHBOARDS_DIR as d; "
         "print(d); print(*sorted(p.name for p in d.glob('*.json')))"
     )
     done = subprocess.run([str(installed.python), "-c", code], cwd=installed.cwd,

@@ -361,6 +361,19 @@ def test_callback_copies_carry_settings_not_runs(offline):
     cb = EnergyCallback(name="unit", batch_size=16, run_id="fixed")
     cb.on_train_begin()
     clone = copy.deepcopy(cb)
-    assert clone.options.batch_size == 16 and clone.options.run_id == "fixed"
+    assert clone.batch_size == 16 and clone._run_id == "fixed"
     assert clone.run_id is None and not clone._active
+    cb.on_train_end()
+
+
+def test_settings_changed_after_construction_apply_at_the_next_fit(offline):
+    cb = EnergyCallback(name="unit")
+    cb.batch_size = 32
+    cb.total_steps = 7
+    cb.project = "later"
+    cb.on_train_begin()
+    fields = cb._recorder.client.hello_fields
+    assert (fields["batch_size"], fields["total_steps"], fields["project"]) == (32, 7, "later")
+    assert fields["samples_source"] == "argument" and cb.options.batch_size == 32
+    assert cb._recorder.batch_size == 32
     cb.on_train_end()

@@ -102,7 +102,7 @@ def test_random_datagrams_never_break_the_daemon_and_valid_traffic_is_exact(tmp_
     d.handle(decode(good[-1]))
     assert set(reasons) <= REASONS
     d.flush()  # whatever got through must also fit the ledger
-    assert d.flush_failures == 0 and d.health["ledger_write_errors"] == 0
+    assert d.persist.flush_failures == 0 and d.health["ledger_write_errors"] == 0
     d.ledger.close()
     run = d.runs["good"]
     assert run.steps == len(junk) + 1 and run.samples == 4 * (len(junk) + 1)

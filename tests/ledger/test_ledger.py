@@ -4,7 +4,6 @@ import sqlite3
 
 import pytest
 
-from profiler.ledger.schema import SCHEMA_VERSION
 from profiler.ledger.store import Ledger, LedgerError, Rollup
 
 
@@ -66,29 +65,3 @@ def test_a_corrupt_file_is_refused_and_not_overwritten(tmp_path):
 def test_readonly_missing_ledger_says_what_to_do(tmp_path):
     with pytest.raises(LedgerError, match="no ledger at"):
         Ledger(tmp_path / "none.sqlite", readonly=True)
-
-
-def test_a_schema_1_ledger_is_migrated_in_place_and_keeps_its_runs(tmp_path):
-    from profiler.ledger.schema import MIGRATIONS as _MIGRATIONS
-
-    path = tmp_path / "old.sqlite"
-    db = sqlite3.connect(path)
-    db.executescript(_MIGRATIONS[1])
-    db.execute(
-        "INSERT INTO runs (id, name, status, started_at, steps, meta) "
-        "VALUES ('old', 'n', 'finished', 1.0, 7, '{}')"
-    )
-    db.execute("INSERT INTO rollups (run_id, minute, gpu_energy_j) VALUES ('old', 60, 5.0)")
-    db.execute("PRAGMA user_version = 1")
-    db.commit()
-    db.close()
-    ledger = Ledger(path)
-    old = ledger.run("old")
-    assert old["steps"] == 7 and old["cost_gpu_time"] == 0 and old["currency"] == ""
-    ledger.write([row(id="new", currency="USD", cost_gpu_time=1.5, co2_g=3.0)], [],
-                 [Rollup("new", 60, cost_gpu_time=1.5, co2_g=3.0)], [])  # fmt: skip
-    assert ledger.run("new")["cost_gpu_time"] == 1.5
-    assert ledger.rollups("new")[0]["co2_g"] == 3.0
-    assert ledger.rollups("old")[0]["gpu_energy_j"] == 5.0
-    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    ledger.close()

@@ -16,8 +16,7 @@ from inprocess import advance, hello, make_daemon
 from hooks import wire
 from hooks.client import Client
 from profiler.config import Config
-from profiler.daemon import persist as daemon_module
-from profiler.daemon.service import Service
+from profiler.daemon import persist
 from profiler.ingest.messages import Bye, StepBatch
 from profiler.ledger.recovery import read_recovery_records, recovery_path
 from profiler.ledger.store import Ledger, LedgerError
@@ -74,12 +73,12 @@ def test_a_recovery_merge_that_fails_at_start_is_kept_and_merged_by_a_later_flus
     tmp_path, monkeypatch
 ):
     energy = leave_recovery(tmp_path, end=True)
-    monkeypatch.setattr(daemon_module, "Ledger", ReadOnlyLedger)
+    monkeypatch.setattr(persist, "Ledger", ReadOnlyLedger)
     d2, _sim, _clock = make_daemon(tmp_path, TRACE)  # raised AttributeError before the fix
     path = recovery_path(d2.config)
-    assert path.exists() and d2._recovery_pending
+    assert path.exists() and d2.persist.recovery_pending
     assert not d2.flush()  # the ledger still takes nothing: the file stays
-    assert path.exists() and "cannot merge" in d2.last_flush_error
+    assert path.exists() and "cannot merge" in d2.persist.last_flush_error
     d2.ledger.db.execute("PRAGMA query_only = OFF")  # space again
     assert d2.flush()
     assert not path.exists()
@@ -96,7 +95,7 @@ def test_a_running_run_is_restored_from_the_newer_rows_of_an_unmerged_recovery_f
     """The merge fails at start: the run continues from the recovery file's row (150 steps),
     not the ledger's stale one (50), and the merge at a later flush is not overwritten."""
     leave_recovery(tmp_path, end=False)
-    monkeypatch.setattr(daemon_module, "Ledger", ReadOnlyLedger)
+    monkeypatch.setattr(persist, "Ledger", ReadOnlyLedger)
     d2, _sim, clock = make_daemon(tmp_path, TRACE)
     pid = os.getpid()
     assert d2.runs["r"].steps == 150  # was 50 before the fix
@@ -123,7 +122,7 @@ def test_a_merged_recovery_file_that_cannot_be_removed_is_never_merged_twice(tmp
 
     monkeypatch.setattr(Path, "unlink", refusing_unlink)
     d2, _sim, _clock = make_daemon(tmp_path, TRACE)  # the OSError escaped before the fix
-    assert path.exists() and not d2._recovery_pending
+    assert path.exists() and not d2.persist.recovery_pending
     assert d2.flush()
     d2.ledger.close()
     monkeypatch.setattr(Path, "unlink", real_unlink)
@@ -196,19 +195,6 @@ def test_a_stale_wal_that_cannot_be_removed_fails_the_flush_not_the_daemon(tmp_p
     wal.rmdir()
     assert d.flush()
     assert d.ledger.run("wal")["steps"] == 30
-
-
-def test_the_service_loop_counts_a_flush_that_trips_a_bug(tmp_path, monkeypatch):
-    d, _sim, _clock = make_daemon(tmp_path, TRACE)
-
-    def broken() -> bool:
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(d, "flush", broken)
-    service = Service(d)
-    service._flush()
-    service._flush()
-    assert d.health["flush_errors"] == 2
 
 
 # ---- unrecorded steps: only what a restart explains ---------------------------------------------

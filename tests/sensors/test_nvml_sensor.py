@@ -10,7 +10,8 @@ import pynvml
 import pytest
 
 from profiler.sensors import NvmlSensor, SensorUnavailable, discover_gpu_sensor
-from profiler.sensors.simulated import BASE_MEMORY_BYTES, GIB, SimulatedNVML
+from profiler.sensors.simulated import BASE_MEMORY_BYTES, SimulatedNVML
+from profiler.sensors.simulated_power import GIB
 
 
 class FakeClock:

@@ -15,6 +15,8 @@ import pytest
 from profiler.sensors.procs import (
     ProcessTable,
     ProcStat,
+    ancestor_pids,
+    outermost_pids,
     process_tree_cpu_seconds,
     process_tree_rss_bytes,
 )
@@ -156,3 +158,12 @@ def test_a_pid_reused_during_the_scan_cannot_make_the_tree_loop() -> None:
     assert table.descendants(100) == [200]
     assert table.tree_cpu_seconds(100) == pytest.approx(3.0)
     assert table.ancestors(100) == [200]
+
+
+def test_process_tree_helpers(process_tree):
+    child, grandchild = process_tree
+    assert ancestor_pids(grandchild)[:2] == [child.pid, os.getpid()]
+    assert outermost_pids({child.pid, grandchild}) == {child.pid}
+    assert outermost_pids({grandchild}) == {grandchild}
+    assert outermost_pids({child.pid, grandchild, os.getpid()}) == {os.getpid()}
+    assert ancestor_pids(2**22 + 1) == []

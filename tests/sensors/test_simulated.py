@@ -14,13 +14,12 @@ import psutil
 import pynvml
 import pytest
 
-from profiler.sensors.simulated import (
-    BASE_MEMORY_BYTES,
+from profiler.sensors.simulated import BASE_MEMORY_BYTES, SimulatedNVML
+from profiler.sensors.simulated_power import (
     GIB,
     GPU_MODELS,
     RETENTION_S,
-    SimulatedNVML,
-    _RecordedPower,
+    RecordedPower,
     parse_simulated_spec,
 )
 
@@ -190,7 +189,7 @@ def test_reset_energy_counter_restarts_the_counter_not_the_truth() -> None:
 
 
 def test_recorded_power_is_memory_bounded_and_keeps_the_total() -> None:
-    power = _RecordedPower(0.0, 10.0)
+    power = RecordedPower(0.0, 10.0)
     for i in range(1, 20_000):  # a change every second for 5.5 hours: 10 W, 20 W, 10 W, ...
         power.set(float(i), 20.0 if i % 2 else 10.0)
     assert power.energy_at(20_000.0) == pytest.approx(10_000 * 10.0 + 10_000 * 20.0)
