@@ -105,16 +105,26 @@ def pytorch(smoke: bool) -> dict[str, Any]:
     param.grad = torch.zeros(1)
     tiny = torch.optim.SGD([param], lr=0.0)
     tiny.step()  # the first step switches the hook to its steady state (one hook on `tiny`)
-    handle._remove_hooks()
+    # From here the benchmark attaches and removes that steady-state hook itself, between
+    # blocks, so the blocks without the hook run with none (the handle's own removal waits for
+    # its next call, by design: torch may be iterating the optimizer's hooks).
+    attached = [handle._own_hook] if handle._own_hook is not None else []
+    handle._own_hook = None
+
+    def detach() -> None:
+        while attached:
+            attached.pop().remove()
+
+    detach()
 
     def hook_on(opt: Any) -> Callable[[], None]:
         def attach() -> None:
-            handle._handles = [opt.register_step_post_hook(handle.fast_hook)]
+            attached.append(opt.register_step_post_hook(handle.fast_hook))
 
         return attach
 
     progress("overhead: PyTorch track(), minimal optimizer.step()")
-    micro = alternate(tiny.step, hook_on(tiny), handle._remove_hooks, 10 if smoke else 100, 1000)
+    micro = alternate(tiny.step, hook_on(tiny), detach, 10 if smoke else 100, 1000)
     model = nn.Sequential(
         nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
     )
@@ -130,7 +140,7 @@ def pytorch(smoke: bool) -> dict[str, Any]:
     for _ in range(20):
         train_step()
     progress("overhead: PyTorch track(), MLP training step")
-    real = alternate(train_step, hook_on(opt), handle._remove_hooks, 4 if smoke else 100, 10)
+    real = alternate(train_step, hook_on(opt), detach, 4 if smoke else 100, 10)
     hook_on(tiny)()
     handle.stop()
     return {
