@@ -57,7 +57,8 @@ def test_daemon_sigkilled_mid_run_and_restarted_keeps_the_run(tmp_path):
     only loss, and both are accounted: dropped steps are counted, the gap is ``unmeasured_s``."""
     home = tmp_path / "home"
     d = start_daemon(home)
-    steps, step_sleep = 500, 0.01  # at most 100 steps/s
+    # at most 100 steps/s: training outlasts the restart and the hook's reconnect backoff by seconds
+    steps, step_sleep = 800, 0.01
     proc = train(d.env, "it-kill", steps, step_sleep)
     try:
         wait_for(lambda: (r := run_of(d, "it-kill")) and r["steps"] > 100, what="steps")
