@@ -22,6 +22,11 @@ def count_text(value: int | None, unknown_runs: int = 0) -> str:
     return f"{value:,}"
 
 
+def cell_text(value: float | None, fmt: str) -> str:
+    """One run's or group's figure formatted with ``fmt``, "-" when unknown (a table cell)."""
+    return "-" if value is None else format(value, fmt)
+
+
 def amount_text(value: float | None, fmt: str, unknown_runs: int = 0) -> str:
     """A figure summed over runs, formatted with ``fmt``: "unknown" when no run knows it, else
     the sum of the runs that do, saying how many runs it leaves out ("1.25 (2 runs unknown)")."""

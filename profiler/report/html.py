@@ -9,6 +9,7 @@ import html
 
 from profiler.report.figures import (
     amount_text,
+    cell_text,
     cost_unknown_note,
     count_text,
     kwh_text,
@@ -100,9 +101,9 @@ def to_html(report: MonthReport, generated: dt.datetime | None = None) -> str:
     parts += ["<h2>Daily cost by project</h2>", _daily_chart(report)]
     if report.project_budgets:
         rows = "".join(
-            f"<tr><td>{escape(p)}</td><td>{b:,.2f}</td><td>{_f(c, ',.2f')}</td>"
+            f"<tr><td>{escape(p)}</td><td>{b:,.2f}</td><td>{cell_text(c, ',.2f')}</td>"
             f"<td>{'-' if c is None else format(c / b, '.0%')}</td>"
-            f"<td>{_f(f, ',.2f')}</td></tr>"
+            f"<td>{cell_text(f, ',.2f')}</td></tr>"
             for p, b, c, f in report.project_budget_lines()
         )
         head = (
@@ -180,7 +181,8 @@ def _group_table(key: str, rows: list[tuple[str, Totals]], cur: str) -> str:
         f"<td>{escape(kwh_text(g.kwh, ',.2f', g.gpu_energy_unknown_runs))}</td>"
         f"<td>{escape(amount_text(g.co2_kg, ',.3f', g.co2_unknown_runs))}</td>"
         f"<td>{escape(count_text(g.samples, g.samples_unknown_runs))}</td>"
-        f"<td>{_f(g.cost_per_1k_samples, '.5f')}</td><td>{_f(g.joules_per_sample, '.3f')}</td></tr>"
+        f"<td>{cell_text(g.cost_per_1k_samples, '.5f')}</td>"
+        f"<td>{cell_text(g.joules_per_sample, '.3f')}</td></tr>"
         for value, g in rows
     )
     return f"<table>{head}{body}</table>"
@@ -191,9 +193,10 @@ def _top_runs(report: MonthReport, cur: str) -> str:
             "<th>GPU-hours</th><th>waste</th></tr>")  # fmt: skip
     body = "".join(
         f"<tr><td>{escape(r.id)}{'*' if r.simulated else ''}</td><td>{escape(r.name)}</td>"
-        f"<td>{escape(r.project)}</td><td>{escape(r.user)}</td><td>{_f(r.totals.cost, ',.2f')}</td>"
+        f"<td>{escape(r.project)}</td><td>{escape(r.user)}</td>"
+        f"<td>{cell_text(r.totals.cost, ',.2f')}</td>"
         f"<td>{amount_text(r.totals.gpu_hours, ',.2f')}</td>"
-        f"<td>{_f(r.totals.waste_cost, ',.2f')}</td>"
+        f"<td>{cell_text(r.totals.waste_cost, ',.2f')}</td>"
         "</tr>"
         for r in report.top_runs
     )
@@ -251,7 +254,3 @@ def escape(text: str) -> str:
     surrogates and bidirectional overrides cleaned (:func:`profiler.report.text.display_text`),
     then ``&<>"'`` escaped."""
     return html.escape(display_text(text), quote=True)
-
-
-def _f(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)

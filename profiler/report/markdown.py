@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from profiler.report.figures import (
     amount_text,
+    cell_text,
     cost_unknown_note,
     count_text,
     kwh_text,
@@ -62,8 +63,8 @@ def to_markdown(report: MonthReport) -> str:
                   "forecast |", "|---|---:|---:|---:|---:|"]  # fmt: skip
         for project, amount, cost, forecast in report.project_budget_lines():
             used = "-" if cost is None else f"{cost / amount:.1%}"
-            lines.append(f"| {md_cell(project)} | {amount:,.2f} | {_f(cost, ',.2f')} | "
-                         f"{used} | {_f(forecast, ',.2f')} |")  # fmt: skip
+            lines.append(f"| {md_cell(project)} | {amount:,.2f} | {cell_text(cost, ',.2f')} | "
+                         f"{used} | {cell_text(forecast, ',.2f')} |")  # fmt: skip
         lines.append("")
     for key, rows in [*report.groups.items(), ("framework", report.by("framework")),
                       ("name", report.by("name"))]:  # fmt: skip
@@ -78,8 +79,8 @@ def to_markdown(report: MonthReport) -> str:
                          f"{kwh_text(g.kwh, ',.3f', g.gpu_energy_unknown_runs)} | "
                          f"{amount_text(g.co2_kg, ',.3f', g.co2_unknown_runs)} | "
                          f"{count_text(g.samples, g.samples_unknown_runs)} | "
-                         f"{_f(g.cost_per_1k_samples, '.5f')} | "
-                         f"{_f(g.joules_per_sample, '.3f')} |")  # fmt: skip
+                         f"{cell_text(g.cost_per_1k_samples, '.5f')} | "
+                         f"{cell_text(g.joules_per_sample, '.3f')} |")  # fmt: skip
         lines.append("")
     lines += ["## Top runs by cost", "", f"| run | name | project | cost ({cur}) | GPU-hours | "
               "waste |", "|---|---|---|---:|---:|---:|"]  # fmt: skip
@@ -103,10 +104,6 @@ def _row(label: str, now: float, before: float, unit: str = "") -> str:
     change = f"{(now - before) / before:+.1%}" if before else "-"
     fmt = ",d" if isinstance(now, int) else ",.2f" if unit else ",.3f"
     return f"| {label} | {unit}{now:{fmt}} | {unit}{before:{fmt}} | {change} |"
-
-
-def _f(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
 
 
 def _amount_row(label: str, now: float | None, before: float | None, unknown_runs: int) -> str:
