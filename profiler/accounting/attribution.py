@@ -3,17 +3,36 @@ step energy, and the waste reason of a share. Plain arithmetic over explicit sta
 devices, the minute rollups as a callable): no I/O, so it is tested with numbers alone. A
 process's lineage (``ancestors``) is given by the caller, which reads ``/proc``.
 
+A shared device (:func:`split_shared`): each piece of an interval (cut where a run begins or
+ends holding the device, or an activity reading begins or ends) has energy ``E`` over ``dt``
+seconds. Its idle part is ``min(P_idle * dt, E)`` (``P_idle``: the idle power the sensor gives,
+the model's figure or a measured floor; unknown: no idle part, all of ``E`` is active), shared
+equally by the runs holding the device (they reserved it). Its active part ``E - idle`` goes to
+the holders in proportion to their activity ``a_r`` (the summed mean SM utilization of the
+run's processes on the device in that piece): ``(E - idle) * a_r / sum(a)``. That is the piece's
+``"activity"`` basis. Where activity is unknown (no reading covers the piece, or a holder none
+of whose processes the driver shows, as a device only a hook declared) the active part is shared
+equally too: basis ``"equal"`` (today's split). Where every holder's measured activity is 0 the
+active part (what the device drew above idle with none of them active) is shared equally as
+well, but the basis stays ``"activity"``: the split follows what was measured, and a run's basis
+says only whether its share was measured (so a busy run that pauses is not relabelled). A piece
+one run holds alone gives it all of ``E`` either way. A piece no run holds is the device's
+unattributed (idle) energy. Device-seconds are always shared equally. The runs' shares and the
+unattributed energy add up to the curve's energy exactly.
+
 Times are monotonic seconds unless named ``_wall``/``unix``; energy in joules; money in the
 pricing's currency (through :class:`~profiler.cost.meter.CostMeter`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from profiler.accounting.devices import DeviceState, Sharing
-from profiler.accounting.energy import CounterMark, Holder, split_interval
+from profiler.accounting.energy import CounterMark, EnergyCurve, Holder
 from profiler.accounting.rollups import RollupFor, add_priced, minute
 from profiler.accounting.runs import Run
 
@@ -22,6 +41,10 @@ if TYPE_CHECKING:
 
 STALE_PENDING_S = 30.0
 ATTRIBUTION_LAG_S = 0.5  # more than the hooks' flush interval (0.25 s)
+ACTIVITY_WAIT_S = 2.5
+"""On a device with per-process activity, attribution waits for the activity reading that
+covers an interval (readings come about once a second), but stays at most this many seconds
+behind the newest sample; past that the newest reading stands in (:func:`attribution_horizon`)."""
 IDLE_UTILIZATION = 0.05
 """A device interval at most this busy (utilization ratio) in which the run ended no step is
 idle waste (:func:`waste_reason`)."""
@@ -55,7 +78,12 @@ def attribute(
     upto = min(upto, dev.curve.last.t_s)
     if upto <= start:
         return
-    share = split_interval(dev.curve, start, upto, holders(dev, start, runs, ancestors))
+    held = holders(dev, start, runs, ancestors)
+    share = split_shared(
+        dev.curve, start, upto, held, idle_power_w=dev.idle_power_w,
+        activity=run_activity(dev, start, [runs[h.run] for h in held], ancestors),
+        cuts=dev.activity_cuts(start, upto),
+    )  # fmt: skip
     dev.attributed_to = upto
     dev.pids_seen.clear()
     minute_wall = wall_at(upto)
@@ -66,6 +94,10 @@ def attribute(
         seconds = share.seconds[run_id]
         run.gpu_energy_j[dev.uuid] = run.gpu_energy_j.get(dev.uuid, 0.0) + joules
         run.gpu_seconds[dev.uuid] = run.gpu_seconds.get(dev.uuid, 0.0) + seconds
+        if run_id in share.idle_share_j:
+            run.gpu_idle_energy_j = (run.gpu_idle_energy_j or 0.0) + share.idle_share_j[run_id]
+        for basis, basis_s in share.basis_s[run_id].items():
+            run.attribution_s[basis] = run.attribution_s.get(basis, 0.0) + basis_s
         if power is not None:
             run.gpu_power_peak_w = max(run.gpu_power_peak_w or 0.0, power)
         priced = cost_meter.gpu_interval(
@@ -147,13 +179,144 @@ def nearest_runs(pids: set[int], runs: dict[str, Run], ancestors: Ancestors) -> 
         for pid, p in run.processes.items()
         if not p.gone
     }
-    out = set()
+    return set(owners(pids, owner, ancestors).values())
+
+
+def owners(pids: Iterable[int], owner: dict[int, str], ancestors: Ancestors) -> dict[int, str]:
+    """Per pid in ``pids``: the run (``owner``: pid -> run id, the runs' own processes) owning
+    the nearest process of its lineage (the pid itself, else its parent, and so on); pids no run
+    owns are left out."""
+    out = {}
     for pid in pids:
         for candidate in (pid, *ancestors(pid)):
             if candidate in owner:
-                out.add(owner[candidate])
+                out[pid] = owner[candidate]
                 break
     return out
+
+
+def attribution_horizon(dev: DeviceState, t_s: float) -> float:
+    """How far (monotonic seconds) a device's energy may be split after a sample at ``t_s``:
+    :data:`ATTRIBUTION_LAG_S` behind it, and on a device with per-process activity no further
+    than its newest activity reading covers (before its first reading: not at all), unless that
+    lags more than :data:`ACTIVITY_WAIT_S` (then the newest reading stands in for the rest, or
+    the equal split before any: a bounded lag, never a drift)."""
+    upto = t_s - ATTRIBUTION_LAG_S
+    if dev.activity_source is None:
+        return upto
+    covered = dev.activity_to
+    if covered is None:
+        return t_s - ACTIVITY_WAIT_S
+    return max(min(upto, covered), t_s - ACTIVITY_WAIT_S)
+
+
+RunActivity = Callable[[float, float], dict[str, float] | None]
+"""(t0, t1) -> per run id, the summed activity (0..1 per process) of its processes on the device
+over that span; None when unknown. Runs the driver does not show on the device are absent."""
+
+
+def run_activity(
+    dev: DeviceState, t0: float, held: Sequence[Run], ancestors: Ancestors
+) -> RunActivity:
+    """The activity of the runs in ``held`` on ``dev`` from ``t0`` on, from its activity
+    readings: a process the driver shows on the device (its process list since the last split,
+    or an activity reading) counts for the run owning it or its nearest ancestor (a run that
+    ended since ``t0`` still owns its processes here). A run none of whose processes is shown
+    is absent (its activity unknown)."""
+    shown = set(dev.pids_seen)
+    for r in reversed(dev.activity):
+        shown.update(r.by_pid)
+        if r.t1_s <= t0:
+            break
+    own = {pid: run.id for run in held for pid in run.processes}
+    of_pid = owners(shown, own, ancestors) if held and shown else {}
+    known = set(of_pid.values())
+
+    def activity(lo: float, hi: float) -> dict[str, float] | None:
+        by_pid = dev.activity_between(lo, hi)
+        if by_pid is None:
+            return None
+        out = dict.fromkeys(known, 0.0)
+        for pid, a in by_pid.items():
+            if pid in of_pid:
+                out[of_pid[pid]] += max(0.0, a)
+        return out
+
+    return activity
+
+
+@dataclass
+class SharedShare:
+    """What one span of one device gave each run (see the module docstring): ``energy_j``
+    (joules, idle part included) and device-``seconds`` per run id, ``idle_share_j`` the part
+    of each run's joules that is its equal share of the idle power (absent when the idle power
+    is unknown), ``basis_s`` per run the device-seconds split on each basis (``"activity"``,
+    ``"equal"``), and ``idle_j`` the energy no run held."""
+
+    energy_j: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    idle_share_j: dict[str, float] = field(default_factory=dict)
+    basis_s: dict[str, dict[str, float]] = field(default_factory=dict)
+    idle_j: float = 0.0
+
+
+def split_shared(
+    curve: EnergyCurve,
+    t0_s: float,
+    t1_s: float,
+    holders: Iterable[Holder],
+    *,
+    idle_power_w: float | None = None,
+    activity: RunActivity | None = None,
+    cuts: Iterable[float] = (),
+) -> SharedShare:
+    """Split the energy a device used in ``[t0_s, t1_s]`` among the runs holding it: the idle
+    part (``idle_power_w`` watts x the piece's seconds, at most its energy) equally, the active
+    part by the holders' ``activity`` where it is known (see the module docstring). The span is
+    cut at every holder's start and end and at ``cuts`` (where activity readings change).
+    Without idle power or activity it is the equal split of
+    :func:`profiler.accounting.energy.split_interval`."""
+    clipped = []
+    for h in holders:
+        start = max(t0_s, h.start_s)
+        end = t1_s if h.end_s is None else min(t1_s, h.end_s)
+        if end > start:
+            clipped.append((h.run, start, end))
+    points = {t0_s, t1_s, *(c for c in cuts if t0_s < c < t1_s)}
+    points.update(t for _run, s, e in clipped for t in (s, e))
+    out = SharedShare()
+    for lo, hi in pairwise(sorted(points)):
+        piece_j = curve.energy_between(lo, hi)
+        active = [run for run, s, e in clipped if s <= lo and e >= hi]
+        if not active:
+            out.idle_j += piece_j
+            continue
+        n = len(active)
+        idle_j = None if idle_power_w is None else min(max(idle_power_w, 0.0) * (hi - lo), piece_j)
+        busy_j = piece_j - (idle_j or 0.0)
+        known = activity(lo, hi) if activity is not None else None
+        if known is not None and all(run in known for run in active):
+            weights, basis = activity_weights(active, known), "activity"
+        else:
+            weights, basis = None, "equal"
+        for run in active:
+            w = 1.0 / n if weights is None else weights[run]
+            out.energy_j[run] = out.energy_j.get(run, 0.0) + busy_j * w + (idle_j or 0.0) / n
+            out.seconds[run] = out.seconds.get(run, 0.0) + (hi - lo) / n
+            if idle_j is not None:
+                out.idle_share_j[run] = out.idle_share_j.get(run, 0.0) + idle_j / n
+            by_basis = out.basis_s.setdefault(run, {})
+            by_basis[basis] = by_basis.get(basis, 0.0) + (hi - lo) / n
+    return out
+
+
+def activity_weights(active: Sequence[str], known: dict[str, float]) -> dict[str, float] | None:
+    """Each holder's fraction of the active energy by its activity in ``known`` (they add up to
+    1), or None for the equal split: every holder at 0."""
+    total = sum(max(0.0, known[run]) for run in active)
+    if total <= 0:
+        return None
+    return {run: max(0.0, known[run]) / total for run in active}
 
 
 def resolve_steps(runs: dict[str, Run], devices: dict[str, DeviceState], now: float) -> None:

@@ -1,6 +1,7 @@
-"""What the daemon keeps per GPU (:class:`DeviceState`), one pass over the sensors
-(:class:`Readings`), and how many runs share a device at a time (:class:`Sharing`). Times are
-monotonic seconds unless named ``_at``/``unix``; energy in joules. Plain data: no I/O.
+"""What the daemon keeps per GPU (:class:`DeviceState`, with its per-process activity readings,
+:class:`ActivityReading`), one pass over the sensors (:class:`Readings`), and how many runs share
+a device at a time (:class:`Sharing`). Times are monotonic seconds unless named ``_at``/``unix``;
+energy in joules; activity is a ratio (0..1). Plain data: no I/O.
 """
 
 from __future__ import annotations
@@ -11,6 +12,21 @@ from dataclasses import dataclass, field
 
 from profiler.accounting.energy import CounterTrack, EnergyCurve
 from profiler.sensors.base import CpuSample, GpuSample
+
+ACTIVITY_MAX_AGE_S = 5.0
+"""How far past the end of a device's newest activity reading (seconds) that reading still
+stands for the device's processes; beyond it their activity is unknown (the sensor stopped
+giving any), so an old reading never drifts onto later intervals."""
+
+
+@dataclass(frozen=True)
+class ActivityReading:
+    """Per-process activity of one device over ``(t0_s, t1_s]`` (monotonic seconds): pid -> its
+    mean SM utilization (0..1) in that window. A pid absent from it had no activity there."""
+
+    t0_s: float
+    t1_s: float
+    by_pid: dict[int, float]
 
 
 @dataclass
@@ -28,6 +44,72 @@ class DeviceState:
     counter: CounterTrack = field(default_factory=CounterTrack)  # the driver's raw counter
     # (monotonic seconds, utilization ratio) of recent samples, for judging idle intervals.
     utilization: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=256))
+    # The device's idle power (watts) as the sensor last gave it; None when unknown.
+    idle_power_w: float | None = None
+    # Where per-process activity comes from ("nvml_process_utilization", "simulated"); None
+    # while the sensor has given none for this device.
+    activity_source: str | None = None
+    # Recent per-process activity readings, oldest first, each covering the time since the one
+    # before it (about a second each: the driver refreshes them about once a second).
+    activity: deque[ActivityReading] = field(default_factory=lambda: deque(maxlen=128))
+
+    def observe_activity(self, t_s: float, by_pid: dict[int, float]) -> None:
+        """Keep a reading of per-process activity taken at ``t_s``: it covers the time since the
+        previous reading (the first one: since the device's first sample)."""
+        if self.activity:
+            t0 = self.activity[-1].t1_s
+            if t_s <= t0:  # out of order: ignored, as the curve ignores such samples
+                return
+        else:
+            first = self.curve.first
+            t0 = min(first.t_s, t_s) if first is not None else t_s
+        self.activity.append(ActivityReading(t0, t_s, dict(by_pid)))
+
+    @property
+    def activity_to(self) -> float | None:
+        """End of the newest activity reading (monotonic seconds); None before the first."""
+        return self.activity[-1].t1_s if self.activity else None
+
+    def activity_between(self, t0: float, t1: float) -> dict[int, float] | None:
+        """Mean activity per pid over ``[t0, t1]``: the readings overlapping it, weighted by their
+        overlap; a part after the newest reading takes the newest (that reading lags the device
+        by up to its refresh, about a second), a part before the oldest the oldest. None when no
+        reading covers it or the newest ended more than :data:`ACTIVITY_MAX_AGE_S` before ``t1``
+        (unknown, not zero)."""
+        if not self.activity or t1 - self.activity[-1].t1_s > ACTIVITY_MAX_AGE_S:
+            return None
+        newest, oldest = self.activity[-1], self.activity[0]
+        weighted: list[tuple[float, dict[int, float]]] = []
+        if t1 > newest.t1_s:
+            weighted.append((t1 - max(t0, newest.t1_s), newest.by_pid))
+        if t0 < oldest.t0_s:
+            weighted.append((min(t1, oldest.t0_s) - t0, oldest.by_pid))
+        for r in reversed(self.activity):  # newest first: intervals asked are recent
+            if r.t1_s <= t0:
+                break
+            overlap = min(t1, r.t1_s) - max(t0, r.t0_s)
+            if overlap > 0:
+                weighted.append((overlap, r.by_pid))
+        total = sum(w for w, _ in weighted)
+        if total <= 0:  # a zero-length question: the newest reading answers it
+            return dict(newest.by_pid)
+        out: dict[int, float] = {}
+        for w, by_pid in weighted:
+            for pid, a in by_pid.items():
+                out[pid] = out.get(pid, 0.0) + a * w / total
+        return out
+
+    def activity_cuts(self, t0: float, t1: float) -> list[float]:
+        """Where activity readings begin or end strictly inside ``(t0, t1)``: the times an
+        interval is cut at so that each piece has one reading's activity."""
+        cuts = set()
+        for r in reversed(self.activity):
+            if r.t1_s <= t0:
+                break
+            for t in (r.t0_s, r.t1_s):
+                if t0 < t < t1:
+                    cuts.add(t)
+        return sorted(cuts)
 
     def utilization_between(self, t0: float, t1: float) -> float | None:
         """Mean utilization of the samples in ``(t0, t1]``, else of the first sample after

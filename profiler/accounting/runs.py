@@ -55,6 +55,18 @@ def _fmt_bound(bound: float) -> str:
     return repr(float(bound))
 
 
+def attribution_basis(seconds: dict[str, float]) -> str | None:
+    """The basis of a run's GPU energy split from its device-seconds per basis: ``"activity"``
+    when all of them were split by measured per-process activity, ``"equal"`` when none was,
+    ``"mixed"`` when both occur (the seconds of each say how much); None before any."""
+    by_activity, equal = seconds.get("activity", 0.0), seconds.get("equal", 0.0)
+    if by_activity <= 0 and equal <= 0:
+        return None
+    if equal <= 0:
+        return "activity"
+    return "equal" if by_activity <= 0 else "mixed"
+
+
 @dataclass
 class ProcessInfo:
     """One training process of a run. ``create_time`` (unix seconds) guards against pid reuse."""
@@ -150,6 +162,12 @@ class Run:
     dropped_steps: int = 0
     gpu_energy_j: dict[str, float] = field(default_factory=dict)  # by device UUID
     gpu_seconds: dict[str, float] = field(default_factory=dict)  # by device UUID
+    # Of gpu_energy_j, the run's equal share of its devices' idle power (joules); None while no
+    # device it held gave an idle power (the split unknown, not 0).
+    gpu_idle_energy_j: float | None = None
+    # Device-seconds (of gpu_seconds) whose energy was split by measured per-process activity
+    # ("activity") or equally among the holders ("equal"): see profiler.accounting.attribution.
+    attribution_s: dict[str, float] = field(default_factory=dict)
     cpu_energy_j: float = 0.0  # host CPU energy by CPU-time share (joules)
     cpu_energy_source: str = ""  # "rapl" or "estimated"
     host_rss_bytes: int | None = None  # resident memory of the run's process trees
@@ -201,6 +219,11 @@ class Run:
         if not self.steps_known or self.samples_source == "none":
             return None
         return self.samples
+
+    @property
+    def attribution(self) -> str | None:
+        """How the run's GPU energy was split (:func:`attribution_basis`)."""
+        return attribution_basis(self.attribution_s)
 
     @property
     def total_gpu_energy_j(self) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from profiler.accounting.energy import percentile
+from profiler.accounting.runs import attribution_basis
 from profiler.config import Config
 from profiler.ledger.store import Ledger
 from profiler.units import JOULES_PER_KWH
@@ -55,6 +56,13 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "step_time_p95_s": row["step_time_p95_s"],
         "gpu_energy_j": energy,
         "gpu_energy_kwh": energy / JOULES_PER_KWH if energy is not None else None,
+        # how gpu_energy_j was split on shared GPUs: "activity" (by each process's measured
+        # activity), "equal" (equally among the runs holding the GPU), "mixed"; null: no GPU
+        # time. attribution_s: the device-seconds split on each basis.
+        "attribution": attribution_basis(meta.get("attribution_s", {})),
+        "attribution_s": meta.get("attribution_s") or None,
+        # of gpu_energy_j, the run's equal share of its GPUs' idle power (null: idle unknown)
+        "gpu_idle_energy_j": meta.get("gpu_idle_energy_j"),
         "gpu_seconds": row["gpu_seconds"] if gpu_known else None,
         "gpu_power_mean_w": energy / duration if energy is not None and duration else None,
         "gpu_power_peak_w": row["gpu_power_peak_w"],

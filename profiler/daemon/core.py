@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from profiler import __version__
-from profiler.accounting.attribution import ATTRIBUTION_LAG_S, attribute, resolve_steps
+from profiler.accounting.attribution import attribute, attribution_horizon, resolve_steps
 from profiler.accounting.cpu import CpuAccount
 from profiler.accounting.devices import DeviceState, Readings
 from profiler.accounting.runs import ProcessInfo, Run
@@ -289,6 +289,11 @@ class Daemon:
         dev.latest = s
         if s.utilization_ratio is not None:
             dev.utilization.append((s.t_s, s.utilization_ratio))
+        dev.idle_power_w = s.idle_power_w
+        dev.activity_source = s.activity_source
+        if s.process_activity is not None:  # read about once a second; None in between
+            dev.observe_activity(s.t_s, s.process_activity)
+            dev.pids_seen.update(s.process_activity)
         first = dev.curve.first is None
         if not (dev.curve.last is not None and s.t_s <= dev.curve.last.t_s):  # as the curve
             dev.counter.observe(s.t_s, s.energy_j, s.counter_j, s.counter_id)
@@ -299,7 +304,7 @@ class Daemon:
             self.persist.credit_gap(dev, s)
         for pid in (p.pid for p in s.processes):
             dev.pids_seen.add(pid)
-        self._attribute(dev, s.t_s - ATTRIBUTION_LAG_S)
+        self._attribute(dev, attribution_horizon(dev, s.t_s))
 
     def _attribute(self, dev: DeviceState, upto: float) -> None:
         """Split ``dev``'s energy up to ``upto`` (monotonic seconds) among the runs holding it
@@ -320,9 +325,13 @@ class Daemon:
         return ancestor_pids(pid) if known is None else known
 
     def attribute_all(self) -> None:
-        """Attribute up to the newest sample (at shutdown)."""
+        """Attribute up to the newest sample (at shutdown). The newest sample's processes are
+        shown on the device up to then, though its split already cleared them: they count again,
+        so the tail's split knows them (its activity basis does not fall back to equal)."""
         for dev in self.devices.values():
             if dev.curve.last is not None:
+                if dev.latest is not None:
+                    dev.pids_seen.update(p.pid for p in dev.latest.processes)
                 self._attribute(dev, dev.curve.last.t_s)
 
     def account_cpu(self) -> None:

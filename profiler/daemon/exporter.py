@@ -295,6 +295,15 @@ def _runs(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
                        "Latest finite training loss the hook reported."),
         "nonfinite": Family("profiler_run_nonfinite_loss_steps", "counter",
                             "Steps whose loss was NaN or infinite."),
+        "attribution": Family(
+            "profiler_run_attribution_info", "gauge",
+            "How the run's GPU energy is split on shared GPUs (value 1): activity (by each "
+            "process's measured activity), equal (equally among the runs holding it), mixed.",
+        ),
+        "idle_energy": Family(
+            "profiler_run_gpu_idle_energy_joules", "counter",
+            "Of the run's GPU energy, its equal share of the GPUs' idle power (joules).",
+        ),
     }  # fmt: skip
     step_seconds = Family("profiler_step_duration_seconds", "histogram", "Step duration (seconds).")
     step_joules = Family(
@@ -332,6 +341,10 @@ def _runs(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
         if run.known_samples is not None:
             f["samples"].add(r, run.known_samples)
         f["dropped"].add(r, run.dropped_steps)
+        if run.attribution is not None:  # no GPU time yet: no basis
+            f["attribution"].add(f'{r},attribution="{run.attribution}"', 1)
+        if run.gpu_idle_energy_j is not None:  # idle power unknown: absent, never 0
+            f["idle_energy"].add(r, run.gpu_idle_energy_j)
         f["unmeasured"].add(r, run.unmeasured_s)
         f["start"].add(r, run.started_at)
         if run.ended_at is not None:

@@ -76,6 +76,8 @@ def run_to_row(
         "owner_uid": run.owner_uid,
         "unmeasured_s": run.unmeasured_s,
         "gap_gpu_energy_j": run.gap_gpu_energy_j,
+        "gpu_idle_energy_j": run.gpu_idle_energy_j,
+        "attribution_s": dict(run.attribution_s),
         "unrecorded_steps": run.unrecorded_steps,
         "process_counts": {
             **{str(pid): list(c) for pid, c in run.process_counts.items()},
@@ -137,6 +139,8 @@ def run_from_row(row: dict[str, Any]) -> Run:
     run.owner_uid = meta.get("owner_uid")
     run.unmeasured_s = meta.get("unmeasured_s", 0.0)
     run.gap_gpu_energy_j = meta.get("gap_gpu_energy_j", 0.0)
+    run.gpu_idle_energy_j = meta.get("gpu_idle_energy_j")
+    run.attribution_s = dict(meta.get("attribution_s", {}))
     run.unrecorded_steps = meta.get("unrecorded_steps", 0)
     run.process_counts = {
         int(pid): (int(c[0]), int(c[1])) for pid, c in meta.get("process_counts", {}).items()

@@ -41,6 +41,21 @@ class GpuSample:
     readings to be comparable: the boot, or the simulator and its resets); None when unknown.
     Two readings with the same ``counter_id`` measure the energy between them, even when they
     were taken by different sensors (a daemon and the one that restarted after it).
+
+    ``process_activity`` maps pid -> that process's mean SM utilization (ratio 0..1) over the
+    interval since the device's previous activity reading. A pid in ``processes`` but not in the
+    map had no activity in that interval (NVML leaves out processes with zero utilization), so
+    it counts as 0; ``{}`` is a reading in which no process was busy (NVML's NotFound: no
+    sample since the last reading). ``None``: not read in this sample (activity is read at most
+    once a second; the last reading stands for the window it covers until the next one), or no
+    per-process activity on this device at all.
+    ``activity_source`` says where the device's per-process activity comes from:
+    ``"nvml_process_utilization"`` (``nvmlDeviceGetProcessUtilization``), ``"simulated"`` (the
+    simulated GPU, through the same call), or ``None`` when the device has none (not supported,
+    or a scripted simulated trace): then its energy can only be split equally. It is set on
+    every sample of a device that provides activity, including the samples between readings.
+    ``idle_power_w`` is the device's idle power in watts as the sensor knows it (the simulated
+    model's idle figure, or a measured floor); ``None`` when unknown.
     """
 
     index: int
@@ -58,6 +73,9 @@ class GpuSample:
     simulated: bool = False
     counter_j: float | None = None
     counter_id: str | None = None
+    process_activity: dict[int, float] | None = None
+    activity_source: str | None = None
+    idle_power_w: float | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,14 @@ a reboot changes the boot id; so two readings of one epoch taken while a run's p
 throughout measure the energy between them, across a daemon restart too. A counter found lower
 than a reading of its epoch (a reload while no process held the GPU) is not comparable.
 
+Per-process activity (``GpuSample.process_activity``): ``nvmlDeviceGetProcessUtilization`` is
+read at most once a second per device, in the same bounded pass as the other calls (see
+:mod:`profiler.sensors.nvml_activity`); samples in between carry None. NotFound (no sample newer
+than the last one seen: no process was busy in the period) is a reading, ``{}``. A device that
+answers NotSupported (or an nvidia-ml-py without the call) has no per-process activity: a missing
+capability, not an error, so it is not counted in ``errors``; it is not asked again, its samples
+carry ``activity_source=None`` (the equal split) and :meth:`NvmlSensor.describe` says so.
+
 NVML errors are mapped once, here: a field a device does not support is ``None``; a device that
 fails a core read (energy or power; ``GpuIsLost`` on any read) is left out of that sample and
 counted in ``errors`` as ``"gpu<index>:<NVML error name>"``. ``sample()`` never raises NVMLError.
@@ -38,6 +46,7 @@ from typing import Any
 
 from profiler.sensors.base import GpuProcess, GpuSample, SensorUnavailable
 from profiler.sensors.gpu_spec import parse_gpu_spec
+from profiler.sensors.nvml_activity import NVML_ACTIVITY, SIMULATED_ACTIVITY, ActivityState
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,7 @@ class GpuDevice:
     power_limit_w: float | None
     memory_total_bytes: int | None
     energy_source: str
+    idle_power_w: float | None = None
 
 
 @dataclass
@@ -73,6 +83,7 @@ class _DeviceState:
     info: GpuDevice
     handle: Any
     counter_supported: bool
+    activity: ActivityState
     energy_j: float = 0.0
     last_counter_mj: int | None = None
     last_power_w: float | None = None
@@ -81,6 +92,10 @@ class _DeviceState:
 
 class _SkipDevice(Exception):
     """Internal: the device cannot be read in this sample (already counted in ``errors``)."""
+
+
+class _NoActivity(Exception):
+    """Internal: NVML has no per-process utilization call."""
 
 
 class _Reader:
@@ -183,7 +198,12 @@ class NvmlSensor:
         names = Counter(d.info.name for d in self._devices)
         models = ", ".join(f"{n} x {name}" for name, n in names.items())
         sources = ", ".join(sorted({d.info.energy_source for d in self._devices}))
-        return f"{self._label()}: {models}; energy from {sources}"
+        text = f"{self._label()}: {models}; energy from {sources}"
+        without = [str(d.info.index) for d in self._devices if d.activity.source is None]
+        if without:
+            gpus = f"{'gpu' if len(without) == 1 else 'gpus'} {', '.join(without)}"
+            text += f"; per-process activity: not supported on {gpus} (equal split)"
+        return text
 
     def _label(self) -> str:
         if self.simulated:
@@ -207,6 +227,7 @@ class NvmlSensor:
         memory = self._optional(nv.nvmlDeviceGetMemoryInfo, handle)
         counter_mj = self._optional(nv.nvmlDeviceGetTotalEnergyConsumption, handle)
         power_mw = self._optional(nv.nvmlDeviceGetPowerUsage, handle)
+        idle_w = getattr(nv, "simulated_idle_power_w", None)  # the simulator's model figure
         t_s = self._clock()
         supported = counter_mj is not None
         source = COUNTER if supported else POWER_INTEGRATION if power_mw is not None else NO_ENERGY
@@ -217,15 +238,23 @@ class NvmlSensor:
             power_limit_w=None if limit_mw is None else limit_mw / 1000,
             memory_total_bytes=None if memory is None else int(memory.total),
             energy_source=source,
+            idle_power_w=None if idle_w is None else self._optional(idle_w, handle),
         )
-        return _DeviceState(
+        activity = ActivityState(SIMULATED_ACTIVITY if self.simulated else NVML_ACTIVITY)
+        state = _DeviceState(
             info,
             handle,
             counter_supported=supported,
+            activity=activity,
             last_counter_mj=counter_mj,
             last_power_w=None if power_mw is None else power_mw / 1000,
             last_t_s=t_s,
         )
+        try:  # the samples already buffered are from before the start: only mark them seen
+            self._read_activity(state, t_s)
+        except _SkipDevice:
+            pass
+        return state
 
     def _optional(self, fn: Callable[[Any], Any], handle: Any) -> Any:
         """A read at start: None when it fails for any NVML reason."""
@@ -346,6 +375,7 @@ class NvmlSensor:
         memory = self._read(dev, nv.nvmlDeviceGetMemoryInfo)
         rates = self._read(dev, nv.nvmlDeviceGetUtilizationRates)
         procs = self._read(dev, nv.nvmlDeviceGetComputeRunningProcesses) or []
+        activity = self._read_activity(dev, t_s)
         info = dev.info
         return GpuSample(
             index=info.index,
@@ -363,7 +393,47 @@ class NvmlSensor:
             simulated=self.simulated,
             counter_j=counter_j,
             counter_id=counter_id,
+            process_activity=activity,
+            activity_source=dev.activity.source,
+            idle_power_w=info.idle_power_w,
         )
+
+    def _read_activity(self, dev: _DeviceState, t_s: float) -> dict[int, float] | None:
+        """This device's per-process activity since its last reading (pid -> mean SM
+        utilization, ratio) when a reading is due (:data:`ACTIVITY_PERIOD_S`): ``{}`` when NVML
+        has no newer sample (NotFound: no process was busy); None when not due or not read.
+        NotSupported (or a pynvml without the call) turns the device's activity off for good,
+        logged once and not counted as an error (a missing capability); GpuIsLost skips the
+        device; other errors count."""
+        state = dev.activity
+        if not state.due(t_s):
+            return None
+        state.last_read_s = t_s
+        nv = self._nvml
+        read = getattr(nv, "nvmlDeviceGetProcessUtilization", None)
+        try:
+            if read is None:  # an nvidia-ml-py without the call
+                raise _NoActivity
+            samples = read(dev.handle, state.last_seen_us)
+        except nv.NVMLError_NotFound:  # no sample since the last reading: nobody was busy
+            return state.take(())
+        except (nv.NVMLError_NotSupported, _NoActivity):
+            state.source = None
+            log.info(
+                "GPU %d: no per-process utilization (%s); its energy is split equally",
+                dev.info.index,
+                "nvidia-ml-py lacks the call" if read is None else "NVML: NotSupported",
+            )
+            return None
+        except nv.NVMLError as e:
+            if getattr(e, "value", None) == nv.NVML_SUCCESS:  # pynvml: no sample to size for
+                return state.take(())
+            key = f"gpu{dev.info.index}:{nvml_error_name(e)}"
+            self.errors[key] += 1
+            if isinstance(e, nv.NVMLError_GpuIsLost):
+                raise _SkipDevice(key) from e
+            return None
+        return state.take(samples)
 
     def _counter_id(self, dev: _DeviceState) -> str | None:
         """The epoch of the device's energy counter (see the module docstring); None when it

@@ -16,13 +16,22 @@ Power models, chosen per device (the GPU models and power timelines are in
   the CPU activity of the processes attached to the device (CPU seconds of each process and its
   descendants over wall seconds, summed, capped at 1.0) as a stand-in for GPU work. A process
   attached inside another attached process's tree (``profiler run``'s child and the hooked
-  training process it started) is counted once, with that tree. It is
+  training process it started) is counted once, with that tree (under the outer pid). A test may
+  fix a process's load instead (:meth:`SimulatedNVML.set_process_load`). It is
   recomputed when a query arrives and at least ``load_period_s`` has passed since the last
   recompute, from the CPU used since then; the new level holds from that moment on, so power
   follows load one period late and stays piecewise constant. Multiplicative noise
-  ``N(0, noise)`` from a seeded ``random.Random`` is applied while at least one attached process
-  is alive, clamped to ``[idle_w, power_limit_w]``. With no living attached process the device
-  draws exactly ``idle_w``.
+  ``N(0, noise)`` from a seeded ``random.Random`` is applied to the active part (above
+  ``idle_w``) while at least one attached process is alive, clamped to
+  ``[idle_w, power_limit_w]``. With no living attached process, or no load, the device draws
+  exactly ``idle_w``.
+
+Per-process activity (load mode only): each process's load drives its part of the active power,
+the simulator records each one's exact share (:meth:`SimulatedNVML.exact_process_energy_j`,
+:meth:`SimulatedNVML.exact_idle_energy_j`) and ``nvmlDeviceGetProcessUtilization`` reports it as
+NVML does (see :mod:`profiler.sensors.simulated_activity`). A scripted trace is the device's power
+without processes: its per-process activity is unknown, and ``nvmlDeviceGetProcessUtilization``
+raises NVMLError_NotSupported there (the equal-split fallback).
 
 Everything this module produces is simulated: callers label it so (``SIMULATED = True``).
 """
@@ -42,6 +51,11 @@ import psutil
 import pynvml
 
 from profiler.sensors.procs import ProcessTable, process_tree_cpu_seconds
+from profiler.sensors.simulated_activity import (
+    ACTIVITY_PERIOD_S,
+    ProcessShares,
+    ProcessUtilizationSample,
+)
 from profiler.sensors.simulated_power import (
     DEFAULT_MODEL,
     GPU_MODELS,
@@ -116,6 +130,8 @@ class _Device:
     counter_offset_mj: int = 0
     counter_resets: int = 0  # simulated driver reloads so far (part of the counter's epoch)
     living: tuple[float, list[SimulatedProcess]] | None = None  # (when, processes) last looked up
+    shares: ProcessShares | None = None  # load mode: each process's part of the power
+    activity_supported: bool = True  # False: nvmlDeviceGetProcessUtilization -> NotSupported
 
     @property
     def load_mode(self) -> bool:
@@ -148,7 +164,8 @@ class SimulatedNVML:
     scripted power model (one trace per device, or a single trace for all; a ``None`` entry puts
     that device in load mode); ``noise`` is the load-mode relative standard deviation;
     ``energy_offset_mj`` is added to every energy counter, as a real counter counts from driver
-    load. Thread-safe.
+    load; ``activity_period_s`` is how often (clock seconds) per-process utilization samples are
+    taken. Thread-safe.
     """
 
     SIMULATED = True
@@ -176,6 +193,7 @@ class SimulatedNVML:
         seed: int = 0,
         load_period_s: float = 0.05,
         energy_offset_mj: int = 0,
+        activity_period_s: float = ACTIVITY_PERIOD_S,
     ) -> None:
         name = model_named(model)
         if name is None:
@@ -194,6 +212,8 @@ class SimulatedNVML:
         self._lock = threading.RLock()
         self._init_count = 0
         self._hang_s: dict[int, float] = {}  # device index -> seconds its reads block
+        self._fixed_load: dict[int, float] = {}  # pid -> load ratio set by a test
+        self.activity_period_s = float(activity_period_s)
         # Names this simulator's energy counters: a daemon restarted on the same simulator
         # (in-process tests) reads the same counters; a new simulator's counters start over.
         self.token = uuidlib.uuid4().hex[:12]
@@ -207,13 +227,21 @@ class SimulatedNVML:
         self, index: int, trace: Sequence[Phase] | None, repeat: bool, offset_mj: int
     ) -> _Device:
         m = self.model
+        shares = None
         if trace is None:
             power: ScriptedPower | RecordedPower = RecordedPower(self.t0_s, m.idle_w)
+            shares = ProcessShares(self.t0_s, self.activity_period_s)
         else:
             power = ScriptedPower(self.t0_s, trace, m.idle_w, repeat)
         uuid = f"GPU-5137a7ed-0000-4000-8000-{index:012x}"
         return _Device(
-            index, m, uuid, power, last_recompute_s=self.t0_s, counter_offset_mj=offset_mj
+            index,
+            m,
+            uuid,
+            power,
+            last_recompute_s=self.t0_s,
+            counter_offset_mj=offset_mj,
+            shares=shares,
         )
 
     # ---- library
@@ -330,6 +358,29 @@ class SimulatedNVML:
         with self._lock:
             return self._living_processes(self._device(handle))
 
+    def nvmlDeviceGetProcessUtilization(
+        self, handle: SimulatedHandle, lastSeenTimeStamp: int
+    ) -> list[ProcessUtilizationSample]:
+        """Per-process utilization samples taken after ``lastSeenTimeStamp`` (microseconds of
+        the simulator's clock), as pynvml returns them: one per sample period
+        (``activity_period_s``) and process with non-zero utilization, the last ten periods at
+        most. NVMLError_NotFound
+        when there is none; NVMLError_NotSupported on a scripted device or when switched off
+        (:meth:`set_process_utilization_supported`)."""
+        with self._lock:
+            dev, now = self._device_now(handle)
+            if dev.shares is None or not dev.activity_supported:
+                raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            samples = dev.shares.samples_since(int(lastSeenTimeStamp), now)
+            if not samples:
+                raise _error(pynvml.NVML_ERROR_NOT_FOUND)
+            return samples
+
+    def simulated_idle_power_w(self, handle: SimulatedHandle) -> float:
+        """Not pynvml: the device model's idle power in watts (what it draws with no load)."""
+        with self._lock:
+            return self._device(handle).model.idle_w
+
     # ---- simulator controls (not part of pynvml)
 
     def attach_process(self, pid: int, index: int, used_memory_bytes: int | None = None) -> None:
@@ -349,6 +400,24 @@ class SimulatedNVML:
                 dev.processes.pop(pid, None)
                 dev.cpu_prev_s.pop(pid, None)
                 dev.living = None
+
+    def set_process_load(self, pid: int, load: float | None) -> None:
+        """Fix process ``pid``'s load (ratio >= 0) on every device it is attached to, in place of
+        its CPU activity, from the next recompute on; None goes back to its CPU activity. The
+        process must still run to count (as any attached process)."""
+        with self._lock:
+            if load is None:
+                self._fixed_load.pop(pid, None)
+            elif not (math.isfinite(load) and load >= 0):
+                raise ValueError(f"load must be a ratio >= 0, got {load!r}")
+            else:
+                self._fixed_load[pid] = float(load)
+
+    def set_process_utilization_supported(self, index: int, supported: bool) -> None:
+        """False: ``nvmlDeviceGetProcessUtilization`` on device ``index`` raises
+        NVMLError_NotSupported (a GPU or driver without per-process utilization)."""
+        with self._lock:
+            self._devices[index].activity_supported = supported
 
     def set_energy_counter_supported(self, index: int, supported: bool) -> None:
         """False: ``nvmlDeviceGetTotalEnergyConsumption`` raises NVMLError_NotSupported."""
@@ -387,15 +456,45 @@ class SimulatedNVML:
         clock's current reading) and, in load mode, within the last ``RETENTION_S`` seconds.
         """
         with self._lock:
-            dev = self._devices[index]
-            now = self._clock()
-            oldest = dev.power.oldest_s if dev.load_mode else self.t0_s
-            if not oldest <= t0_s <= t1_s <= now:
-                raise ValueError(
-                    f"need {oldest} <= t0_s <= t1_s <= {now} (clock seconds), "
-                    f"got t0_s={t0_s}, t1_s={t1_s}"
-                )
+            dev = self._checked(index, t0_s, t1_s)
             return dev.power.energy_at(t1_s) - dev.power.energy_at(t0_s)
+
+    def exact_idle_energy_j(self, index: int, t0_s: float, t1_s: float) -> float:
+        """Ground truth: the idle part (joules) of device ``index``'s energy over
+        ``[t0_s, t1_s]``: the model's idle watts x the time (a scripted trace's phases below the
+        idle watts count whole). Same time bounds as :meth:`exact_energy_j`."""
+        with self._lock:
+            dev = self._checked(index, t0_s, t1_s)
+            if isinstance(dev.power, ScriptedPower):
+                below = dev.power.clipped(dev.model.idle_w)
+                return below.energy_at(t1_s) - below.energy_at(t0_s)
+            return dev.model.idle_w * (t1_s - t0_s)
+
+    def exact_process_energy_j(
+        self, index: int, pid: int, t0_s: float, t1_s: float
+    ) -> float | None:
+        """Ground truth: process ``pid``'s share (joules) of device ``index``'s active energy
+        (above idle) over ``[t0_s, t1_s]``: the processes' shares plus
+        :meth:`exact_idle_energy_j` equal :meth:`exact_energy_j`. 0.0 for a process that drew
+        nothing there (never attached, or counted inside another attached process's tree, whose
+        pid carries it); None on a scripted device (its per-process part is unknown)."""
+        with self._lock:
+            dev = self._checked(index, t0_s, t1_s)
+            if dev.shares is None:
+                return None
+            return dev.shares.active_energy_j(pid, t0_s, t1_s)
+
+    def _checked(self, index: int, t0_s: float, t1_s: float) -> _Device:
+        """Device ``index``, once ``t0_s <= t1_s`` lie within the power history it keeps."""
+        dev = self._devices[index]
+        now = self._clock()
+        oldest = dev.power.oldest_s if dev.load_mode else self.t0_s
+        if not oldest <= t0_s <= t1_s <= now:
+            raise ValueError(
+                f"need {oldest} <= t0_s <= t1_s <= {now} (clock seconds), "
+                f"got t0_s={t0_s}, t1_s={t1_s}"
+            )
+        return dev
 
     def exact_power_w(self, index: int, t_s: float) -> float:
         """Ground truth: watts of device ``index`` at clock time ``t_s`` (as modelled so far)."""
@@ -435,7 +534,7 @@ class SimulatedNVML:
 
     def _recompute_load(self, dev: _Device, now: float) -> None:
         wall_s = now - dev.last_recompute_s
-        busy_s, alive = 0.0, 0
+        loads: dict[int, float] = {}  # outermost living pid -> its load (ratio)
         table = self._process_table() if dev.processes else ProcessTable({})
         outermost = table.outermost(dev.processes)
         for pid in list(dev.processes):
@@ -446,21 +545,25 @@ class SimulatedNVML:
             if cpu_s is None:
                 dev.cpu_prev_s.pop(pid, None)
                 continue
-            alive += 1
-            busy_s += max(0.0, cpu_s - dev.cpu_prev_s.get(pid, cpu_s))
+            busy_s = max(0.0, cpu_s - dev.cpu_prev_s.get(pid, cpu_s))
             dev.cpu_prev_s[pid] = cpu_s
-        dev.utilization = min(1.0, busy_s / wall_s) if wall_s > 0 else 0.0
+            fixed = self._fixed_load.get(pid)
+            loads[pid] = fixed if fixed is not None else busy_s / wall_s if wall_s > 0 else 0.0
+        dev.utilization = min(1.0, sum(loads.values()))
         dev.last_recompute_s = now
-        watts = self._load_watts(dev.model, dev.utilization) if alive else dev.model.idle_w
+        watts = self._load_watts(dev.model, dev.utilization) if loads else dev.model.idle_w
         power = dev.power
-        assert isinstance(power, RecordedPower)  # load mode
+        assert isinstance(power, RecordedPower) and dev.shares is not None  # load mode
         power.set(now, watts)
+        dev.shares.record(now, dev.model.idle_w, watts, loads)
 
     def _load_watts(self, m: GpuModel, utilization: float) -> float:
-        watts = m.idle_w + (m.power_limit_w - m.idle_w) * utilization
-        if self.noise > 0:
-            watts *= 1.0 + self._rng.gauss(0.0, self.noise)
-        return min(m.power_limit_w, max(m.idle_w, watts))
+        """Watts at ``utilization`` (ratio 0..1): idle plus the active part, the noise on the
+        active part only (so a device without load draws exactly its idle watts)."""
+        active_w = (m.power_limit_w - m.idle_w) * utilization
+        if self.noise > 0 and active_w > 0:
+            active_w *= 1.0 + self._rng.gauss(0.0, self.noise)
+        return min(m.power_limit_w, max(m.idle_w, m.idle_w + active_w))
 
     def _living_processes(self, dev: _Device) -> list[SimulatedProcess]:
         """The device's processes that still run, looked up at most every

@@ -122,6 +122,20 @@ class ScriptedPower:
             raise ValueError("a scripted trace must last longer than 0 seconds")
         self.period_s, self.period_j = t, e
 
+    def clipped(self, ceiling_w: float) -> ScriptedPower:
+        """The same trace with every phase's power capped at ``ceiling_w`` (watts): its energy is
+        the part of this trace's energy below that level (the idle part, for the idle watts)."""
+        phases = [
+            (
+                self._starts[i + 1] - self._starts[i]
+                if i + 1 < len(self._starts)
+                else self.period_s - self._starts[i],
+                min(w, ceiling_w),
+            )
+            for i, w in enumerate(self._watts)
+        ]
+        return ScriptedPower(self.t0_s, phases, min(self.idle_w, ceiling_w), self.repeat)
+
     def power_at(self, t_s: float) -> float:
         tau = max(0.0, t_s - self.t0_s)
         if not self.repeat and tau >= self.period_s:
@@ -161,6 +175,16 @@ class RecordedPower:
     def oldest_s(self) -> float:
         """The earliest time (seconds) ``energy_at`` can still answer for."""
         return self._starts[0]
+
+    @property
+    def level(self) -> float:
+        """The current level (watts, or whatever the timeline records)."""
+        return self._watts[-1]
+
+    @property
+    def last_change_s(self) -> float:
+        """When the current level began (seconds)."""
+        return self._starts[-1]
 
     def set(self, t_s: float, watts: float) -> None:
         """Power is ``watts`` from ``t_s`` on (``t_s`` not before the last change)."""
