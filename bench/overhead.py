@@ -1,23 +1,36 @@
 """Hook overhead, measured side by side in one process against a running daemon.
 
-Every measurement alternates blocks with and without the hook (ABBA), each step timed on
-``time.perf_counter``, so machine noise hits both sides alike:
+Every measurement alternates blocks with and without the hook (ABBA for the minimal steps, a
+random order per pair for the real ones), each step timed, so machine noise hits both sides
+alike:
 
 1. **PyTorch ``track()``**, minimal step: a one-parameter SGD ``optimizer.step()``; the hook's
    steady-state optimizer hook is attached and detached between blocks. Added time per step =
    median (and p99) with the hook minus without, microseconds. Target <= 2 us.
 2. **PyTorch ``track()``**, real step: an MLP's forward, backward and SGD step on one CPU thread
-   (about 10 ms); slowdown = median step with / without - 1. Target <= 0.5 %.
+   (about 10 ms), in many short pairs of blocks (with / without, order random per pair:
+   :mod:`bench.paired`); slowdown = the mean per-pair ``ln(with / without)`` of the blocks'
+   total times, with a 95 % Student t interval over the pairs, back as ``exp(x) - 1``. Timed
+   twice: wall clock, and the training thread's CPU time (``thread_time_ns``: what the hook
+   costs the thread, without the preemption a busy machine adds). Target <= 0.5 %, decided on
+   the interval's upper bound; the interval should be within +-0.2 %.
 3. **Keras ``EnergyCallback``**, minimal step: ``on_train_batch_begin`` + ``on_train_batch_end``
    (with a loss in the logs, as Keras gives it) called directly, against a callback object whose
    methods do nothing (the same dispatch). Target <= 2 us.
-4. **Keras ``EnergyCallback``**, real step: ``model.fit`` (Keras 3, torch backend, CPU, the same
-   MLP) for one epoch of 40 steps, with ``callbacks=[timer]`` and ``[timer, EnergyCallback()]``
-   alternating; the timer callback (in both) marks each batch end, and the first step of each
-   ``fit`` is left out. Each ``fit`` with the callback is a run of its own. Target <= 0.5 %.
+4. **Keras ``EnergyCallback``**, real step: one long ``model.fit`` (Keras 3, torch backend, CPU,
+   the same MLP; one run) with a timing callback that marks each batch end on both clocks and,
+   in the batches of a "with" block, calls the ``EnergyCallback``'s two batch hooks (in the
+   others, nothing: the same dispatch on both sides). The first batch of each epoch is left
+   out. Pairs, slowdown and interval as in 2.
+
+The blocks of 2 and 4 are 2 steps long: the noise of a shared machine comes in bursts that only
+a short pair sees on both sides alike. The hook's periodic send (every 0.1 s of wall time) then
+lands on the "with" steps at up to twice its real rate per step, which errs high (for a 10 ms
+step, by a few hundredths of a percent).
 
 The hooks talk to a real daemon subprocess (scripted simulated GPU, :mod:`bench.sim_daemon`).
-Run: ``.venv/bin/python bench/overhead.py [--smoke] [--out FILE]`` (``--quick`` = ``--smoke``).
+Run: ``.venv/bin/python bench/overhead.py [--smoke] [--scale F] [--out FILE]`` (``--quick`` =
+``--smoke``; ``--scale`` multiplies the number of pairs in 2 and 4, e.g. 0.5 for a shorter run).
 """
 
 from __future__ import annotations
@@ -37,10 +50,21 @@ if __package__ in (None, ""):  # run as a file: python bench/overhead.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Figure, bench_main, median, pct, progress, quantile  # noqa: E402
+from bench.paired import Pairs, orders, run_pairs  # noqa: E402
 from bench.simgpu import start_sim_daemon, training_loop  # noqa: E402
 
 TARGET_ADDED_US = 2.0
 TARGET_SLOWDOWN = 0.005
+RESOLUTION = 0.002  # the interval's half-width the slowdown figures should reach
+# (pairs, steps per block) of the real-step measurements; full and --smoke
+# Short blocks: on a shared 2-CPU VM the noise of a block's time comes in bursts (another
+# process runs), so the two blocks of a pair see the same conditions only when they are short;
+# an A/A run (no hook on either side) gave the narrowest interval per second of running with
+# blocks of 1-2 steps, 3-7 times narrower than with blocks of 10.
+TORCH_PAIRS, TORCH_PER_BLOCK, TORCH_SMOKE = 2000, 2, (4, 2)
+KERAS_PAIRS, KERAS_PER_BLOCK, KERAS_SMOKE = 1000, 2, (4, 2)
+KERAS_PAIRS_PER_EPOCH = 25
+SCALE = 1.0  # --scale: multiplies TORCH_PAIRS and KERAS_PAIRS
 
 
 def alternate(
@@ -80,15 +104,37 @@ def _added(with_hook: list[float], without: list[float]) -> dict[str, float]:
     }
 
 
-def _slowdown(with_hook: list[float], without: list[float]) -> dict[str, float]:
-    """Slowdown of a real step: median with / without - 1 (and the medians, ms)."""
+def _paired(p: Pairs, per_block: int) -> dict[str, Any]:
+    """A paired measurement of a real step: slowdown on the wall clock and on the training
+    thread's CPU time, each with its 95 % interval (:mod:`bench.paired`), and the medians."""
+    wall, cpu = p.wall(), p.cpu()
     return {
-        "with_median_ms": median(with_hook) * 1e3,
-        "without_median_ms": median(without) * 1e3,
-        "slowdown": median(with_hook) / median(without) - 1,
-        "slowdown_mean": statistics.mean(with_hook) / statistics.mean(without) - 1,
-        "steps_each": len(with_hook),
+        "slowdown": wall.estimate,
+        "slowdown_cpu": cpu.estimate,
+        "wall": wall.to_json(),
+        "cpu": cpu.to_json(),
+        "pairs": len(p.wall_with),
+        "steps_per_block": per_block,
+        "with_first": p.with_first,
+        "with_median_ms": median(p.steps_with) * 1e3,
+        "without_median_ms": median(p.steps_without) * 1e3,
+        "with_cpu_ms_per_step": sum(p.cpu_with) / max(1, len(p.steps_with)) * 1e-6,
+        "without_cpu_ms_per_step": sum(p.cpu_without) / max(1, len(p.steps_without)) * 1e-6,
+        "pairs_for_resolution": {
+            "wall": wall.pairs_for(RESOLUTION),
+            "cpu": cpu.pairs_for(RESOLUTION),
+        },
+        # the spread of the per-pair ln ratios (heavy tails: a burst of another process)
+        "log_ratio_quantiles": {
+            clock: {f"p{q:g}": quantile(p.log_ratios(clock), q / 100) for q in (1, 5, 50, 95, 99)}
+            for clock in ("wall", "cpu")
+        },
+        "steps_each": len(p.steps_with),
     }
+
+
+def _scaled(pairs: int) -> int:
+    return max(2, round(pairs * SCALE))
 
 
 # ---- PyTorch -------------------------------------------------------------------------------
@@ -139,13 +185,14 @@ def pytorch(smoke: bool) -> dict[str, Any]:
 
     for _ in range(20):
         train_step()
-    progress("overhead: PyTorch track(), MLP training step")
-    real = alternate(train_step, hook_on(opt), detach, 4 if smoke else 100, 10)
+    pairs, per_block = TORCH_SMOKE if smoke else (_scaled(TORCH_PAIRS), TORCH_PER_BLOCK)
+    progress(f"overhead: PyTorch track(), MLP training step, {pairs} pairs of {per_block} steps")
+    real = run_pairs(train_step, hook_on(opt), detach, pairs, per_block)
     hook_on(tiny)()
     handle.stop()
     return {
         "micro": _added(*micro),
-        "real": _slowdown(*real),
+        "real": _paired(real, per_block),
         "steps_sent": handle.steps,
         "steps_dropped": handle.dropped_total,
         "torch": torch.__version__,
@@ -155,24 +202,63 @@ def pytorch(smoke: bool) -> dict[str, Any]:
 # ---- Keras -------------------------------------------------------------------------------------
 
 
-class _Timer:
-    """A Keras callback that marks each training batch's end (perf_counter seconds)."""
+class _PairedTimer:
+    """A Keras callback that times every training batch on both clocks and, in the batches of
+    a "with" block, calls the energy callback's two batch hooks (in the others it calls
+    nothing). The pairs follow :func:`bench.paired.orders`; an epoch holds whole pairs after
+    its first batch, which is left out (it carries the epoch's own start-up). The energy
+    callback's other methods (train and epoch begin and end) are called always: one run."""
 
-    def __init__(self) -> None:
-        self.marks: list[float] = []
+    def __init__(self, energy: Any, order: list[tuple[bool, bool]], per_block: int) -> None:
+        self.energy, self.per_block = energy, per_block
+        self.plan = [hooked for pair in order for hooked in pair for _ in range(per_block)]
+        self.order = order
+        self.pos = 0  # the next planned step
+        self.hooked: bool | None = None  # this batch's side; None for an epoch's first batch
+        self.first = True
+        self.wall0 = self.cpu0 = 0
+        self.pairs = Pairs()
+        self._block: list[tuple[int, int]] = []  # (wall, cpu) ns of the block's steps so far
 
     def set_params(self, params: dict[str, Any]) -> None:
-        pass
+        self.energy.set_params(params)
 
     def set_model(self, model: Any) -> None:
-        pass
+        self.energy.set_model(model)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.first = True
+        self.energy.on_epoch_begin(epoch, logs)
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.first or self.pos >= len(self.plan):
+            self.hooked = None
+        else:
+            self.hooked = self.plan[self.pos]
+        if self.hooked:
+            self.energy.on_train_batch_begin(batch, logs)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.marks.append(time.perf_counter())
+        if self.hooked:
+            self.energy.on_train_batch_end(batch, logs)
+        cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
+        if self.hooked is not None:  # a planned step: since the previous batch's end
+            self._block.append((wall - self.wall0, cpu - self.cpu0))
+            self.pos += 1
+            if len(self._block) == self.per_block:
+                self.pairs.add(
+                    self.hooked,
+                    sum(w for w, _ in self._block),
+                    sum(c for _, c in self._block),
+                    [w * 1e-9 for w, _ in self._block],
+                )
+                self._block = []
+        self.first = False
+        self.cpu0, self.wall0 = time.thread_time_ns(), time.perf_counter_ns()
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("on_"):
-            return _nothing
+        if name.startswith("on_"):  # train begin and end, epoch end, ...: always
+            return getattr(self.energy, name)
         raise AttributeError(name)
 
 
@@ -184,10 +270,6 @@ class _NoOp:
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         pass
-
-
-def _nothing(*args: Any, **kwargs: Any) -> None:
-    return None
 
 
 def keras_part(smoke: bool) -> dict[str, Any]:
@@ -240,26 +322,25 @@ def keras_part(smoke: bool) -> dict[str, Any]:
     cb.on_train_end()
     steps_sent, dropped = cb.steps, cb.dropped_total
 
-    # 4. real: fit() with and without the callback, alternating
-    per_fit = 5 if smoke else 40
-    x = np.random.default_rng(0).standard_normal((64 * per_fit, 512)).astype("float32")
-    y = np.random.default_rng(1).integers(0, 10, 64 * per_fit)
-    with_steps: list[float] = []
-    without_steps: list[float] = []
-    model.fit(x, y, batch_size=64, epochs=1, verbose=0)  # warm up
-    progress("overhead: Keras EnergyCallback, model.fit (torch backend)")
-    for b in range(2 if smoke else 16):
-        for hooked in (True, False) if b % 2 == 0 else (False, True):
-            timer = _Timer()
-            callbacks: list[Any] = [timer]
-            if hooked:
-                callbacks.append(EnergyCallback(name="bench-overhead-keras-fit", batch_size=64))
-            model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=callbacks)
-            durations = [b2 - a for a, b2 in zip(timer.marks, timer.marks[1:], strict=False)]
-            (with_steps if hooked else without_steps).extend(durations)
+    # 4. real: one long fit(); the energy callback's batch hooks run in the "with" blocks only
+    pairs, per_block = KERAS_SMOKE if smoke else (_scaled(KERAS_PAIRS), KERAS_PER_BLOCK)
+    per_epoch = 1 + 2 * per_block * KERAS_PAIRS_PER_EPOCH  # batches: the left-out first + pairs
+    x = np.random.default_rng(0).standard_normal((64 * per_epoch, 512)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 10, 64 * per_epoch)
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0, shuffle=False)  # warm up
+    order = orders(pairs, seed=20)
+    energy = EnergyCallback(name="bench-overhead-keras-fit", batch_size=64)
+    timer = _PairedTimer(energy, order, per_block)
+    epochs = math.ceil(pairs / KERAS_PAIRS_PER_EPOCH)
+    progress(f"overhead: Keras EnergyCallback, model.fit, {pairs} pairs of {per_block} steps")
+    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, shuffle=False, callbacks=[timer])
+    real = timer.pairs
+    real.with_first = sum(o[0] for o in order[: len(real.wall_with)])
+    steps_sent += energy.steps
+    dropped += energy.dropped_total
     return {
         "micro": _added(*micro),
-        "real": _slowdown(with_steps, without_steps),
+        "real": _paired(real, per_block),
         "steps_sent": steps_sent,
         "steps_dropped": dropped,
         "keras": keras.__version__,
@@ -290,6 +371,7 @@ def measure(smoke: bool = False) -> dict[str, Any]:
         "pytorch": pt,
         "keras": ks,
         "smoke": smoke,
+        "scale": SCALE,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
     }
@@ -299,7 +381,11 @@ def figures(result: dict[str, Any]) -> list[Figure]:
     figs = []
     for key, name in (("pytorch", "PyTorch track()"), ("keras", "Keras EnergyCallback")):
         if "skipped" in result[key]:
-            for what, unit in (("added_us", "us"), ("slowdown", "ratio")):
+            for what, unit in (
+                ("added_us", "us"),
+                ("slowdown", "ratio"),
+                ("slowdown_cpu", "ratio"),
+            ):
                 figs.append(
                     Figure(
                         f"overhead_{key}_{what}",
@@ -327,29 +413,65 @@ def figures(result: dict[str, Any]) -> list[Figure]:
                 extra=micro,
             )
         )
-        slow = real["slowdown"]
-        figs.append(
-            Figure(
-                f"overhead_{key}_slowdown",
-                f"{name}: slowdown of a ~10 ms CPU training step",
-                slow,
-                "ratio",
-                f"{slow:+.2%}",
-                f"<= {pct(TARGET_SLOWDOWN, 1)}",
-                slow <= TARGET_SLOWDOWN,
-                note=f"median {real['with_median_ms']:.3f} vs {real['without_median_ms']:.3f} ms, "
-                f"{real['steps_each']} steps each; {result[key]['steps_dropped']} of "
-                f"{result[key]['steps_sent']} steps dropped",
-                extra=real,
-            )
-        )
+        dropped = f"{result[key]['steps_dropped']} of {result[key]['steps_sent']} steps dropped"
+        figs.append(_slowdown_figure(key, name, real, "wall", dropped))
+        figs.append(_slowdown_figure(key, name, real, "cpu", dropped))
     return figs
 
 
+def _slowdown_figure(key: str, name: str, real: dict[str, Any], clock: str, dropped: str) -> Figure:
+    """The slowdown of a real step on one clock (``wall`` or ``cpu``): the point estimate and
+    its 95 % interval; met when the interval's upper bound is within the target."""
+    ci = real[clock]
+    est, lo, hi, half = ci["estimate"], ci["lo"], ci["hi"], ci["half_width"]
+    if clock == "wall":
+        label = f"{name}: slowdown of a ~10 ms CPU training step (wall)"
+        what = f"median step {real['with_median_ms']:.3f} vs {real['without_median_ms']:.3f} ms"
+    else:
+        label = f"{name}: training thread's CPU time per ~10 ms step"
+        what = (
+            f"{real['with_cpu_ms_per_step']:.3f} vs {real['without_cpu_ms_per_step']:.3f} ms "
+            "of thread CPU per step"
+        )
+    known = math.isfinite(lo) and math.isfinite(hi)
+    ours = f"{est:+.2%} (95% CI {lo * 100:+.2f}..{hi * 100:+.2f}%)" if known else f"{est:+.2%}"
+    if not known:
+        width = "interval unknown (fewer than 2 pairs)"
+    elif half > RESOLUTION:
+        need = real["pairs_for_resolution"][clock]
+        width = (
+            f"interval +-{half:.2%}, wider than +-{RESOLUTION:.1%}: limited by the spread of "
+            f"{'block times' if clock == 'wall' else 'thread CPU per block'} from pair to pair "
+            f"(per-pair sd {ci['log']['sd']:.2%}); about {need} pairs would resolve "
+            f"+-{RESOLUTION:.1%} at this spread"
+        )
+    else:
+        width = f"interval +-{half:.2%}"
+    return Figure(
+        f"overhead_{key}_slowdown" + ("" if clock == "wall" else "_cpu"),
+        label,
+        est,
+        "ratio",
+        ours,
+        f"<= {pct(TARGET_SLOWDOWN, 1)} (95% CI upper bound)",
+        known and hi <= TARGET_SLOWDOWN,
+        note=f"{real['pairs']} pairs of {real['steps_per_block']} steps, t interval on per-pair "
+        f"ln(with/without); {width}; {what}; {dropped}",
+        extra={k: v for k, v in real.items() if k not in ("wall", "cpu")} | {"interval": ci},
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    global SCALE
     args = list(sys.argv[1:] if argv is None else argv)
     args = ["--smoke" if a == "--quick" else a for a in args]
-    return bench_main(__doc__ or "", measure, figures, args)
+    scale = argparse.ArgumentParser(add_help=False)
+    scale.add_argument("--scale", type=float, default=1.0)
+    known, rest = scale.parse_known_args(args)
+    SCALE = known.scale
+    return bench_main(__doc__ or "", measure, figures, rest)
 
 
 if __name__ == "__main__":

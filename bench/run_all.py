@@ -1,10 +1,11 @@
 """Run every benchmark and print one table: figure | ours | peer | target | met.
 
-The six benchmarks (see bench/README.md): hook overhead (:mod:`bench.overhead`), ingest
+The benchmarks (see bench/README.md): hook overhead (:mod:`bench.overhead`), ingest
 (:mod:`bench.ingest`), energy accuracy (:mod:`bench.accuracy`), daemon footprint
-(:mod:`bench.footprint`), ``/metrics`` scrape (:mod:`bench.scrape`) and the monthly report
-(:mod:`bench.report_bench`). Each runs in its own process (so one benchmark's imports and threads
-do not weigh on another's figures), one after the other; ``--smoke`` runs each tiny and all at
+(:mod:`bench.footprint`), ``/metrics`` scrape (:mod:`bench.scrape`), the monthly report
+(:mod:`bench.report_bench`) and attribution on a shared GPU (:mod:`bench.attribution`). Each
+runs in its own process (so one benchmark's imports and threads do not weigh on another's
+figures), one after the other; ``--smoke`` runs each tiny and all at
 once (in two waves), for CI: the figures are then numbers, not measurements.
 
 Writes ``bench/results/bench-<date>.json`` (``--out`` to change; a smoke run writes to a
@@ -41,12 +42,16 @@ BENCHMARKS = {
     "footprint": "bench.footprint",
     "scrape": "bench.scrape",
     "report": "bench.report_bench",
+    "attribution": "bench.attribution",
 }
 # The accuracy benchmark schedules its processes against one clock: it goes first, with only
 # the light report benchmark beside it; then the rest together.
-SMOKE_WAVES = (("accuracy", "report"), ("overhead", "ingest", "footprint", "scrape"))
-TIMEOUT_S = {"overhead": 240, "ingest": 420, "accuracy": 240, "footprint": 240, "scrape": 240,
-             "report": 180}  # fmt: skip
+SMOKE_WAVES = (
+    ("accuracy", "report", "attribution"),
+    ("overhead", "ingest", "footprint", "scrape"),
+)
+TIMEOUT_S = {"overhead": 420, "ingest": 420, "accuracy": 240, "footprint": 240, "scrape": 240,
+             "report": 180, "attribution": 120}  # fmt: skip
 
 
 class _Child:

@@ -207,6 +207,54 @@ run_panels = [
         legend="rank {{rank}} {{kind}}",
         desc="Reported by the hooks while CUDA is in use; empty on CPU runs.",
     ),
+    panel(
+        "GPU energy split",
+        f"max by (run, attribution) (profiler_run_attribution_info{{{R}}})",
+        "table",
+        None,
+        8,
+        6,
+        legend="{{run}}: {{attribution}}",
+        desc="How each run's GPU energy is split on shared GPUs: activity (active energy by "
+        "each process's measured activity, idle energy equally among the runs holding the GPU), "
+        "equal (the GPU gives no per-process activity: split equally), slices (a MIG GPU with "
+        "no per-process activity: by instance size), mixed (several).",
+    ),
+    panel(
+        "Idle share of GPU energy",
+        f"sum by (run) (profiler_run_gpu_idle_energy_joules_total{{{R}}}) "
+        f"/ sum by (run) (profiler_run_energy_joules_total{{{R}}})",
+        "bargauge",
+        "percentunit",
+        8,
+        6,
+        legend="{{run}}",
+        desc="Of each run's GPU energy, its equal share of its GPUs' idle power (the rest is "
+        "what it drew above idle). Absent when the idle power is unknown.",
+    ),
+    panel(
+        "MIG instances",
+        [
+            (
+                "max by (gpu, uuid, parent_uuid, mig_profile, gpu_instance_id, slices, "
+                f"gpu_slices) (profiler_gpu_mig_instance_info{{{H}}})",
+                "GPU {{gpu}} {{mig_profile}} (instance {{gpu_instance_id}}, "
+                "{{slices}}/{{gpu_slices}} slices)",
+            ),
+            (
+                "sum by (run, mig_profile, gpu_instance_id) "
+                f'(profiler_run_energy_joules_total{{{R},mig_profile!=""}}) / 3.6e6',
+                "{{run}} kWh on {{mig_profile}} (instance {{gpu_instance_id}})",
+            ),
+        ],
+        "table",
+        None,
+        8,
+        6,
+        desc="GPUs in MIG mode: their instances (profile, NVML GPU instance id, compute slices "
+        "of the GPU's, the parent GPU's uuid), and the runs' GPU energy (kWh) per instance. "
+        "Empty when no GPU is in MIG mode.",
+    ),
 ]
 training = {
     "title": "ML profiler: training run (live)",

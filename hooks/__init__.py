@@ -4,4 +4,6 @@ Importing this package imports no framework: ``hooks.pytorch`` imports torch, an
 framework modules import theirs, only when you import them.
 """
 
-__all__ = ["wire"]
+from hooks.budget import BudgetExceeded
+
+__all__ = ["BudgetExceeded", "wire"]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hooks import wire
+from hooks.budget import BudgetFlag, read_replies
 from hooks.runid import checked_run_id, not_for_new_runs
 
 log = logging.getLogger("hooks")
@@ -147,6 +148,10 @@ class Client:
         self._closing = threading.Event()
         self._stale = False  # a send failed: say hello again before the next message
         self._busy = False  # the last failed send found the daemon's queue full (not gone)
+        # Budget replies from the daemon (hooks.budget): read by the connect thread once the
+        # daemon answers, so the step path only reads budget.stop_at.
+        self.budget = BudgetFlag()
+        self._reading = False
         self._thread = threading.Thread(target=self._connect, name="profiler-connect", daemon=True)
         try:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -155,6 +160,11 @@ class Client:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
             except OSError:
                 pass
+            try:  # an abstract address for the daemon's replies, credentials on each
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                self._sock.bind("")
+            except OSError:
+                pass  # no replies: budgets are not enforced in this process
             self._thread.start()
         except (OSError, RuntimeError) as e:  # out of file descriptors or threads
             self.errors += 1
@@ -396,7 +406,8 @@ class Client:
         self.closed = True
         self._closing.set()
         try:
-            self._thread.join(timeout=AUTOSTART_TIMEOUT_S)  # the connect attempt, if any
+            if not self._reading:  # a reader of replies ends by itself (socket closed)
+                self._thread.join(timeout=AUTOSTART_TIMEOUT_S)  # the connect attempt, if any
             if not self.ready.is_set() and self._send_hello():  # a daemon came up just now
                 self.ready.set()
             self._flush()
@@ -439,6 +450,7 @@ class Client:
         try:
             if self._send_hello() or (self.autostart and self._start_daemon()):
                 self.ready.set()
+                self._read_replies()
                 return
             self._warn(
                 f"no profiler daemon at {self.path}"
@@ -450,11 +462,23 @@ class Client:
                 if self._send_hello():
                     self.ready.set()
                     log.warning("profiler: reached the daemon at %s; recording resumes", self.path)
+                    self._read_replies()
                     return
                 delay = min(2 * delay, RETRY_MAX_S)
         except Exception as e:  # noqa: BLE001 - the hook boundary
             self.errors += 1
             self._warn(f"could not reach the profiler daemon ({e})")
+
+    def _read_replies(self) -> None:
+        """Stay on as the reader of the daemon's budget replies until :meth:`close`
+        (:func:`hooks.budget.read_replies`); replies count only from the owner of the daemon's
+        socket, or root."""
+        try:
+            daemon_uid: int | None = os.stat(self.path).st_uid
+        except OSError:
+            daemon_uid = None
+        self._reading = True
+        read_replies(self._sock, self.budget, daemon_uid, self._closing)
 
     def _start_daemon(self) -> bool:
         try:

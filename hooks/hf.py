@@ -40,6 +40,7 @@ from typing import Any
 import transformers
 from transformers import TrainerCallback
 
+from hooks.budget import budget_field
 from hooks.client import Client
 from hooks.options import RunOptions
 from hooks.pytorch import CallbackRuns, TrackedRun
@@ -50,7 +51,10 @@ class EnergyCallback(TrainerCallback, CallbackRuns):
     """Streams a transformers ``Trainer``'s optimizer steps to the profiler daemon.
 
     The run id is ``run_id``, else ``PROFILER_RUN_ID``, ``TORCHELASTIC_RUN_ID`` (``torchrun``,
-    ``accelerate launch``) or ``SLURM_JOB_ID``, else generated from the name.
+    ``accelerate launch``) or ``SLURM_JOB_ID``, else generated from the name. ``budget`` and
+    ``on_exceed`` as for :func:`hooks.pytorch.track`: at the daemon's stop,
+    ``control.should_training_stop = True`` after the optimizer step that completed (and
+    ``control.should_save`` unless ``save_strategy`` is ``"no"``, so a checkpoint is saved).
     """
 
     def __init__(
@@ -60,7 +64,12 @@ class EnergyCallback(TrainerCallback, CallbackRuns):
         project: str = "",
         run_id: str | None = None,
         user: str | None = None,
+        budget: float | None = None,
+        on_exceed: str | None = None,
     ) -> None:
+        self.budget = budget
+        self.on_exceed = on_exceed
+        self.budget_stopped = False  # a budget stop set control.should_training_stop
         self.name = name
         self.project = project
         self.user = user
@@ -100,6 +109,7 @@ class EnergyCallback(TrainerCallback, CallbackRuns):
                 samples_source="config",
                 ranks=(args.process_index, args.local_process_index, args.world_size),
             )
+            fields.update(budget_field(self.budget, self.on_exceed))
             self._run = TrackedRun(Client(rid, fields), None)
             self._micro_batches = 0
             self._pending = None
@@ -144,6 +154,15 @@ class EnergyCallback(TrainerCallback, CallbackRuns):
                 self._pending = (end, samples)
             else:
                 self._run.recorder.end(samples=samples, now=end)
+            budget = self._run.client.budget
+            if budget.pending:  # the daemon stopped the run for its budget: end after this step
+                steps = self._run.recorder.steps_seen + (self._pending is not None)
+                if budget.due(self._run.run_id, steps):
+                    self.budget_stopped = True
+                    control.should_training_stop = True
+                    strategy = getattr(args, "save_strategy", "no")
+                    if getattr(strategy, "value", strategy) != "no":
+                        control.should_save = True
         except Exception:  # noqa: BLE001 - the hook boundary
             self._errors += 1
 

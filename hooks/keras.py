@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from hooks.budget import budget_field
 from hooks.client import Client
 from hooks.options import RunOptions
 from hooks.recorder import DeviceClock, MemoryProbe, StepRecorder
@@ -71,7 +72,9 @@ class EnergyCallback:
     ``batch_size`` is samples per batch on this process (0/None: samples are not counted);
     ``total_steps`` overrides the projection ``params["steps"] * params["epochs"]``. The run id is
     ``run_id``, else ``PROFILER_RUN_ID``, ``TORCHELASTIC_RUN_ID`` or ``SLURM_JOB_ID``, else
-    generated from the name.
+    generated from the name. ``budget`` (the pricing's currency) and ``on_exceed`` as for
+    :func:`hooks.pytorch.track`: at a stop from the daemon, ``model.stop_training`` is set after
+    the batch that completed, so ``fit`` ends cleanly and later callbacks (checkpoints) run.
     """
 
     # Keras 3: batch hooks run in order on the training thread (exact timestamps).
@@ -89,8 +92,13 @@ class EnergyCallback:
         total_steps: int | None = None,
         run_id: str | None = None,
         user: str | None = None,
+        budget: float | None = None,
+        on_exceed: str | None = None,
     ) -> None:
         self.name = name
+        self.budget = budget
+        self.on_exceed = on_exceed
+        self.budget_stopped = False  # a budget stop set model.stop_training
         self.project = project
         self.batch_size = batch_size
         self.total_steps = total_steps
@@ -192,6 +200,20 @@ class EnergyCallback:
             else:  # a tensor: read it when the next batch has been queued
                 self._pending = (self._begin_t, end, count, loss)
             self._begin_t = None
+        except Exception:  # noqa: BLE001 - the hook boundary
+            self._errors += 1
+        finally:
+            self._check_budget()
+
+    def _check_budget(self) -> None:
+        """A budget stop from the daemon: ``model.stop_training = True`` after this batch."""
+        try:
+            recorder = self._recorder
+            if recorder is None or not recorder.client.budget.pending:
+                return
+            if recorder.client.budget.due(recorder.client.run_id, recorder.steps_seen):
+                self.budget_stopped = True
+                self._model.stop_training = True
         except Exception:  # noqa: BLE001 - the hook boundary
             self._errors += 1
 
@@ -296,6 +318,7 @@ class EnergyCallback:
             samples_source="argument" if options.batch_size else "none",
             **device_fields,
         )
+        fields.update(budget_field(self.budget, self.on_exceed))
         client = Client(options.job_run_id(), fields)
         self._recorder = StepRecorder(
             client, batch_size=options.batch_size, device_clock=clock, memory_probe=probe

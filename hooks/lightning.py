@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from hooks.budget import budget_field
 from hooks.client import Client
 from hooks.options import RunOptions
 from hooks.pytorch import CallbackRuns, TrackedRun
@@ -98,6 +99,8 @@ class EnergyCallback(*_callback_bases(), CallbackRuns):
     cannot be read from the batch. The run id
     is ``run_id``, else ``PROFILER_RUN_ID``, ``TORCHELASTIC_RUN_ID`` or ``SLURM_JOB_ID``, else
     generated from the name (and exported, so rank processes launched later join the run).
+    ``budget`` and ``on_exceed`` as for :func:`hooks.pytorch.track`: at the daemon's stop,
+    ``trainer.should_stop = True`` after the optimizer step that completed.
     """
 
     def __init__(
@@ -108,8 +111,13 @@ class EnergyCallback(*_callback_bases(), CallbackRuns):
         batch_size: int | None = None,
         run_id: str | None = None,
         user: str | None = None,
+        budget: float | None = None,
+        on_exceed: str | None = None,
     ) -> None:
         super().__init__()
+        self.budget = budget
+        self.on_exceed = on_exceed
+        self.budget_stopped = False  # a budget stop set trainer.should_stop
         self.name = name
         self.project = project
         self.batch_size = batch_size
@@ -164,6 +172,7 @@ class EnergyCallback(*_callback_bases(), CallbackRuns):
                 samples_source="argument" if batch_size else "none",
                 ranks=(trainer.global_rank, trainer.local_rank, trainer.world_size),
             )
+            fields.update(budget_field(self.budget, self.on_exceed))
             self._run = TrackedRun(Client(rid, fields), batch_size)
             self._source = None
             if pl_module.device.type == "cuda":
@@ -241,5 +250,10 @@ class EnergyCallback(*_callback_bases(), CallbackRuns):
                 loss = loss.detach()
             samples, self._samples = self._samples, 0
             run.recorder.end(samples=samples, loss=loss)
+            if run.client.budget.pending and run.client.budget.due(
+                run.run_id, run.recorder.steps_seen
+            ):  # the daemon stopped the run for its budget: end after this step
+                self.budget_stopped = True
+                trainer.should_stop = True
         except Exception:  # noqa: BLE001 - the hook boundary
             self._errors += 1

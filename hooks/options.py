@@ -13,7 +13,14 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from hooks.runid import default_name, env_meta, job_run_id, ranks_from_env, user_name
+from hooks.runid import (
+    default_name,
+    env_meta,
+    job_run_id,
+    ranks_from_env,
+    user_name,
+    visible_mig_devices,
+)
 
 
 @dataclass(frozen=True)
@@ -53,12 +60,16 @@ class RunOptions:
     ) -> dict[str, Any]:
         """The ``hello`` fields every hook sends (see :mod:`hooks.wire`): this run's name,
         project, user, ``batch_size`` and ``total_steps``, what the hook measures and how (the
-        keywords), the host, and the scheduler's metadata (:func:`hooks.runid.env_meta`) under
-        ``meta`` when there is any. A hook that announces other samples per step or total steps
-        than the user gave (counted over gradient accumulation, projected from the framework)
-        calls this on ``dataclasses.replace(options, batch_size=..., total_steps=...)``."""
+        keywords), its ``devices`` (with the MIG instances ``CUDA_VISIBLE_DEVICES`` names:
+        :func:`hooks.runid.visible_mig_devices`), the host, and the scheduler's metadata
+        (:func:`hooks.runid.env_meta`) under ``meta`` when there is any. A hook that announces
+        other samples per step or total steps than the user gave (counted over gradient
+        accumulation, projected from the framework) calls this on
+        ``dataclasses.replace(options, batch_size=..., total_steps=...)``."""
         rank, local_rank, world_size = ranks or ranks_from_env()
         meta = env_meta()
+        declared = list(devices or [])
+        declared += [d for d in visible_mig_devices() if d not in declared]
         return {
             **({"meta": meta} if meta else {}),
             "name": self.name or default_name(),
@@ -70,7 +81,7 @@ class RunOptions:
             "rank": rank,
             "local_rank": local_rank,
             "world_size": world_size,
-            "devices": devices or [],
+            "devices": declared,
             "host": socket.gethostname(),
             "batch_size": self.batch_size or None,
             "total_steps": self.total_steps or None,

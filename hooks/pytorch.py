@@ -61,6 +61,7 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
+from hooks.budget import budget_field
 from hooks.client import Client
 from hooks.options import RunOptions
 from hooks.recorder import StepRecorder
@@ -137,6 +138,9 @@ class _GlobalHooks:
                     self._drop_post()
         except Exception:  # noqa: BLE001 - the hook boundary: never raise into training
             self._count_error()
+        for handle in self.handles:  # a budget stop: BudgetExceeded, after the step completed
+            if handle.client.budget.pending and handle._optimizer == id(optimizer):
+                handle.budget_stop()
 
     def tidy(self) -> None:
         """From an optimizer's own post hook (torch is done with the global pre hooks and has
@@ -355,10 +359,13 @@ class TrackHandle(TrackedRun):
         due = self._due
         recorder = self.recorder
         handle = self
+        budget = self.client.budget
 
         def fast_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
             now = monotonic()
             append(now)
+            if budget.pending:  # the daemon stopped the run: raise after this completed step
+                handle.budget_stop()
             if now >= due[0]:
                 try:
                     if handle._stopped:
@@ -372,6 +379,17 @@ class TrackHandle(TrackedRun):
                     recorder.hook_errors += 1
 
         return fast_hook
+
+    def budget_stop(self) -> None:
+        """Raise :class:`hooks.BudgetExceeded` when the daemon's stop applies after the step
+        just completed (every rank at the same step); the only exception a hook raises."""
+        try:
+            exceeded = self.client.budget.due(self.run_id, self.recorder.steps_seen)
+        except Exception:  # noqa: BLE001 - the hook boundary
+            self.recorder.hook_errors += 1
+            return
+        if exceeded is not None:
+            raise exceeded
 
     def _unhook_fast(self) -> None:
         own = self._own_hook
@@ -453,6 +471,8 @@ def track(
     total_steps: int | None = None,
     run_id: str | None = None,
     user: str | None = None,
+    budget: float | None = None,
+    on_exceed: str | None = None,
 ) -> TrackHandle:
     """Start streaming this process's optimizer steps to the profiler daemon.
 
@@ -463,7 +483,12 @@ def track(
 
     One ``track()`` run per process at a time: a second ``track()`` replaces the first, whose
     run ends ``finished`` with the steps it counted (or, when both name the same run, carries on
-    in the new handle); no step is counted twice. Never raises into training.
+    in the new handle); no step is counted twice. Never raises into training, but for one
+    exception: with a ``budget`` (in the pricing's currency; ``on_exceed`` ``"stop"`` or
+    ``"warn"``, default ``profiler.toml [budget] on_exceed``) or a ``[budget] per_run`` with
+    ``on_exceed = "stop"``, :class:`hooks.BudgetExceeded` is raised from the first
+    ``optimizer.step()`` that completes after the daemon stopped the run (a warning at
+    ``warn_at`` is one line on stderr).
     """
     global _current
     options = RunOptions(
@@ -474,7 +499,7 @@ def track(
         run_id=run_id,
         user=user,
     )
-    fields = _hello(options, "pytorch.track")
+    fields = {**_hello(options, "pytorch.track"), **budget_field(budget, on_exceed)}
     client = Client(options.job_run_id(), fields)
     previous = _current
     if previous is not None and not previous.stopped:

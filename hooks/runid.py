@@ -144,6 +144,15 @@ def ranks_from_env(env: dict[str, str] | None = None) -> tuple[int, int, int]:
     )
 
 
+def visible_mig_devices(env: dict[str, str] | None = None) -> list[str]:
+    """The MIG instance uuids (``MIG-...``) in ``CUDA_VISIBLE_DEVICES``, in order: the GPU
+    instances a process so started runs on, declared in its ``hello`` so that its run holds
+    them even when no framework names its device (``[]`` when there are none)."""
+    env = dict(os.environ) if env is None else env
+    entries = (d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(","))
+    return [d for d in entries if d.startswith("MIG-")]
+
+
 # Scheduler metadata taken from the environment into every ``hello`` (key -> variable). Slurm sets
 # its variables in every job; Kubernetes sets POD_NAME/POD_NAMESPACE only when the pod spec passes
 # them through the downward API (see deploy/kubernetes/training-pod-example.yaml).

@@ -25,7 +25,9 @@ run id) and ``pid`` (the sender's process id).
     ``sent`` (``[steps, samples]``: what this process's hook has handed to the daemon's socket
     for the run so far; a daemon restarted after losing some counts the difference).
     Messages a sender sends about another process (``profiler run``, ``attach``, ``detach``)
-    carry ``proxy: true``.
+    carry ``proxy: true``. Optional: ``budget`` (the run's budget, a positive amount in the
+    pricing's currency, from ``track(budget=...)`` or ``profiler run --budget``) and
+    ``on_exceed`` (``warn`` or ``stop``; default: ``profiler.toml [budget] on_exceed``).
 ``step``
     A batch of finished steps: ``steps`` is a list of ``[step, start_s, end_s, samples]`` with
     times on CLOCK_MONOTONIC in seconds (system-wide on Linux, so the daemon reads the same
@@ -41,6 +43,13 @@ run id) and ``pid`` (the sender's process id).
     state) go as ``first`` (the first step's number), ``start`` (its start), ``samples`` (per
     step) and ``ends`` (packed float64 end times): step ``first + i`` runs from the previous end
     (``start`` for i = 0) to ``ends[i]``.
+``budget`` (daemon -> hook, the reply path of :mod:`hooks.budget`)
+    Sent by the daemon to the address a process's authenticated ``hello`` came from: ``event``
+    (``warn``: at ``warn_at`` of the budget or when the projected cost first exceeds it;
+    ``stop``: at the budget with ``on_exceed = "stop"``; ``refused``: no pricing configured, the
+    budget cannot be enforced), ``spent``, ``projected`` (null when unknown), ``budget``,
+    ``currency``, ``at_step`` (stop after this step, the same on every rank; 0: the next one)
+    and ``text`` (the line the hook shows).
 ``bye``
     The process is done with the run: ``status`` is ``finished``, ``failed`` or ``interrupted``;
     ``mono`` is when.
@@ -131,6 +140,11 @@ def unpack(text: str) -> array:
     if sys.byteorder == "big":
         values.byteswap()
     return values
+
+
+def budget_reply(run: str, event: str, **fields: Any) -> dict[str, Any]:
+    """A ``budget`` reply from the daemon (see the module docstring for its fields)."""
+    return {"type": "budget", "run": run, "event": event, **fields}
 
 
 def bye(run: str, pid: int, status: str, mono: float) -> dict[str, Any]:

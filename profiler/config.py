@@ -207,7 +207,11 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
         "PROFILER_SAMPLE_INTERVAL",
     ),
     "flush_interval_s": (_bounded(0.1, 5), "seconds from 0.1 to 5", "PROFILER_FLUSH_INTERVAL"),
-    "gpu": (_gpu, "auto, nvml, none, or simulated[:MODEL[:COUNT]]", "PROFILER_GPU"),
+    "gpu": (
+        _gpu,
+        "auto, nvml, amdsmi, none, simulated[:MODEL[:COUNT]], or simulated-amd[:MODEL[:COUNT]]",
+        "PROFILER_GPU",
+    ),
     "finished_run_ttl_s": (
         _bounded(0, 86400 * 7),
         "seconds from 0 to 604800",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# The headline figure of each of the six benchmarks.
+# The headline figure of each benchmark.
 HEADLINES = {
     "overhead": "overhead_pytorch_added_us",
     "ingest": "ingest_events_per_s",
@@ -23,6 +23,7 @@ HEADLINES = {
     "footprint": "footprint_cpu",
     "scrape": "scrape_ms",
     "report": "report_s",
+    "attribution": "attribution_error_shared_gpu",
 }
 
 

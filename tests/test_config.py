@@ -37,7 +37,11 @@ def test_daemon_table_is_accepted(tmp_path: Path):
         ("metrics_port = 70000", "'metrics_port' must be an integer port 0-65535"),
         ('sample_interval_s = "fast"', "'sample_interval_s' must be seconds from 0.01 to 60"),
         ("sample_interval_s = 0", "'sample_interval_s' must be seconds from 0.01 to 60"),
-        ('gpu = "cuda"', "'gpu' must be auto, nvml, none, or simulated[:MODEL[:COUNT]]"),
+        (
+            'gpu = "cuda"',
+            "'gpu' must be auto, nvml, amdsmi, none, simulated[:MODEL[:COUNT]], or "
+            "simulated-amd[:MODEL[:COUNT]]",
+        ),
         ("flush_interval_s = 30", "'flush_interval_s' must be seconds from 0.1 to 5"),
         ("colour = 3", "unknown key 'colour'"),
         ("metrics_port = ", "not valid TOML"),

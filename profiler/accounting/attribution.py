@@ -20,21 +20,34 @@ one run holds alone gives it all of ``E`` either way. A piece no run holds is th
 unattributed (idle) energy. Device-seconds are always shared equally. The runs' shares and the
 unattributed energy add up to the curve's energy exactly.
 
+A GPU in MIG mode (:mod:`profiler.accounting.mig`): a run holds the MIG instances its processes
+run in (NVML's ``gpuInstanceId``, or a ``MIG-`` device its hook declared), not the whole GPU.
+Its device-seconds are the time x its instance's slices / the GPU's (7), shared equally only
+among the runs on that instance, and keyed by the instance's uuid; the idle part goes to each
+held instance by its slices (the share of instances no run holds stays the GPU's unattributed
+idle energy); the active part goes by activity across the whole GPU as above. Without
+per-process activity (real drivers may not give it in MIG mode) the active part goes by
+instance size: basis ``"slices"``. A piece where a holder's instance is unknown is split as
+without MIG. The runs' shares plus the unattributed energy still equal the parent's counter.
+
 Times are monotonic seconds unless named ``_wall``/``unix``; energy in joules; money in the
 pricing's currency (through :class:`~profiler.cost.meter.CostMeter`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from profiler.accounting.devices import DeviceState, Sharing
+from profiler.accounting.devices import DeviceState, SharePiece, Sharing
 from profiler.accounting.energy import CounterMark, EnergyCurve, Holder
+from profiler.accounting.mig import MigHold, MigShare, split_mig
 from profiler.accounting.rollups import RollupFor, add_priced, minute
 from profiler.accounting.runs import Run
+from profiler.sensors.base import MigInstance
 
 if TYPE_CHECKING:
     from profiler.cost.meter import CostMeter
@@ -79,39 +92,90 @@ def attribute(
     if upto <= start:
         return
     held = holders(dev, start, runs, ancestors)
-    share = split_shared(
-        dev.curve, start, upto, held, idle_power_w=dev.idle_power_w,
-        activity=run_activity(dev, start, [runs[h.run] for h in held], ancestors),
-        cuts=dev.activity_cuts(start, upto),
-    )  # fmt: skip
+    held_runs = [runs[h.run] for h in held]
+    activity = run_activity(dev, start, held_runs, ancestors)
+    cuts = dev.activity_cuts(start, upto)
+    instances = run_instances(dev, held_runs, ancestors)
+    if dev.mig_instances:  # each run holds its instances (profiler.accounting.mig)
+        share = split_mig(
+            dev.curve, start, upto, held, instances, parent_uuid=dev.uuid,
+            idle_power_w=dev.idle_power_w, activity=activity, cuts=cuts, pieces=dev.share_pieces,
+            split_whole=lambda lo, hi, active: keyed(split_shared(
+                dev.curve, lo, hi, active, idle_power_w=dev.idle_power_w, activity=activity,
+                pieces=dev.share_pieces,
+            ), dev.uuid),
+        )  # fmt: skip
+    else:
+        share = keyed(split_shared(
+            dev.curve, start, upto, held, idle_power_w=dev.idle_power_w, activity=activity,
+            cuts=cuts, pieces=dev.share_pieces,
+        ), dev.uuid)  # fmt: skip
     dev.attributed_to = upto
     dev.pids_seen.clear()
     minute_wall = wall_at(upto)
     power = dev.curve.power_peak_w(start, upto)
     utilization = dev.utilization_between(start, upto)
-    for run_id, joules in share.energy_j.items():
+    for run_id, by_key in share.energy_j.items():
         run = runs[run_id]
-        seconds = share.seconds[run_id]
-        run.gpu_energy_j[dev.uuid] = run.gpu_energy_j.get(dev.uuid, 0.0) + joules
-        run.gpu_seconds[dev.uuid] = run.gpu_seconds.get(dev.uuid, 0.0) + seconds
+        rollup = rollup_for(run_id, minute_wall)
+        for inst in instances.get(run_id, ()):
+            if inst.uuid in by_key:
+                run.mig_instances[inst.uuid] = MigHold.of(dev.index, dev.uuid, inst)
+        reason = waste_reason(run, start, utilization)
+        for key, joules in by_key.items():
+            seconds = share.seconds[run_id][key]
+            run.gpu_energy_j[key] = run.gpu_energy_j.get(key, 0.0) + joules
+            run.gpu_seconds[key] = run.gpu_seconds.get(key, 0.0) + seconds
+            priced = cost_meter.gpu_interval(
+                run.cost, key, seconds, joules, upto - start, upto, reason
+            )
+            rollup.gpu_energy_j += joules
+            rollup.gpu_seconds += seconds
+            add_priced(rollup, priced)
         if run_id in share.idle_share_j:
             run.gpu_idle_energy_j = (run.gpu_idle_energy_j or 0.0) + share.idle_share_j[run_id]
         for basis, basis_s in share.basis_s[run_id].items():
             run.attribution_s[basis] = run.attribution_s.get(basis, 0.0) + basis_s
         if power is not None:
             run.gpu_power_peak_w = max(run.gpu_power_peak_w or 0.0, power)
-        priced = cost_meter.gpu_interval(
-            run.cost, dev.uuid, seconds, joules, upto - start, upto,
-            waste_reason(run, start, utilization),
-        )  # fmt: skip
-        rollup = rollup_for(run_id, minute_wall)
-        rollup.gpu_energy_j += joules
-        rollup.gpu_seconds += seconds
-        add_priced(rollup, priced)
         run.dirty = True
     dev.idle_j += share.idle_j
     key = (dev.uuid, minute(minute_wall))
     idle[key] = idle.get(key, 0.0) + share.idle_j
+
+
+def keyed(share: SharedShare, uuid: str) -> MigShare:
+    """A split of a GPU without MIG, its energy and device-seconds keyed by the GPU's ``uuid``."""
+    return MigShare(
+        energy_j={run: {uuid: j} for run, j in share.energy_j.items()},
+        seconds={run: {uuid: s} for run, s in share.seconds.items()},
+        idle_share_j=share.idle_share_j, basis_s=share.basis_s, idle_j=share.idle_j,
+    )  # fmt: skip
+
+
+def run_instances(
+    dev: DeviceState, held: Sequence[Run], ancestors: Ancestors
+) -> dict[str, tuple[MigInstance, ...]]:
+    """On a GPU in MIG mode, per run in ``held``: the instances it holds, those its processes
+    (or their nearest run-owned ancestor) were listed in by NVML, and those a hook declared
+    (``MIG-`` uuids in a process's devices). Runs with none known are absent; ``{}`` on a GPU
+    without MIG."""
+    if not dev.mig_instances:
+        return {}
+    by_id = {i.gpu_instance_id: i for i in dev.mig_instances}
+    by_uuid = {i.uuid: i for i in dev.mig_instances}
+    own = {pid: run.id for run in held for pid in run.processes}
+    found: dict[str, dict[str, MigInstance]] = {}
+    for pid, run_id in owners(dev.instance_of_pid, own, ancestors).items():
+        inst = by_id.get(dev.instance_of_pid[pid])
+        if inst is not None:
+            found.setdefault(run_id, {})[inst.uuid] = inst
+    for run in held:
+        for p in run.processes.values():
+            for d in p.devices:
+                if d in by_uuid:
+                    found.setdefault(run.id, {})[d] = by_uuid[d]
+    return {run: tuple(sorted(i.values(), key=lambda x: x.uuid)) for run, i in found.items()}
 
 
 def counter_marks(devices: dict[str, DeviceState], runs: dict[str, Run]) -> dict[str, CounterMark]:
@@ -154,8 +218,9 @@ def holders(
         if since is None:
             seen = any(
                 pid in on_device or dev.uuid in p.devices or str(dev.index) in p.devices
+                or any(m.uuid in p.devices for m in dev.mig_instances)
                 for pid, p in run.processes.items()
-            )
+            )  # fmt: skip
             if not seen and on_device and run.live:
                 if nearest is None:
                     nearest = nearest_runs(on_device, runs, ancestors)
@@ -222,7 +287,9 @@ def run_activity(
     readings: a process the driver shows on the device (its process list since the last split,
     or an activity reading) counts for the run owning it or its nearest ancestor (a run that
     ended since ``t0`` still owns its processes here). A run none of whose processes is shown
-    is absent (its activity unknown)."""
+    is absent (its activity unknown), unless the driver showed it in the previous split: then
+    its processes have left the device (exited, before the run's ``bye``) and its activity is 0.
+    Remembers the runs shown (``dev.shown_runs``) for the next split."""
     shown = set(dev.pids_seen)
     for r in reversed(dev.activity):
         shown.update(r.by_pid)
@@ -230,7 +297,8 @@ def run_activity(
             break
     own = {pid: run.id for run in held for pid in run.processes}
     of_pid = owners(shown, own, ancestors) if held and shown else {}
-    known = set(of_pid.values())
+    known = set(of_pid.values()) | (dev.shown_runs & {run.id for run in held})
+    dev.shown_runs = known
 
     def activity(lo: float, hi: float) -> dict[str, float] | None:
         by_pid = dev.activity_between(lo, hi)
@@ -269,13 +337,15 @@ def split_shared(
     idle_power_w: float | None = None,
     activity: RunActivity | None = None,
     cuts: Iterable[float] = (),
+    pieces: deque[SharePiece] | None = None,
 ) -> SharedShare:
     """Split the energy a device used in ``[t0_s, t1_s]`` among the runs holding it: the idle
     part (``idle_power_w`` watts x the piece's seconds, at most its energy) equally, the active
     part by the holders' ``activity`` where it is known (see the module docstring). The span is
     cut at every holder's start and end and at ``cuts`` (where activity readings change).
     Without idle power or activity it is the equal split of
-    :func:`profiler.accounting.energy.split_interval`."""
+    :func:`profiler.accounting.energy.split_interval`. Each piece several runs hold is added to
+    ``pieces`` (when given) with each run's fraction of its energy, for the steps in it."""
     clipped = []
     for h in holders:
         start = max(t0_s, h.start_s)
@@ -299,14 +369,19 @@ def split_shared(
             weights, basis = activity_weights(active, known), "activity"
         else:
             weights, basis = None, "equal"
+        fraction = {}
         for run in active:
             w = 1.0 / n if weights is None else weights[run]
-            out.energy_j[run] = out.energy_j.get(run, 0.0) + busy_j * w + (idle_j or 0.0) / n
+            run_j = busy_j * w + (idle_j or 0.0) / n
+            fraction[run] = run_j / piece_j if piece_j > 0 else 1.0 / n
+            out.energy_j[run] = out.energy_j.get(run, 0.0) + run_j
             out.seconds[run] = out.seconds.get(run, 0.0) + (hi - lo) / n
             if idle_j is not None:
                 out.idle_share_j[run] = out.idle_share_j.get(run, 0.0) + idle_j / n
             by_basis = out.basis_s.setdefault(run, {})
             by_basis[basis] = by_basis.get(basis, 0.0) + (hi - lo) / n
+        if pieces is not None and n > 1:
+            pieces.append(SharePiece(lo, hi, fraction))
     return out
 
 
@@ -320,9 +395,18 @@ def activity_weights(active: Sequence[str], known: dict[str, float]) -> dict[str
 
 
 def resolve_steps(runs: dict[str, Run], devices: dict[str, DeviceState], now: float) -> None:
-    """Give each finished step its energy once every device curve reaches its end (a device
-    several runs hold gives each its share); a step with no device to measure it is dropped
-    after :data:`STALE_PENDING_S`. ``now``: monotonic seconds."""
+    """Give each finished step its energy once every device curve reaches its end; a step with
+    no device to measure it is dropped after :data:`STALE_PENDING_S`. ``now``: monotonic
+    seconds.
+
+    On a device several runs hold during the step, the step gets its run's share: it waits
+    until the device's energy is split past its end (so on a device with per-process activity,
+    for the activity reading that covers it: at most :data:`ACTIVITY_WAIT_S` behind the newest
+    sample), then takes, of each piece of that split it overlaps, the run's fraction of the
+    piece's energy (:func:`split_shared`, :func:`profiler.accounting.mig.split_mig`: the same
+    basis as the run's energy; on a MIG GPU a run alone gets its instance's share too). Where
+    the split kept no pieces for the step (pieces older than the device keeps) it gets the
+    step's energy divided by the number of holders at its middle."""
     horizon = min((d.curve.last.t_s for d in devices.values() if d.curve.last), default=None)
     shares: dict[str, Sharing] = {}  # per device, built when first needed in this pass
     for run in runs.values():
@@ -338,17 +422,58 @@ def resolve_steps(runs: dict[str, Run], devices: dict[str, DeviceState], now: fl
                 keep.append(p)
                 continue
             mid = (p.start_mono + p.end_mono) / 2
-            joules = 0.0
+            parts = []
             for dev in held:
                 if dev.uuid not in shares:
                     shares[dev.uuid] = sharing(dev, runs)
-                joules += dev.curve.energy_between(p.start_mono, p.end_mono) / shares[
-                    dev.uuid
-                ].holders_at(mid)
+                n = shares[dev.uuid].holders_at(mid)
+                whole = dev.curve.energy_between(p.start_mono, p.end_mono)
+                if n <= 1 and not dev.mig_instances:  # alone on a whole GPU: all of it
+                    parts.append(whole)
+                    continue
+                if dev.attributed_to is None or dev.attributed_to < p.end_mono:
+                    break  # its share is known once the device's split passes its end
+                share = step_share(dev, run.id, p.start_mono, p.end_mono)
+                parts.append(whole / n if share is None else share)
+            if len(parts) < len(held):
+                keep.append(p)
+                continue
+            joules = sum(parts)
             run.step_joules.observe(joules)
             run.step_energy_sum_j += joules
             run.steps_with_energy += 1
         run.pending = keep
+
+
+def step_share(dev: DeviceState, run_id: str, t0_s: float, t1_s: float) -> float | None:
+    """Run ``run_id``'s joules of ``dev`` in ``[t0_s, t1_s]`` from the pieces of the device's
+    split (``dev.share_pieces``): the curve's energy in each overlap x the run's fraction of
+    that piece (all of it where the split gave no shared piece: the run held it alone); None
+    when the kept pieces do not reach back to ``t0_s``."""
+    pieces = dev.share_pieces
+    if not pieces or pieces[0].lo_s > t0_s:
+        return None
+    overlaps = []
+    for piece in reversed(pieces):  # newest first: a step is recent
+        if piece.hi_s <= t0_s:
+            break
+        lo, hi = max(piece.lo_s, t0_s), min(piece.hi_s, t1_s)
+        if hi > lo:
+            overlaps.append((lo, hi, piece.fraction.get(run_id, 0.0)))
+    joules = sum(dev.curve.energy_between(lo, hi) * f for lo, hi, f in overlaps)
+    return joules + alone_j(dev, sorted((lo, hi) for lo, hi, _f in overlaps), t0_s, t1_s)
+
+
+def alone_j(dev: DeviceState, edges: list[tuple[float, float]], t0_s: float, t1_s: float) -> float:
+    """The curve's energy in the parts of ``[t0_s, t1_s]`` outside ``edges`` (sorted spans)."""
+    joules, at = 0.0, t0_s
+    for lo, hi in edges:
+        if lo > at:
+            joules += dev.curve.energy_between(at, lo)
+        at = max(at, hi)
+    if at < t1_s:
+        joules += dev.curve.energy_between(at, t1_s)
+    return joules
 
 
 def sharing(dev: DeviceState, runs: dict[str, Run]) -> Sharing:

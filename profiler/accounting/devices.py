@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from profiler.accounting.energy import CounterTrack, EnergyCurve
-from profiler.sensors.base import CpuSample, GpuSample
+from profiler.sensors.base import CpuSample, GpuSample, MigInstance
 
 ACTIVITY_MAX_AGE_S = 5.0
 """How far past the end of a device's newest activity reading (seconds) that reading still
@@ -27,6 +27,21 @@ class ActivityReading:
     t0_s: float
     t1_s: float
     by_pid: dict[int, float]
+
+
+@dataclass(frozen=True)
+class SharePiece:
+    """One piece of a shared device's split (``[lo_s, hi_s]``, monotonic seconds) and each
+    holding run's fraction of its energy (run id -> 0..1; they add up to 1), kept so that a
+    step inside it gets the same share as its run did (``resolve_steps``)."""
+
+    lo_s: float
+    hi_s: float
+    fraction: dict[str, float]
+
+
+SHARE_PIECES_KEPT = 4096
+"""How many recent :class:`SharePiece` a device keeps (a piece or more per sample: minutes)."""
 
 
 @dataclass
@@ -52,6 +67,25 @@ class DeviceState:
     # Recent per-process activity readings, oldest first, each covering the time since the one
     # before it (about a second each: the driver refreshes them about once a second).
     activity: deque[ActivityReading] = field(default_factory=lambda: deque(maxlen=128))
+    # MIG mode: the GPU's instances (from the sensor), and the instance (gpu_instance_id) each
+    # process NVML listed on it was last seen in.
+    mig_instances: tuple[MigInstance, ...] = ()
+    instance_of_pid: dict[int, int] = field(default_factory=dict)
+    # The runs the driver showed on the device in the latest split (``run_activity``).
+    shown_runs: set[str] = field(default_factory=set)
+    # The pieces of the latest splits where several runs held the device, oldest first.
+    share_pieces: deque[SharePiece] = field(default_factory=lambda: deque(maxlen=SHARE_PIECES_KEPT))
+
+    def observe_instances(self, s: GpuSample) -> None:
+        """Keep the MIG instances of sample ``s`` and its processes' instances (bounded)."""
+        self.mig_instances = s.mig_instances
+        if not s.mig_instances:
+            return
+        if len(self.instance_of_pid) > 4096:  # pids long gone: keep the ones listed now
+            self.instance_of_pid.clear()
+        for p in s.processes:
+            if p.gpu_instance_id is not None:
+                self.instance_of_pid[p.pid] = p.gpu_instance_id
 
     def observe_activity(self, t_s: float, by_pid: dict[int, float]) -> None:
         """Keep a reading of per-process activity taken at ``t_s``: it covers the time since the

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 from profiler.accounting.energy import percentile
+from profiler.accounting.mig import MigHold
 from profiler.cost.records import RunCost
 from profiler.ingest.messages import StepExtras
 
@@ -57,14 +58,13 @@ def _fmt_bound(bound: float) -> str:
 
 def attribution_basis(seconds: dict[str, float]) -> str | None:
     """The basis of a run's GPU energy split from its device-seconds per basis: ``"activity"``
-    when all of them were split by measured per-process activity, ``"equal"`` when none was,
-    ``"mixed"`` when both occur (the seconds of each say how much); None before any."""
-    by_activity, equal = seconds.get("activity", 0.0), seconds.get("equal", 0.0)
-    if by_activity <= 0 and equal <= 0:
+    when all of them were split by measured per-process activity, ``"equal"`` when all equally,
+    ``"slices"`` when all by MIG instance size (a MIG GPU without per-process activity),
+    ``"mixed"`` when several occur (the seconds of each say how much); None before any."""
+    bases = [basis for basis, s in seconds.items() if s > 0]
+    if not bases:
         return None
-    if equal <= 0:
-        return "activity"
-    return "equal" if by_activity <= 0 else "mixed"
+    return bases[0] if len(bases) == 1 else "mixed"
 
 
 @dataclass
@@ -168,6 +168,9 @@ class Run:
     # Device-seconds (of gpu_seconds) whose energy was split by measured per-process activity
     # ("activity") or equally among the holders ("equal"): see profiler.accounting.attribution.
     attribution_s: dict[str, float] = field(default_factory=dict)
+    # The MIG instances the run held, by instance uuid (the keys of gpu_energy_j/gpu_seconds
+    # for its shares of MIG GPUs): see profiler.accounting.mig.
+    mig_instances: dict[str, MigHold] = field(default_factory=dict)
     cpu_energy_j: float = 0.0  # host CPU energy by CPU-time share (joules)
     cpu_energy_source: str = ""  # "rapl" or "estimated"
     host_rss_bytes: int | None = None  # resident memory of the run's process trees

@@ -121,8 +121,11 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs recorded in {config.ledger}")
         return 0
-    header = f"{'RUN':<36} {'NAME':<16} {'FRAMEWORK':<10} {'STATUS':<11} {'STEPS':>8} " \
-             f"{'SAMPLES':>10} {'GPU kWh':>10} {'GPU-h':>8} {'COST':>12} {'CO2 g':>9}"  # fmt: skip
+    # SPLIT: how the run's GPU energy was split on shared GPUs (activity, equal, slices, mixed;
+    # "-" no GPU time)
+    header = f"{'RUN':<36} {'NAME':<16} {'FRAMEWORK':<10} {'SPLIT':<8} {'STATUS':<11} " \
+             f"{'STEPS':>8} {'SAMPLES':>10} {'GPU kWh':>10} {'GPU-h':>8} {'COST':>12} " \
+             f"{'CO2 g':>9}"  # fmt: skip
     print(header)
     for r in runs:
         kwh = "n/a" if r["gpu_energy_kwh"] is None else f"{r['gpu_energy_kwh']:.5f}"
@@ -131,12 +134,17 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> int:
         co2 = "-" if r["co2_g"] is None else f"{r['co2_g']:.1f}"
         print(
             f"{r['id'][:36]:<36} {r['name'][:16]:<16} {r['framework'][:10]:<10} "
-            f"{r['status']:<11} {_count(r['steps']):>8} {_count(r['samples']):>10} "
+            f"{r['attribution'] or '-':<8} {r['status']:<11} {_count(r['steps']):>8} "
+            f"{_count(r['samples']):>10} "
             f"{kwh + sim:>10} "
             f"{_hours(r['gpu_seconds']):>8} {cost:>12} {co2:>9}"
         )
     if any(r["simulated"] for r in runs):
         print("* measured on the simulated GPU, not hardware")
+    if any(r["attribution"] in ("equal", "slices", "mixed") for r in runs):
+        print("SPLIT equal: the GPU gave no per-process activity, so its energy was split "
+              "equally among the runs holding it (slices: by MIG instance size; mixed: in "
+              "part)")  # fmt: skip
     return 0
 
 

@@ -63,6 +63,8 @@ def run_demo(config: Config, *, seconds: float, gpu: str | None) -> int:
             env["PROFILER_GPU"] = DEFAULT_DEMO_GPU
         if not config.cost.get("pricing") and not os.environ.get("PROFILER_PRICING"):
             env["PROFILER_PRICING"] = DEFAULT_DEMO_PRICING
+        if instance := simulated_mig_instance(env["PROFILER_GPU"]):  # train on it, as a job would
+            env["CUDA_VISIBLE_DEVICES"] = instance
     run_id = run_id_from_env("demo-mlp", {})
     env["PROFILER_RUN_ID"] = run_id
     print(f"Training a small MLP on the CPU for {seconds:g} s, profiled by one added line:")
@@ -78,6 +80,21 @@ def run_demo(config: Config, *, seconds: float, gpu: str | None) -> int:
     print()
     print(format_summary(run, status, config))
     return 0
+
+
+def simulated_mig_instance(spec: str) -> str | None:
+    """The ``MIG-`` uuid of the first instance of device 0 of a simulated GPU spec in MIG mode
+    (``simulated:A100-SXM4-80GB:1:mig=3g.40gb``; its uuids are deterministic), else None (an
+    invalid spec too: the daemon says what is wrong with it)."""
+    if not spec.startswith("simulated:") or "mig=" not in spec.lower():
+        return None
+    from profiler.sensors.simulated_mig import MigLayout, parse_simulated_mig_spec
+
+    try:
+        model, _count, profiles = parse_simulated_mig_spec(spec)
+    except ValueError:
+        return None
+    return MigLayout.build(model, 0, profiles).instances[0].uuid if profiles else None
 
 
 def _wait_for_run(config: Config, run_id: str) -> dict[str, Any]:

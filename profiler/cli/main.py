@@ -56,6 +56,15 @@ def handler_for(command: str) -> Handler:
     return handler
 
 
+def _signal(text: str) -> int:
+    from profiler.cli.run_budget import signal_number
+
+    try:
+        return signal_number(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -162,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "them (off by default; run_hooks = true in profiler.toml, "
                           "or PROFILER_RUN_HOOKS=1)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no summary at the end")
+    run.add_argument("--budget", type=_positive_float, metavar="AMOUNT",
+                     help="the run's budget in the pricing's currency (else profiler.toml "
+                          "[budget] per_run)")  # fmt: skip
+    run.add_argument("--on-exceed", choices=("warn", "stop"),
+                     help="at the budget: warn, or stop the command (default: profiler.toml "
+                          "[budget] on_exceed, else warn)")  # fmt: skip
+    run.add_argument("--budget-signal", type=_signal, default=signal.SIGINT, metavar="SIG",
+                     help="what a budget stop sends the command first (default INT)")  # fmt: skip
+    run.add_argument("--budget-grace", type=_positive_float, default=10.0, metavar="SECONDS",
+                     help="then SIGTERM after this long if it still runs (default 10)")  # fmt: skip
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS ...]")
     attach = sub.add_parser("attach", help="record a running process tree as a run from now")
     attach.add_argument("pid", type=_positive_int, help="the process (its descendants count too)")

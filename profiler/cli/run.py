@@ -52,8 +52,10 @@ from hooks.runid import (
     ranks_from_env,
     run_id_from_env,
     user_name,
+    visible_mig_devices,
 )
 from profiler.cli.errors import CliError
+from profiler.cli.run_budget import DEFAULT_GRACE_S, BudgetWatch
 from profiler.cli.run_records import run_record
 from profiler.config import Config
 from profiler.daemon.control import ControlError, daemon_status, start_background, stop_daemon
@@ -112,7 +114,8 @@ def hello_for(
     watched: bool = False,
 ) -> dict[str, Any]:
     """The ``hello`` naming ``pid`` as a process of ``run_id``. Only what the proxy knows:
-    no framework, clock, batch size or devices, which a hook in the process sends itself
+    no framework, clock, batch size or devices (but the MIG instances ``CUDA_VISIBLE_DEVICES``
+    names), which a hook in the process sends itself
     (and which this hello must not overwrite). ``attach``: nobody will say ``bye`` for the
     process (its end ends it); ``watched``: the sender will, with its exit status."""
     rank, local_rank, world_size = ranks_from_env()
@@ -130,6 +133,8 @@ def hello_for(
     }
     if meta:
         fields["meta"] = meta
+    if mig := visible_mig_devices():  # the instances CUDA_VISIBLE_DEVICES gives it
+        fields["devices"] = mig
     if attach:
         fields["attach"] = True
     if watched:
@@ -301,13 +306,19 @@ def spawn(cmd: Sequence[str], env: dict[str, str], mask: set[signal.Signals]) ->
     return pid
 
 
-def wait_forwarding(pid: int, *, on_signal: Callable[[int], None] | None = None) -> int:
+def wait_forwarding(
+    pid: int, *, on_signal: Callable[[int], None] | None = None,
+    tick: Callable[[], None] | None = None,
+) -> int:  # fmt: skip
     """Wait for child ``pid`` to end, forwarding :data:`FORWARDED` signals to it; returns its
     ``waitpid`` status. The signals (and SIGCHLD) must be blocked in this thread. A signal the
-    terminal sent (SI_KERNEL) or the child itself sent is not forwarded: the child has it."""
+    terminal sent (SI_KERNEL) or the child itself sent is not forwarded: the child has it.
+    ``tick`` (the budget's replies) is called at least every 0.1 s."""
     waited = set(FORWARDED) | {signal.SIGCHLD}
     while True:
-        info = signal.sigtimedwait(waited, 1.0)
+        if tick is not None:
+            tick()
+        info = signal.sigtimedwait(waited, 1.0 if tick is None else 0.1)
         if info is None or info.si_signo == signal.SIGCHLD:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done == pid:
@@ -333,8 +344,14 @@ def run_command(
     meta: Sequence[str] | None = None,
     hooks: bool = False,
     quiet: bool = False,
+    budget: float | None = None,
+    on_exceed: str | None = None,
+    budget_signal: int = signal.SIGINT,
+    budget_grace_s: float = DEFAULT_GRACE_S,
 ) -> int:
-    """``profiler run``: run ``cmd`` as one recorded run; returns its exit status."""
+    """``profiler run``: run ``cmd`` as one recorded run; returns its exit status. With a
+    ``budget`` (or a budget in profiler.toml) the daemon's stop sends the child
+    ``budget_signal``, then SIGTERM after ``budget_grace_s`` (:mod:`profiler.cli.run_budget`)."""
     if not cmd:
         raise CliError("give the command to run after --, e.g. profiler run -- python train.py")
     name = check_label("--name", name) or command_name(cmd)
@@ -353,16 +370,24 @@ def run_command(
             if started and status is not None:  # no run for it to record: leave no trace
                 _stop_unused(config, status)
             return e.exit_code
-        reporting = status is not None and send(
-            config,
-            hello_for(rid, pid, name=name, project=default_project(project), meta=labels,
-                      hook="profiler.run", watched=True),
-        )  # fmt: skip
+        watch = BudgetWatch(str(config.socket), rid, pid, stop_signal=budget_signal,
+                            grace_s=budget_grace_s)  # fmt: skip
+        hello = hello_for(rid, pid, name=name, project=default_project(project), meta=labels,
+                          hook="profiler.run", watched=True)  # fmt: skip
+        if budget is not None:
+            hello["budget"] = budget
+            if on_exceed is not None:
+                hello["on_exceed"] = on_exceed
+        reporting = status is not None and watch.say_hello(hello)
         if status is not None and not reporting:
             print(f"profiler: warning: the daemon at {config.socket} does not answer; "
                   "the command runs unprofiled", file=sys.stderr)  # fmt: skip
-        wait_status = wait_forwarding(pid)
+        wait_status = wait_forwarding(pid, tick=watch.tick if reporting else None)
+        watch.close()
         code, bye_status = exit_status(wait_status)
+        if watch.stop is not None:
+            print(f"profiler: run {rid} stopped for its budget; the command exited with "
+                  f"status {code}", file=sys.stderr)  # fmt: skip
         if reporting:
             send(config, wire.bye(rid, pid, bye_status, time.monotonic()))
     finally:
@@ -474,5 +499,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     hooks = args.hooks or config.run_hooks
     return run_command(
         config, command, name=args.name, project=args.project, run_id=args.run_id,
-        meta=args.meta, hooks=hooks, quiet=args.quiet,
+        meta=args.meta, hooks=hooks, quiet=args.quiet, budget=args.budget,
+        on_exceed=args.on_exceed, budget_signal=args.budget_signal,
+        budget_grace_s=args.budget_grace,
     )  # fmt: skip

@@ -64,6 +64,9 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         # of gpu_energy_j, the run's equal share of its GPUs' idle power (null: idle unknown)
         "gpu_idle_energy_j": meta.get("gpu_idle_energy_j"),
         "gpu_seconds": row["gpu_seconds"] if gpu_known else None,
+        # the MIG instances the run held (gpu: the parent's index; slices of gpu_slices): its
+        # gpu_seconds there are the time x slices / gpu_slices; [] on GPUs without MIG
+        "mig_instances": meta.get("mig_instances", []),
         "gpu_power_mean_w": energy / duration if energy is not None and duration else None,
         "gpu_power_peak_w": row["gpu_power_peak_w"],
         "cpu_energy_j": row["cpu_energy_j"] if row["meta"].get("cpu_energy_source") else None,

@@ -78,6 +78,8 @@ class RunView:
     waste_cost: float | None = None
     total_steps: float | None = None
     projected_end: float | None = None  # unix seconds
+    # how its GPU energy is split on shared GPUs: "activity", "equal", "mixed"; None: no GPU time
+    attribution: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,14 @@ def _one(idx: Series, name: str, **labels: str) -> float | None:
 def _sum(idx: Series, name: str, **labels: str) -> float | None:
     values = _values(idx, name, **labels)
     return sum(values) if values else None
+
+
+def _label(idx: Series, name: str, label: str, **labels: str) -> str | None:
+    """The value of ``label`` on the first ``name`` series with ``labels``; None if none."""
+    for lab, _value in idx.get(name, ()):
+        if all(lab.get(k) == x for k, x in labels.items()):
+            return lab.get(label)
+    return None
 
 
 def _gpu_order(d: DeviceView) -> tuple:
@@ -162,6 +172,7 @@ def build_snapshot(
             waste_cost=_sum(idx, "profiler_run_waste_cost_total", run=rid),
             total_steps=_one(idx, "profiler_run_total_steps", run=rid),
             projected_end=_one(idx, "profiler_run_projected_end_time_seconds", run=rid),
+            attribution=_label(idx, "profiler_run_attribution_info", "attribution", run=rid),
         ))  # fmt: skip
     build = idx.get("profiler_build_info", [({}, 0.0)])[0][0]
     return Snapshot(tuple(sorted(devices, key=_gpu_order)), tuple(sorted(runs, key=lambda r: r.id)),
@@ -169,6 +180,9 @@ def build_snapshot(
 
 
 # ---- rendering -------------------------------------------------------------------------------
+
+# bases marked "=" on a run's energy: not (or, for "mixed", not only) by measured activity
+EQUAL_SPLIT = ("equal", "slices", "mixed")
 
 
 def _f(value: float | None, fmt: str, suffix: str = "", scale: float = 1.0) -> str:
@@ -244,7 +258,9 @@ def render(snap: Snapshot, url: str = "", note: str = "") -> RenderableType:
             steps,
             _f(r.steps_per_s, ".2f"),
             _seconds(r.step_time_mean_s),
-            _energy(r.energy_j) + ("*" if r.simulated and r.energy_j is not None else ""),
+            _energy(r.energy_j)
+            + ("*" if r.simulated and r.energy_j is not None else "")
+            + ("=" if r.attribution in EQUAL_SPLIT and r.energy_j is not None else ""),
             _plain(_money(r.cost, r.currency)),
             _plain(_money(r.cost_rate_per_hour, r.currency, "/h")),
             _plain(_money(r.projected_cost, r.currency)),
@@ -254,6 +270,10 @@ def render(snap: Snapshot, url: str = "", note: str = "") -> RenderableType:
     parts.append(runs if snap.runs else Text("no running runs"))
     if any(d.simulated for d in snap.devices) or any(r.simulated for r in snap.runs):
         parts.append(Text("* simulated GPU, not hardware", style="dim"))
+    if any(r.attribution in EQUAL_SPLIT for r in snap.runs):
+        parts.append(Text("= GPU energy split equally among the runs holding the GPU, or by MIG "
+                          "instance size (it gives no per-process activity)",
+                          style="dim"))  # fmt: skip
     if note:
         parts.append(_plain(note, style="yellow"))
     return Group(*parts)

@@ -34,6 +34,9 @@ from profiler.accounting.attribution import attribute, attribution_horizon, reso
 from profiler.accounting.cpu import CpuAccount
 from profiler.accounting.devices import DeviceState, Readings
 from profiler.accounting.runs import ProcessInfo, Run
+from profiler.budget.enforcer import STATUS as BUDGET_EXCEEDED
+from profiler.budget.enforcer import BudgetEnforcer
+from profiler.budget.settings import budget_settings
 from profiler.config import Config
 from profiler.cost.meter import CostMeter, no_pricing
 from profiler.daemon.announce import Announcer, announcement
@@ -72,6 +75,12 @@ class Daemon:
     ) -> None:
         self.config = config
         self.cost_meter = CostMeter(pricing or no_pricing())
+        # Budgets that act (profiler.budget): decided on this daemon's priced figures.
+        self.budgets = BudgetEnforcer(
+            budget_settings(config.budget, config.source),
+            priced=lambda: self.cost_meter.pricing.kind != "none",
+            currency=lambda: self.cost_meter.pricing.currency, wall=wall,
+        )  # fmt: skip
         # Posts run starts and ends to Grafana (profiler.grafana.Annotator) when configured.
         self.annotator: Announcer | None = None
         self.gpu_sensor = gpu_sensor
@@ -178,6 +187,7 @@ class Daemon:
             proc.reconciled = True
             self._count_unrecorded(run, proc, *f["sent"])
         self._hello_extras(run, proc, f)
+        self.budgets.hello(run, msg)
         if f.get("watched") and msg.proxy and msg.sender is not None:
             self.lifecycle.watchers[msg.pid] = (msg.sender.pid, create_time(msg.sender.pid))
         run.dirty = True
@@ -206,12 +216,14 @@ class Daemon:
 
     def _attach_simulated(self, pid: int, local_rank: int, devices: tuple[str, ...]) -> None:
         """The simulated GPU follows the load of the processes it is told about: each process
-        goes on the devices it declared (indexes), else on device ``local_rank mod count``."""
+        goes on the devices it declared (indexes, or ``MIG-`` instance uuids), else on device
+        ``local_rank mod count``."""
         if self.gpu_sensor is None or self.gpu_source != "simulated" or not self.devices:
             return
         count = len(self.devices)
-        indexes = [int(d) for d in devices if d.isdigit() and int(d) < count]
-        self.gpu_sensor.attach_process(pid, indexes or [local_rank % count])
+        declared: list[int | str] = [int(d) for d in devices if d.isdigit() and int(d) < count]
+        declared += [d for d in devices if d.startswith("MIG-")]
+        self.gpu_sensor.attach_process(pid, declared or [local_rank % count])
         self._simulated_pids.add(pid)
 
     def _live_run(self, run_id: str, pid: int) -> Run | None:
@@ -246,7 +258,7 @@ class Daemon:
         proc.said_bye = True
         if msg.mono is not None:
             run.last_event_mono = max(run.last_event_mono, msg.mono)
-        if msg.status != "finished":
+        if msg.status != "finished" and run.bye_status != BUDGET_EXCEEDED:
             run.bye_status = msg.status
         close_if_done(run)
         run.dirty = True
@@ -279,6 +291,7 @@ class Daemon:
             for key, n in dict(self.cpu_sensor.errors).items():
                 self.health[f"sensor_error:cpu:{key}"] = n
         resolve_steps(self.runs, self.devices, self.clock())
+        self.budgets.check(self.runs, self.persist.ledger, self.clock())
         self.lifecycle.end_runs()
         self.sample_seconds_last = time.perf_counter() - readings.started
 
@@ -291,6 +304,7 @@ class Daemon:
             dev.utilization.append((s.t_s, s.utilization_ratio))
         dev.idle_power_w = s.idle_power_w
         dev.activity_source = s.activity_source
+        dev.observe_instances(s)
         if s.process_activity is not None:  # read about once a second; None in between
             dev.observe_activity(s.t_s, s.process_activity)
             dev.pids_seen.update(s.process_activity)

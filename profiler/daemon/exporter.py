@@ -22,13 +22,19 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from profiler import __version__
 from profiler.cost.meter import projected
 from profiler.daemon.view import MetricsView
 
+if TYPE_CHECKING:
+    from profiler.accounting.runs import Run
+
 DEVICE_LABELS = ["gpu", "uuid", "model_name", "hostname"]
+MIG_LABELS = [*DEVICE_LABELS, "parent_uuid", "mig_profile", "gpu_instance_id"]
+"""A MIG instance's series: ``gpu`` the parent's index, ``uuid`` the instance's (``MIG-...``),
+the parent's uuid, the profile and GPU instance id (dcgm-exporter's GPU_I_PROFILE, GPU_I_ID)."""
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -116,6 +122,7 @@ def _families(d: MetricsView) -> Iterator[Family]:
     yield from _cpu(d)
     yield from _runs(d, device_labels)
     yield from _costs(d)
+    yield from _budgets(d)
     build = Family("profiler_build_info", "gauge", "Profiler daemon version and GPU source.")
     build.add(labels(("version", "gpu_source", "hostname"),
                      (__version__, d.gpu_source, d.hostname)), 1)  # fmt: skip
@@ -192,19 +199,43 @@ def _families(d: MetricsView) -> Iterator[Family]:
 
 
 def _device_labels(d: MetricsView) -> dict[str, str]:
-    """Each device's rendered ``gpu, uuid, model_name, hostname`` labels, by UUID."""
-    return {
+    """Each device's rendered ``gpu, uuid, model_name, hostname`` labels, by UUID; and each
+    MIG instance's (:data:`MIG_LABELS`), by the instance's UUID."""
+    out = {
         uuid: labels(DEVICE_LABELS, (str(dev.index), dev.uuid, dev.model, d.hostname))
         for uuid, dev in d.devices.items()
     }
+    for dev in d.devices.values():
+        for m in dev.mig_instances:
+            out[m.uuid] = labels(MIG_LABELS, (
+                str(dev.index), m.uuid, dev.model, d.hostname, dev.uuid, m.profile,
+                str(m.gpu_instance_id),
+            ))  # fmt: skip
+    return out
+
+
+def _mig_instances(d: MetricsView) -> Family:
+    """``profiler_gpu_mig_instance_info``: each MIG instance of a GPU in MIG mode (value 1)."""
+    info = Family(
+        "profiler_gpu_mig_instance_info", "gauge",
+        "MIG instances of GPUs in MIG mode (value 1): gpu is the parent's index, uuid the "
+        "instance's, slices its compute slices of gpu_slices.",
+    )  # fmt: skip
+    for dev in d.devices.values():
+        for m in dev.mig_instances:
+            info.add(labels((*MIG_LABELS, "slices", "gpu_slices"), (
+                str(dev.index), m.uuid, dev.model, d.hostname, dev.uuid, m.profile,
+                str(m.gpu_instance_id), str(m.slices), str(m.gpu_slices),
+            )), 1)  # fmt: skip
+    return info
 
 
 def _devices(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
     info = Family(
         "profiler_gpu_info",
         "gauge",
-        "GPUs the daemon samples; source is nvml or simulated, energy_source is counter or "
-        "power_integration.",
+        "GPUs the daemon samples; source is nvml, amdsmi or simulated, energy_source is counter "
+        "or power_integration, vendor is nvidia or amd.",
     )
     gauges = {
         "power": Family("profiler_gpu_power_watts", "gauge", "GPU power draw (watts)."),
@@ -222,7 +253,10 @@ def _devices(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
         if s is None:
             continue
         dl = device_labels[dev.uuid]
-        info.add(f"{dl},{labels(('source', 'energy_source'), (d.gpu_source, s.energy_source))}", 1)
+        info_labels = labels(
+            ("source", "energy_source", "vendor"), (d.gpu_source, s.energy_source, s.vendor)
+        )
+        info.add(f"{dl},{info_labels}", 1)
         values = {
             "power": s.power_w,
             "limit": s.power_limit_w,
@@ -238,6 +272,9 @@ def _devices(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
             idle.add(dl, dev.idle_j)
     yield info
     yield from gauges.values()
+    mig = _mig_instances(d)
+    if mig.lines:  # only where a GPU is in MIG mode: other pages stay as they were
+        yield mig
     yield energy
     yield idle
 
@@ -252,6 +289,17 @@ def _cpu(d: MetricsView) -> Iterator[Family]:
     for zone, (joules, source) in sorted(d.cpu_energy_j.items()):
         cpu.add(labels(("zone", "source", "hostname"), (zone, source, d.hostname)), joules)
     yield cpu
+
+
+def _held_labels(run: Run, uuid: str, hostname: str) -> str:
+    """Labels of a device the daemon no longer has (a restored run's): a MIG instance the run
+    held keeps its MIG labels; any other device its uuid only."""
+    m = run.mig_instances.get(uuid)
+    if m is None:
+        return labels(DEVICE_LABELS, ("", uuid, "", hostname))
+    return labels(MIG_LABELS, (
+        str(m.gpu), uuid, "", hostname, m.parent_uuid, m.mig_profile, str(m.gpu_instance_id),
+    ))  # fmt: skip
 
 
 RUN_INFO_LABELS = (
@@ -333,7 +381,7 @@ def _runs(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
             f["nonfinite"].add(r, run.nonfinite_loss_steps)
         for key, per_device in (("energy", run.gpu_energy_j), ("gpu_seconds", run.gpu_seconds)):
             for uuid, value in sorted(per_device.items()):
-                dl = device_labels.get(uuid) or labels(DEVICE_LABELS, ("", uuid, "", d.hostname))
+                dl = device_labels.get(uuid) or _held_labels(run, uuid, d.hostname)
                 f[key].add(f"{r},{dl}", value)
         # Unknown is left out, never 0: no hook timed steps, or the hook counts no samples.
         if run.known_steps is not None:
@@ -363,6 +411,29 @@ def _runs(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
     yield from f.values()
     yield step_seconds
     yield step_joules
+
+
+def _budgets(d: MetricsView) -> Iterator[Family]:
+    """Per run in memory with a budget (profiler.budget): the budget, what was spent against
+    it (a project's: its month on this node), and the warnings and stops given."""
+    amount = Family("profiler_run_budget_amount", "gauge",
+                    "The run's budget by scope (run, project) and source (currency).")  # fmt: skip
+    spent = Family("profiler_run_budget_spent", "gauge",
+                   "Spent against the budget at the daemon's last check (currency).")  # fmt: skip
+    events = Family("profiler_run_budget_events", "counter",
+                    "Budget events given to the run: warn, stop.")  # fmt: skip
+    b = d.budgets
+    for (run_id, scope), (budget, value) in sorted(b.latest.items()):
+        if run_id in d.runs:
+            text = labels(("run", "scope", "source"), (run_id, scope, budget.source))
+            amount.add(text, budget.amount)
+            spent.add(labels(("run", "scope"), (run_id, scope)), value)
+    for (run_id, event), n in sorted(b.counts.items()):
+        if run_id in d.runs:
+            events.add(labels(("run", "event"), (run_id, event)), n)
+    yield amount
+    yield spent
+    yield events
 
 
 def _costs(d: MetricsView) -> Iterator[Family]:

@@ -252,6 +252,12 @@ def build_daemon(config: Config) -> Daemon:
     except (SensorUnavailable, ValueError) as e:
         raise DaemonError(f"gpu = {config.gpu!r}: {e}") from e
     pricing = effective_pricing(config)
+    from profiler.budget.settings import BudgetSettingsError, budget_settings
+
+    try:
+        budget_settings(config.budget, config.source)
+    except BudgetSettingsError as e:
+        raise DaemonError(str(e)) from e
     cpu, _cpu_text = discover_cpu_sensor(root=config.rapl_root, tdp_w=config.cpu_tdp_w)
     daemon = Daemon(
         config, gpu_sensor=gpu, no_gpu_reason=gpu_text if gpu is None else "", cpu_sensor=cpu,

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from profiler.accounting.devices import DeviceState
 from profiler.accounting.runs import Run
+from profiler.budget.enforcer import BudgetEnforcer
 from profiler.config import Config
 from profiler.cost.meter import CostMeter
 
@@ -35,6 +36,7 @@ class MetricsView(Protocol):
     devices: dict[str, DeviceState]
     health: Counter[str]
     message_counts: Counter[str]
+    budgets: BudgetEnforcer
 
     @property
     def cpu_energy_j(self) -> dict[str, tuple[float, str]]: ...

@@ -46,6 +46,9 @@ class Hello:
     fields: dict[str, Any]
     proxy: bool = False
     sender: Sender | None = None
+    # Where the sender's socket is bound (an abstract address, bytes), from the kernel: the
+    # daemon's budget replies go there (hooks.budget). None when unbound or in-process.
+    reply_to: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,19 @@ def _hello_fields(body: dict[str, Any]) -> dict[str, Any]:
         )):  # fmt: skip
             raise Malformed("bad_field", "sent")
         out["sent"] = (sent[0], sent[1])
+    # A budget for the run (track(budget=...), profiler run --budget) and what to do at it.
+    budget = body.get("budget")
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise Malformed("bad_field", "budget")
+        if not 0 < budget < math.inf:
+            raise Malformed("bad_field", "budget")
+        out["budget"] = float(budget)
+    on_exceed = body.get("on_exceed")
+    if on_exceed is not None:
+        if on_exceed not in ("warn", "stop"):
+            raise Malformed("bad_field", "on_exceed")
+        out["on_exceed"] = on_exceed
     # `profiler attach`: the process is recorded from outside; nobody will say `bye` for it.
     # `profiler run`: the sender watches the process and says `bye` with its exit status.
     for key in ("attach", "watched"):

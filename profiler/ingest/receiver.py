@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from hooks import wire
-from profiler.ingest.messages import Malformed, Message, Sender, decode
+from profiler.ingest.messages import Hello, Malformed, Message, Sender, decode
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Receiver:
         out: list[Message] = []
         for _ in range(limit):
             try:
-                data, ancdata, _flags, _addr = self.sock.recvmsg(
+                data, ancdata, _flags, addr = self.sock.recvmsg(
                     wire.MAX_DATAGRAM_BYTES + 1, self._ancillary
                 )
             except BlockingIOError:
@@ -77,6 +77,8 @@ class Receiver:
             if sender is not None:
                 pid = message.pid if message.proxy else sender.pid
                 message = dataclasses.replace(message, pid=pid, sender=sender)
+                if isinstance(message, Hello) and isinstance(addr, bytes) and addr:
+                    message = dataclasses.replace(message, reply_to=addr)
             out.append(message)
         return out
 

@@ -34,13 +34,14 @@ def month_rollup_sums(ledger: Ledger, start: float, end: float) -> list[Row]:
 def month_run_rows(ledger: Ledger, start: float, end: float) -> dict[str, Row]:
     """Run id -> the run's row, for the runs with minute rollups in ``[start, end)``: ``id``,
     ``name``, ``project``, ``user``, ``framework``, ``host``, ``status``, ``simulated``,
-    ``currency``, ``meta`` (JSON text), and the flags ``steps_unknown``, ``samples_unknown``
+    ``currency``, ``meta`` (JSON text), ``gpu_energy_j`` (the whole run's, J; NULL unknown),
+    and the flags ``steps_unknown``, ``samples_unknown``
     (the run's count is NULL) and ``gpu_unknown`` (no GPU sensor measured it)."""
     return {
         r["id"]: r
         for r in ledger.db.execute(
             "SELECT id, name, project, user, framework, host, status, simulated, currency, meta, "
-            "steps IS NULL AS steps_unknown, samples IS NULL AS samples_unknown, "
+            "gpu_energy_j, steps IS NULL AS steps_unknown, samples IS NULL AS samples_unknown, "
             "gpu_source = 'none' AS gpu_unknown "
             "FROM runs WHERE id IN (SELECT DISTINCT run_id FROM rollups "
             "WHERE minute >= ? AND minute < ?)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from profiler.accounting.energy import CounterMark
+from profiler.accounting.mig import MigHold
 from profiler.accounting.runs import Run
 from profiler.cost.records import RunCost
 from profiler.ledger.recovery import Held
@@ -78,6 +79,7 @@ def run_to_row(
         "gap_gpu_energy_j": run.gap_gpu_energy_j,
         "gpu_idle_energy_j": run.gpu_idle_energy_j,
         "attribution_s": dict(run.attribution_s),
+        "mig_instances": [m.to_meta() for m in run.mig_instances.values()],
         "unrecorded_steps": run.unrecorded_steps,
         "process_counts": {
             **{str(pid): list(c) for pid, c in run.process_counts.items()},
@@ -141,6 +143,9 @@ def run_from_row(row: dict[str, Any]) -> Run:
     run.gap_gpu_energy_j = meta.get("gap_gpu_energy_j", 0.0)
     run.gpu_idle_energy_j = meta.get("gpu_idle_energy_j")
     run.attribution_s = dict(meta.get("attribution_s", {}))
+    run.mig_instances = {
+        m["uuid"]: MigHold.from_meta(m) for m in meta.get("mig_instances", []) if "uuid" in m
+    }
     run.unrecorded_steps = meta.get("unrecorded_steps", 0)
     run.process_counts = {
         int(pid): (int(c[0]), int(c[1])) for pid, c in meta.get("process_counts", {}).items()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from functools import cache
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS = {
     1: """
@@ -162,6 +162,23 @@ MIGRATIONS = {
         token TEXT PRIMARY KEY,
         merged_at REAL NOT NULL
     );
+    """,
+    # Budget events (profiler.budget): warnings and stops, money in `currency`; `at` unix s.
+    5: """
+    CREATE TABLE budget_events (
+        run_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        event TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        source TEXT NOT NULL,
+        spent REAL NOT NULL,
+        projected REAL,
+        budget REAL NOT NULL,
+        currency TEXT NOT NULL DEFAULT '',
+        at_step INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX budget_events_run ON budget_events(run_id);
     """,
 }
 

@@ -4,6 +4,8 @@ how many runs it leaves out ("1.25 (2 runs unknown)"), "unknown" where no run kn
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from profiler.report.model import MonthReport
 
 
@@ -53,3 +55,43 @@ def cost_unknown_note(unknown_runs: int) -> str:
         f"The cost of {runs} is unknown (no GPU sensor measured the GPU time it is priced "
         "from): left out of the money figures, not counted as 0."
     )
+
+
+BASIS_TEXT = {
+    "activity": "by measured per-process activity",
+    "equal": "equally among the runs holding a GPU (no per-process activity)",
+    "slices": "by MIG instance size (a MIG GPU with no per-process activity)",
+    "mixed": "partly by activity, partly equally (the fleet report cannot tell the parts apart)",
+}
+
+
+def split_note(hours_by_basis: dict[str, float]) -> str | None:
+    """The sentence saying how the month's GPU energy was split on shared GPUs, by GPU-hours per
+    basis ("GPU energy split: 3.200 GPU-hours by measured per-process activity, 1.100 equally
+    among the runs holding a GPU (no per-process activity)."); None when no run's basis is
+    known."""
+    parts = [(basis, hours) for basis, hours in sorted(hours_by_basis.items()) if hours > 0]
+    if not parts:
+        return None
+    text = ", ".join(
+        f"{hours:,.3f}{' GPU-hours' if i == 0 else ''} {BASIS_TEXT.get(basis, basis)}"
+        for i, (basis, hours) in enumerate(parts)
+    )
+    return f"GPU energy split: {text}."
+
+
+def mig_note(runs_by_profile: dict[str, int], cell: Callable[[str], str] = str) -> str | None:
+    """The sentence saying which MIG instance profiles the month's runs held ("MIG instances
+    held: 1g.10gb by 2 runs, 3g.40gb by 1 run; ..."), each profile (the driver's text) through
+    ``cell`` (a format's escaping); None when no run held one."""
+    if not runs_by_profile:
+        return None
+    held = ", ".join(f"{cell(profile)} by {n} run{'s' if n > 1 else ''}"
+                     for profile, n in sorted(runs_by_profile.items()))  # fmt: skip
+    return (f"MIG instances held: {held}; a run on an instance is billed the instance's share "
+            "of the GPU (its slices over the GPU's).")  # fmt: skip
+
+
+def share_text(value: float | None) -> str:
+    """A fraction as a percentage cell ("25.0%"), "-" when unknown."""
+    return "-" if value is None else f"{value:.1%}"

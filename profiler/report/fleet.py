@@ -44,6 +44,7 @@ SERIES = {
     "gpu_hours": ("profiler_run_gpu_seconds_total", 1 / 3600),
     "steps": ("profiler_run_steps_total", 1.0),
     "samples": ("profiler_run_samples_total", 1.0),
+    "gpu_idle_j": ("profiler_run_gpu_idle_energy_joules_total", 1.0),
 }
 
 
@@ -84,6 +85,10 @@ def fleet_runs(base: str, start: float, end: float) -> list[RunLine]:
     for r in query(base, f"last_over_time(profiler_run_info[{span}s] @ {end:.3f})"):
         m = r["metric"]
         info[(m.get("instance", ""), m["run"])] = m
+    basis = {  # how each run's GPU energy is split on shared GPUs, as last exported
+        (r["metric"].get("instance", ""), r["metric"]["run"]): r["metric"].get("attribution")
+        for r in query(base, f"last_over_time(profiler_run_attribution_info[{span}s] @ {end:.3f})")
+    }
     lines = []
     for key in sorted(set().union(*parts.values())):
         v = {field: parts[field].get(key, 0.0) * SERIES[field][1] for field in SERIES}
@@ -116,7 +121,13 @@ def fleet_runs(base: str, start: float, end: float) -> list[RunLine]:
             user=m.get("user", ""), framework=m.get("framework", ""),
             host=m.get("hostname", key[0]), gpu_model="", status=m.get("status", ""),
             simulated=m.get("simulated") == "true", currency=m.get("currency", ""),
-            totals=totals,
+            totals=totals, attribution=basis.get(key),
+            # the month's idle part over its GPU energy; unknown without the idle series
+            gpu_idle_share=v["gpu_idle_j"] / v["gpu_j"]
+            if key in parts["gpu_idle_j"] and v["gpu_j"] > 0 else None,
+            # Prometheus has the basis, not the seconds on each: a "mixed" run's are its own
+            gpu_hours_by_basis={basis[key]: totals.gpu_hours}
+            if basis.get(key) and totals.gpu_hours else {},
         ))  # fmt: skip
     return lines
 

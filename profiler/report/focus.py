@@ -22,8 +22,11 @@ Recommended columns that apply to what the profiler knows:
   commitment discount (``CommitmentDiscountId``) the profiler does not track.
 - ``Tags``: a JSON object: "project" and "user" (set by the user, written bare) and the keys the
   profiler itself sets, with its prefix as FOCUS 1.2 asks of provider-defined tags:
-  "mlprofiler/framework", "mlprofiler/host", "mlprofiler/gpu_model", "mlprofiler/simulated"
-  (keys with an empty value left out; "simulated" is the string "true" or "false").
+  "mlprofiler/framework", "mlprofiler/host", "mlprofiler/gpu_model", "mlprofiler/simulated",
+  "mlprofiler/attribution" (how the run's GPU energy was split on shared GPUs: "activity",
+  "equal", "slices" or "mixed"), "mlprofiler/mig_profiles" (the MIG profiles of the instances
+  the run held, comma-separated) (keys with an empty value left out; "simulated" is the string
+  "true" or "false").
 - ``ChargeFrequency`` "Usage-Based" and ``ServiceSubcategory`` "Machine Learning"
   (Recommended).
 
@@ -152,6 +155,8 @@ class FocusUsage:
     co2_kg: float | None
     pricing_profile: str  # e.g. "aws:p4d.24xlarge (on_demand)", "onprem", "flat"
     simulated: bool  # figures measured on a simulated GPU
+    attribution: str = ""  # the GPU energy's split basis (whole run); "" unknown
+    mig_profiles: str = ""  # the MIG profiles of the instances the run held, comma-separated
 
 
 def write_focus(usages: Iterable[FocusUsage], month_start: dt.date, out: TextIO) -> int:
@@ -219,6 +224,8 @@ def _row(u: FocusUsage, first: dt.date, after: dt.date) -> dict[str, str | None]
             (f"{TAG_PREFIX}framework", u.framework),
             (f"{TAG_PREFIX}host", u.host),
             (f"{TAG_PREFIX}gpu_model", u.gpu_model),
+            (f"{TAG_PREFIX}attribution", u.attribution),
+            (f"{TAG_PREFIX}mig_profiles", u.mig_profiles),
         )
         if v
     }

@@ -13,7 +13,10 @@ from profiler.report.figures import (
     cost_unknown_note,
     count_text,
     kwh_text,
+    mig_note,
     no_work_notice,
+    share_text,
+    split_note,
 )
 from profiler.report.model import MonthReport, Totals
 from profiler.report.text import display_text
@@ -98,6 +101,9 @@ def to_html(report: MonthReport, generated: dt.datetime | None = None) -> str:
         items = ", ".join(f"{escape(k)} {v:,.2f} {cur}" for k, v in sorted(waste.items()))
         parts.append(f"<p>Waste: {items} (idle: GPU held doing no work; nonfinite: after the "
                      "loss became NaN or infinite).</p>")  # fmt: skip
+    for note in (split_note(report.gpu_hours_by_basis()), mig_note(report.mig_runs())):
+        if note:
+            parts.append(f"<p>{escape(note)}</p>")
     parts += ["<h2>Daily cost by project</h2>", _daily_chart(report)]
     if report.project_budgets:
         rows = "".join(
@@ -190,13 +196,14 @@ def _group_table(key: str, rows: list[tuple[str, Totals]], cur: str) -> str:
 
 def _top_runs(report: MonthReport, cur: str) -> str:
     head = (f"<tr><th>run</th><th>name</th><th>project</th><th>user</th><th>cost ({cur})</th>"
-            "<th>GPU-hours</th><th>waste</th></tr>")  # fmt: skip
+            "<th>GPU-hours</th><th>waste</th><th>split</th><th>idle share</th></tr>")  # fmt: skip
     body = "".join(
         f"<tr><td>{escape(r.id)}{'*' if r.simulated else ''}</td><td>{escape(r.name)}</td>"
         f"<td>{escape(r.project)}</td><td>{escape(r.user)}</td>"
         f"<td>{cell_text(r.totals.cost, ',.2f')}</td>"
         f"<td>{amount_text(r.totals.gpu_hours, ',.2f')}</td>"
         f"<td>{cell_text(r.totals.waste_cost, ',.2f')}</td>"
+        f"<td>{escape(r.attribution or '-')}</td><td>{share_text(r.gpu_idle_share)}</td>"
         "</tr>"
         for r in report.top_runs
     )

@@ -9,7 +9,10 @@ from profiler.report.figures import (
     cost_unknown_note,
     count_text,
     kwh_text,
+    mig_note,
     no_work_notice,
+    share_text,
+    split_note,
 )
 from profiler.report.model import MonthReport
 from profiler.report.text import md_cell
@@ -49,6 +52,9 @@ def to_markdown(report: MonthReport) -> str:
                           for reason, cost in sorted(waste.items()))  # fmt: skip
         lines += [f"Waste: {parts} (idle: GPU held doing no work; nonfinite: after the loss "
                   "became NaN or infinite).", ""]  # fmt: skip
+    for note in (split_note(report.gpu_hours_by_basis()), mig_note(report.mig_runs(), md_cell)):
+        if note:
+            lines += [note, ""]
     if report.budget:
         used = "unknown" if t.cost is None else f"{t.cost / report.budget:.1%}"
         lines += [f"Budget {report.budget:,.2f} {cur}: {used} used."]
@@ -83,13 +89,15 @@ def to_markdown(report: MonthReport) -> str:
                          f"{cell_text(g.joules_per_sample, '.3f')} |")  # fmt: skip
         lines.append("")
     lines += ["## Top runs by cost", "", f"| run | name | project | cost ({cur}) | GPU-hours | "
-              "waste |", "|---|---|---|---:|---:|---:|"]  # fmt: skip
+              "waste | split | idle share |", "|---|---|---|---:|---:|---:|---|---:|"]  # fmt: skip
     for r in report.top_runs:
         star = "*" if r.simulated else ""
         lines.append(f"| {md_cell(r.id)}{star} | {md_cell(r.name)} | {md_cell(r.project)} | "
                      f"{amount_text(r.totals.cost, ',.2f')} | "
                      f"{amount_text(r.totals.gpu_hours, ',.2f')} | "
-                     f"{amount_text(r.totals.waste_cost, ',.2f')} |")  # fmt: skip
+                     f"{amount_text(r.totals.waste_cost, ',.2f')} | "
+                     f"{md_cell(r.attribution or '-')} | "
+                     f"{share_text(r.gpu_idle_share)} |")  # fmt: skip
     if t.cost_unknown_runs:
         lines += ["", f"{cost_unknown_note(t.cost_unknown_runs)}"]
     lines += ["", "## Daily cost by project", "", "| day | " + f"cost ({cur}) | by project |",

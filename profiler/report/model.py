@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from profiler.accounting.runs import attribution_basis
 from profiler.units import JOULES_PER_KWH
 
 GROUP_KEYS = ("project", "user", "framework", "host", "gpu_model")
@@ -122,6 +123,19 @@ class RunLine:
     currency: str
     totals: Totals
     waste_by_reason: dict[str, float] = field(default_factory=dict)  # whole run, currency
+    # How the run's GPU energy was split on shared GPUs (whole run): "activity" (by each
+    # process's measured activity), "equal" (equally among the runs holding the GPU), "slices"
+    # (by MIG instance size, a MIG GPU with no per-process activity), "mixed" (several);
+    # None: unknown (no GPU time, or a ledger from before attribution was recorded).
+    attribution: str | None = None
+    # Of the run's GPU energy (whole run), the fraction that is its equal share of its GPUs'
+    # idle power (0..1); None when the idle power was unknown.
+    gpu_idle_share: float | None = None
+    # The month's GPU-hours (``totals.gpu_hours``) by the basis their energy was split on,
+    # in the proportions of the whole run's device-seconds per basis; {} when unknown.
+    gpu_hours_by_basis: dict[str, float] = field(default_factory=dict)
+    # The MIG profiles ("3g.40gb") of the MIG instances the run held; [] on GPUs without MIG.
+    mig_profiles: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -149,6 +163,24 @@ class MonthReport:
             cost = costs[project].cost if project in costs else 0.0
             forecast = cost * scale if scale is not None and cost is not None else None
             out.append((project, amount, cost, forecast))
+        return out
+
+    def gpu_hours_by_basis(self) -> dict[str, float]:
+        """The month's GPU-hours by how their energy was split (``"activity"``: by measured
+        per-process activity; ``"equal"``: equally among the runs holding a GPU; ``"slices"``:
+        by MIG instance size), over every run (any currency) whose basis is known."""
+        out: dict[str, float] = {}
+        for run in self.runs:
+            for basis, hours in run.gpu_hours_by_basis.items():
+                out[basis] = out.get(basis, 0.0) + hours
+        return out
+
+    def mig_runs(self) -> dict[str, int]:
+        """MIG profile -> how many of the month's runs held an instance of it."""
+        out: dict[str, int] = {}
+        for run in self.runs:
+            for profile in sorted(set(run.mig_profiles)):
+                out[profile] = out.get(profile, 0) + 1
         return out
 
     def waste_by_reason(self) -> dict[str, float]:
@@ -220,15 +252,47 @@ def budgets_from_config(table: dict[str, Any], where: str) -> tuple[float | None
             raise ReportError(f"{where} [budget]: '{key}' must be a positive amount, got {value!r}")
         return float(value)
 
-    unknown = set(table) - {"monthly", "projects"}
+    # per_run, on_exceed, warn_at: enforced by the daemon (profiler.budget.settings)
+    unknown = set(table) - {"monthly", "projects", "per_run", "on_exceed", "warn_at"}
     if unknown:
         raise ReportError(f"{where} [budget]: unknown key '{sorted(unknown)[0]}' "
-                          "(known: monthly, projects)")  # fmt: skip
+                          "(known: monthly, projects, per_run, on_exceed, warn_at)")  # fmt: skip
     monthly = amount("monthly", table["monthly"]) if "monthly" in table else None
     projects = table.get("projects", {})
     if not isinstance(projects, dict):
         raise ReportError(f"{where} [budget]: 'projects' must be a table ([budget.projects])")
     return monthly, {str(k): amount(f"projects.{k}", v) for k, v in projects.items()}
+
+
+def attribution_figures(
+    attribution_s: dict[str, float],
+    idle_energy_j: float | None,
+    gpu_energy_j: float | None,
+    gpu_hours: float | None,
+) -> tuple[str | None, float | None, dict[str, float]]:
+    """A run's (basis, idle share, GPU-hours by basis) for :class:`RunLine` from what the ledger
+    keeps of the whole run: ``attribution_s`` (device-seconds per basis), ``idle_energy_j`` (J of
+    its GPU energy that is its share of idle power; None unknown), ``gpu_energy_j`` (J; None
+    unknown) and ``gpu_hours`` (the month's part; None unknown), split in the whole run's
+    proportions. Unknown figures are None / {}, never 0."""
+    seconds = {k: v for k, v in attribution_s.items() if v > 0}
+    basis = attribution_basis(seconds)
+    share = None
+    if idle_energy_j is not None and gpu_energy_j:
+        share = idle_energy_j / gpu_energy_j
+    total_s = sum(seconds.values())
+    by_basis = {}
+    if gpu_hours is not None and total_s > 0:
+        by_basis = {k: gpu_hours * v / total_s for k, v in sorted(seconds.items())}
+    return basis, share, by_basis
+
+
+def mig_profiles(held: Any) -> list[str]:
+    """The MIG profiles of the instances a run held, from its ledger meta's ``mig_instances``
+    (a list of objects with ``mig_profile``); anything else gives none."""
+    if not isinstance(held, list):
+        return []
+    return [str(m["mig_profile"]) for m in held if isinstance(m, dict) and m.get("mig_profile")]
 
 
 def sum_runs(runs: list[RunLine], currency: str) -> Totals:

@@ -27,9 +27,11 @@ from profiler.report.model import (
     ReportError,
     RunLine,
     Totals,
+    attribution_figures,
     check_begun,
     check_budget,
     group_runs,
+    mig_profiles,
     parse_month,
     sum_runs,
 )
@@ -120,12 +122,18 @@ def _month_runs(
             co2_unknown_runs=int(co2_unknown), gpu_hours_unknown_runs=int(gpu_unknown),
             cost_unknown_runs=int(cost_unknown), gpu_energy_unknown_runs=int(gpu_unknown),
         )  # fmt: skip
+        basis, idle_share, by_basis = attribution_figures(
+            meta.get("attribution_s") or {}, meta.get("gpu_idle_energy_j"),
+            None if gpu_unknown else row["gpu_energy_j"], totals.gpu_hours,
+        )  # fmt: skip
         lines.append(RunLine(
             id=row["id"], name=row["name"], project=row["project"], user=row["user"],
             framework=row["framework"], host=row["host"], gpu_model=models.get(row["id"], ""),
             status=row["status"], simulated=bool(row["simulated"]),
             currency=row["currency"] or "", totals=totals,
             waste_by_reason=meta.get("cost", {}).get("waste", {}),
+            attribution=basis, gpu_idle_share=idle_share, gpu_hours_by_basis=by_basis,
+            mig_profiles=mig_profiles(meta.get("mig_instances")),
         ))  # fmt: skip
     return lines, queries.daily_run_costs(ledger, start, end)
 
@@ -158,7 +166,8 @@ def to_focus(ledger: Ledger, month: str | None = None, now: float | None = None)
             gpu_hours=None if run.totals.gpu_hours_unknown_runs else row[4] / 3600,
             kwh=row[5] / JOULES_PER_KWH, co2_kg=row[6] / 1000 if cost.get("co2_known") else None,
             pricing_profile=(cost.get("pricing_profiles") or [""])[-1],
-            simulated=run.simulated,
+            simulated=run.simulated, attribution=run.attribution or "",
+            mig_profiles=",".join(run.mig_profiles),
         ))  # fmt: skip
     out = io.StringIO(newline="")
     write_focus(usages, dt.datetime.fromtimestamp(start, UTC).date(), out)

@@ -31,6 +31,8 @@ def to_json(report: MonthReport) -> str:
         "runs": [_run_dict(r) for r in report.runs],
         "daily": [{"day": d, "cost_by_project": c} for d, c in report.daily],
         "waste_by_reason": report.waste_by_reason(),
+        # GPU-hours by how their energy was split on shared GPUs ("activity", "equal")
+        "gpu_hours_by_basis": report.gpu_hours_by_basis(),
         "budget": report.budget,
         "budget_used": report.totals.cost / report.budget
         if report.budget and report.totals.cost is not None
@@ -66,6 +68,7 @@ CSV_COLUMNS = (
     "month", "id", "name", "project", "user", "framework", "host", "gpu_model", "status",
     "simulated", "currency", "cost", "cost_gpu_time", "cost_energy", "waste_cost", "kwh",
     "co2_kg", "gpu_hours", "steps", "samples", "cost_per_1k_samples", "joules_per_sample",
+    "attribution", "gpu_idle_share", "mig_profiles",
 )  # fmt: skip
 
 
@@ -90,4 +93,6 @@ def _csv_value(value: Any) -> Any:
         return f"{value:.10g}" if math.isfinite(value) else ""
     if isinstance(value, str):
         return spreadsheet_text(value)
+    if isinstance(value, list):  # MIG profiles: space-separated
+        return spreadsheet_text(" ".join(map(str, value)))
     return "" if value is None else value

@@ -1,8 +1,9 @@
-"""Sensors: one small interface (``base``), one module per source (``nvml``, ``simulated``,
-``rapl``, ``host``). Importing this package is light: it imports none of its modules (the
-configuration reads :mod:`profiler.sensors.gpu_spec` at every ``profiler`` command), and the names
-below load their module on first use; ``pynvml`` and ``psutil`` load only when a sensor that needs
-them is built.
+"""Sensors: one small interface (``base``), one module per source (``nvml``, ``amdsmi``,
+``simulated``, ``simulated_amd``, ``rapl``, ``host``), and ``discovery``, which picks the GPU
+sensor. Importing this package is light: it imports none of its modules (the configuration reads
+:mod:`profiler.sensors.gpu_spec` at every ``profiler`` command), and the names below load their
+module on first use; ``pynvml``, ``amdsmi`` and ``psutil`` load only when a sensor that needs them
+is built.
 """
 
 from __future__ import annotations
@@ -11,18 +12,24 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from profiler.sensors.base import SensorError, SensorUnavailable
-    from profiler.sensors.nvml import NvmlSensor, discover_gpu_sensor
+    from profiler.sensors.discovery import discover_gpu_sensor
+    from profiler.sensors.nvml import NvmlSensor
 
 __all__ = ["NvmlSensor", "SensorError", "SensorUnavailable", "discover_gpu_sensor"]
 
 
 def __getattr__(name: str) -> Any:
-    """``NvmlSensor``, ``discover_gpu_sensor`` (from ``nvml``), ``SensorError`` and
-    ``SensorUnavailable`` (from ``base``), their module imported on first use."""
-    if name in ("NvmlSensor", "discover_gpu_sensor"):
+    """``NvmlSensor`` (from ``nvml``), ``discover_gpu_sensor`` (from ``discovery``),
+    ``SensorError`` and ``SensorUnavailable`` (from ``base``), their module imported on first
+    use."""
+    if name == "NvmlSensor":
         from profiler.sensors import nvml
 
-        value = getattr(nvml, name)
+        value = nvml.NvmlSensor
+    elif name == "discover_gpu_sensor":
+        from profiler.sensors import discovery
+
+        value = discovery.discover_gpu_sensor
     elif name in ("SensorError", "SensorUnavailable"):
         from profiler.sensors import base
 

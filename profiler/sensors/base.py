@@ -7,6 +7,7 @@ Sensors measure devices; they know nothing of runs or money. A figure a sensor c
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,10 +22,28 @@ class SensorUnavailable(SensorError):
 
 @dataclass(frozen=True)
 class GpuProcess:
-    """A process using a GPU. ``used_memory_bytes`` is None when the driver does not say."""
+    """A process using a GPU. ``used_memory_bytes`` is None when the driver does not say.
+    ``gpu_instance_id``: the MIG GPU instance it runs in (NVML's ``gpuInstanceId``); None on a
+    GPU not in MIG mode, or when the driver does not say."""
 
     pid: int
     used_memory_bytes: int | None = None
+    gpu_instance_id: int | None = None
+
+
+@dataclass(frozen=True)
+class MigInstance:
+    """One MIG instance of a GPU in MIG mode, as enumerated at the sensor's start: its own
+    ``uuid`` (``MIG-...``), NVML's ``gpu_instance_id``, its ``profile`` (``"3g.40gb"``, from the
+    instance's name), the compute ``slices`` it holds (the ``3`` of ``3g``) out of the parent's
+    ``gpu_slices`` (7 on an A100/H100), and its memory in bytes (None: unknown)."""
+
+    uuid: str
+    gpu_instance_id: int
+    profile: str
+    slices: int
+    gpu_slices: int
+    memory_total_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,10 @@ class GpuSample:
     every sample of a device that provides activity, including the samples between readings.
     ``idle_power_w`` is the device's idle power in watts as the sensor knows it (the simulated
     model's idle figure, or a measured floor); ``None`` when unknown.
+    ``mig_instances``: the device's MIG instances when it is in MIG mode (enumerated at the
+    sensor's start; each process says its instance in ``GpuProcess.gpu_instance_id``); ``()``
+    when not. Energy and power stay the parent's: NVML has none per instance.
+    ``vendor``: who made the device, ``"nvidia"`` (NVML) or ``"amd"`` (amdsmi), simulated or not.
     """
 
     index: int
@@ -76,6 +99,8 @@ class GpuSample:
     process_activity: dict[int, float] | None = None
     activity_source: str | None = None
     idle_power_w: float | None = None
+    mig_instances: tuple[MigInstance, ...] = ()
+    vendor: str = "nvidia"
 
 
 @dataclass(frozen=True)
@@ -95,15 +120,16 @@ class GpuSensor(Protocol):
     """A source of GPU samples: what the daemon uses of one. ``sample()`` reads every device once;
     ``errors`` counts failed reads by kind (the daemon reports them as ``sensor_error:gpu:<kind>``).
     ``attach_process``/``detach_process`` tell a simulated GPU which processes run on which
-    devices (indexes); a real one lists its processes itself and does nothing. A second GPU
+    devices (indexes, or the ``MIG-`` uuids of its MIG instances); a real one lists its
+    processes itself and does nothing. A second GPU
     vendor implements this and is added to discovery."""
 
-    source: str  # "nvml" or "simulated"
+    source: str  # "nvml", "amdsmi" or "simulated"
     errors: Counter[str]
 
     def sample(self) -> list[GpuSample]: ...
 
-    def attach_process(self, pid: int, devices: list[int]) -> None: ...
+    def attach_process(self, pid: int, devices: Sequence[int | str]) -> None: ...
 
     def detach_process(self, pid: int) -> None: ...
 

@@ -15,13 +15,18 @@ a reboot changes the boot id; so two readings of one epoch taken while a run's p
 throughout measure the energy between them, across a daemon restart too. A counter found lower
 than a reading of its epoch (a reload while no process held the GPU) is not comparable.
 
-Per-process activity (``GpuSample.process_activity``): ``nvmlDeviceGetProcessUtilization`` is
-read at most once a second per device, in the same bounded pass as the other calls (see
-:mod:`profiler.sensors.nvml_activity`); samples in between carry None. NotFound (no sample newer
-than the last one seen: no process was busy in the period) is a reading, ``{}``. A device that
-answers NotSupported (or an nvidia-ml-py without the call) has no per-process activity: a missing
-capability, not an error, so it is not counted in ``errors``; it is not asked again, its samples
-carry ``activity_source=None`` (the equal split) and :meth:`NvmlSensor.describe` says so.
+Per-process activity (``GpuSample.process_activity``): ``nvmlDeviceGetProcessesUtilizationInfo``
+(newer drivers), else ``nvmlDeviceGetProcessUtilization``, is read at most once a second per
+device, in the same bounded pass as the other calls (see :mod:`profiler.sensors.nvml_activity`);
+samples in between carry None. NotFound (no sample newer than the last one seen: no process was
+busy in the period) is a reading, ``{}``. A device that answers NotSupported (or an nvidia-ml-py
+without either call) has no per-process activity: a missing capability, not an error, so it is
+not counted in ``errors``; it is not asked again, its samples carry ``activity_source=None`` (the
+equal split) and :meth:`NvmlSensor.describe` says so.
+
+MIG (:mod:`profiler.sensors.nvml_mig`): a GPU in MIG mode has its instances enumerated at
+start; each sample carries them (``GpuSample.mig_instances``) and each process its instance
+(``GpuProcess.gpu_instance_id``). Energy and power stay the parent's (NVML has none per instance).
 
 NVML errors are mapped once, here: a field a device does not support is ``None``; a device that
 fails a core read (energy or power; ``GpuIsLost`` on any read) is left out of that sample and
@@ -33,20 +38,25 @@ counted in ``errors`` as ``"gpu<index>:<NVML error name>"``. ``sample()`` never 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from profiler.sensors.base import GpuProcess, GpuSample, SensorUnavailable
-from profiler.sensors.gpu_spec import parse_gpu_spec
-from profiler.sensors.nvml_activity import NVML_ACTIVITY, SIMULATED_ACTIVITY, ActivityState
+from profiler.sensors.base import GpuProcess, GpuSample, MigInstance, SensorUnavailable
+from profiler.sensors.nvml_activity import (
+    NVML_ACTIVITY,
+    SIMULATED_ACTIVITY,
+    ActivityState,
+    NoActivityCall,
+    read_process_samples,
+)
+from profiler.sensors.nvml_mig import describe_mig, instance_id, read_mig_instances
+from profiler.sensors.reader import CallReader, boot_id
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +64,10 @@ COUNTER = "counter"
 POWER_INTEGRATION = "power_integration"
 NO_ENERGY = "none"
 """``energy_source`` of a device that reports neither an energy counter nor power."""
-SIMULATED_HINT = "set PROFILER_GPU=simulated to use the simulated GPU"
 CALL_TIMEOUT_S = 0.5
 """How long one sampling pass waits for a device's NVML calls before leaving it out."""
 POLL_S = 0.05
 """How often a pass that has not finished is checked for a device over its time (seconds)."""
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-"""Changes at every boot: part of a real energy counter's epoch."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class GpuDevice:
     memory_total_bytes: int | None
     energy_source: str
     idle_power_w: float | None = None
+    mig_instances: tuple[MigInstance, ...] = ()  # MIG mode: its instances (nvml_mig)
 
 
 @dataclass
@@ -92,39 +100,6 @@ class _DeviceState:
 
 class _SkipDevice(Exception):
     """Internal: the device cannot be read in this sample (already counted in ``errors``)."""
-
-
-class _NoActivity(Exception):
-    """Internal: NVML has no per-process utilization call."""
-
-
-class _Reader:
-    """One daemon thread that makes NVML calls for the sensor, so that a call that hangs (a
-    stuck driver) holds up neither the daemon's loop nor its exit. A reader that hangs is
-    abandoned (:meth:`retire`): it ends once its call returns, and a fresh one takes over."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
-        threading.Thread(target=self._serve, name=name, daemon=True).start()
-
-    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._jobs.put((fn, future))
-        return future
-
-    def retire(self) -> None:
-        """End the thread after the job it is on."""
-        self._jobs.put(None)
-
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, future = job
-            try:
-                future.set_result(fn())
-            except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
-                future.set_exception(e)
 
 
 @dataclass
@@ -165,14 +140,14 @@ class NvmlSensor:
         self._nvml = _import_pynvml() if nvml is None else nvml
         self._clock = clock
         self.call_timeout_s = call_timeout_s
-        self._reader: _Reader | None = None
+        self._reader: CallReader | None = None
         self._stuck: dict[int, Future[Any]] = {}  # device index -> its call still running
         self.source = "simulated" if getattr(self._nvml, "SIMULATED", False) else "nvml"
         self.errors: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._closed = False
         self._epoch_of = getattr(self._nvml, "simulated_counter_epoch", None)
-        self._boot_id = None if self._epoch_of is not None else _boot_id()
+        self._boot_id = None if self._epoch_of is not None else boot_id()
         _init_nvml(self._nvml)
         try:
             self.driver_version = str(_text(self._nvml.nvmlSystemGetDriverVersion()))
@@ -203,6 +178,9 @@ class NvmlSensor:
         if without:
             gpus = f"{'gpu' if len(without) == 1 else 'gpus'} {', '.join(without)}"
             text += f"; per-process activity: not supported on {gpus} (equal split)"
+        for d in self._devices:
+            if d.info.mig_instances:
+                text += f"; gpu {d.info.index} MIG: {describe_mig(d.info.mig_instances)}"
         return text
 
     def _label(self) -> str:
@@ -239,6 +217,7 @@ class NvmlSensor:
             memory_total_bytes=None if memory is None else int(memory.total),
             energy_source=source,
             idle_power_w=None if idle_w is None else self._optional(idle_w, handle),
+            mig_instances=read_mig_instances(nv, handle, index),
         )
         activity = ActivityState(SIMULATED_ACTIVITY if self.simulated else NVML_ACTIVITY)
         state = _DeviceState(
@@ -291,7 +270,7 @@ class NvmlSensor:
             out: list[GpuSample] = []
             while todo:
                 if self._reader is None:
-                    self._reader = _Reader("nvml-reader")
+                    self._reader = CallReader("nvml-reader")
                 work = _Pass(todo)
                 future = self._reader.submit(lambda work=work: self._read_pass(work))
                 hung = self._wait_for(work, future)
@@ -389,20 +368,24 @@ class NvmlSensor:
             memory_used_bytes=None if memory is None else int(memory.used),
             memory_total_bytes=info.memory_total_bytes if memory is None else int(memory.total),
             utilization_ratio=None if rates is None else rates.gpu / 100,
-            processes=tuple(GpuProcess(int(p.pid), p.usedGpuMemory) for p in procs),
+            processes=tuple(
+                GpuProcess(int(p.pid), p.usedGpuMemory, instance_id(p, info.mig_instances))
+                for p in procs
+            ),
             simulated=self.simulated,
             counter_j=counter_j,
             counter_id=counter_id,
             process_activity=activity,
             activity_source=dev.activity.source,
             idle_power_w=info.idle_power_w,
+            mig_instances=info.mig_instances,
         )
 
     def _read_activity(self, dev: _DeviceState, t_s: float) -> dict[int, float] | None:
         """This device's per-process activity since its last reading (pid -> mean SM
         utilization, ratio) when a reading is due (:data:`ACTIVITY_PERIOD_S`): ``{}`` when NVML
         has no newer sample (NotFound: no process was busy); None when not due or not read.
-        NotSupported (or a pynvml without the call) turns the device's activity off for good,
+        NotSupported (or a pynvml without either call) turns the device's activity off for good,
         logged once and not counted as an error (a missing capability); GpuIsLost skips the
         device; other errors count."""
         state = dev.activity
@@ -410,19 +393,18 @@ class NvmlSensor:
             return None
         state.last_read_s = t_s
         nv = self._nvml
-        read = getattr(nv, "nvmlDeviceGetProcessUtilization", None)
-        try:
-            if read is None:  # an nvidia-ml-py without the call
-                raise _NoActivity
-            samples = read(dev.handle, state.last_seen_us)
+        try:  # nvmlDeviceGetProcessesUtilizationInfo, else nvmlDeviceGetProcessUtilization
+            samples = read_process_samples(nv, dev.handle, state)
         except nv.NVMLError_NotFound:  # no sample since the last reading: nobody was busy
             return state.take(())
-        except (nv.NVMLError_NotSupported, _NoActivity):
+        except (nv.NVMLError_NotSupported, NoActivityCall) as e:
             state.source = None
             log.info(
                 "GPU %d: no per-process utilization (%s); its energy is split equally",
                 dev.info.index,
-                "nvidia-ml-py lacks the call" if read is None else "NVML: NotSupported",
+                "nvidia-ml-py lacks the calls"
+                if isinstance(e, NoActivityCall)
+                else "NVML: NotSupported",
             )
             return None
         except nv.NVMLError as e:
@@ -494,13 +476,20 @@ class NvmlSensor:
 
     # ---- processes and shutdown
 
-    def attach_process(self, pid: int, devices: list[int]) -> None:
-        """Tell a simulated GPU that ``pid`` runs on ``devices`` (indexes); no-op on real NVML,
-        which lists compute processes itself."""
+    def attach_process(self, pid: int, devices: Sequence[int | str]) -> None:
+        """Tell a simulated GPU that ``pid`` runs on ``devices`` (indexes, or ``MIG-`` uuids of
+        its instances); no-op on real NVML, which lists compute processes itself."""
         attach = getattr(self._nvml, "attach_process", None)
         if self.simulated and attach is not None:
-            for index in devices:
-                attach(pid, index)
+            instances = {
+                m.uuid: (d.info.index, m) for d in self._devices for m in d.info.mig_instances
+            }
+            for device in devices:
+                if isinstance(device, int):
+                    attach(pid, device)
+                elif device in instances:
+                    index, mig = instances[device]
+                    attach(pid, index, instance=mig.gpu_instance_id)
 
     def detach_process(self, pid: int) -> None:
         """Undo ``attach_process`` on a simulated GPU; no-op on real NVML."""
@@ -518,14 +507,6 @@ class NvmlSensor:
             self._nvml.nvmlShutdown()
         except self._nvml.NVMLError as e:
             log.debug("nvmlShutdown failed: %s", e)
-
-
-def _boot_id() -> str | None:
-    """This boot's id (Linux), or None when it cannot be read."""
-    try:
-        return BOOT_ID.read_text().strip() or None
-    except OSError:
-        return None
 
 
 def _import_pynvml() -> Any:
@@ -554,39 +535,3 @@ def _init_nvml(nvml: Any) -> None:
 def _text(value: str | bytes) -> str:
     """NVML strings are ``str`` in nvidia-ml-py 12+, ``bytes`` in old releases."""
     return value.decode() if isinstance(value, bytes) else value
-
-
-def discover_gpu_sensor(
-    spec: str, *, clock: Callable[[], float] = time.monotonic
-) -> tuple[NvmlSensor | None, str]:
-    """The GPU sensor a spec asks for, and one line describing it for logs and status.
-
-    ``"none"``: no GPU sampling. ``"nvml"``: real NVML, else SensorUnavailable. ``"auto"``: real
-    NVML if it initialises and lists a GPU, else None. ``"simulated[:MODEL[:COUNT]]"``: the
-    simulated GPU (default one A100-SXM4-40GB). A bad spec raises ValueError.
-    """
-    head = parse_gpu_spec(spec)
-    if head == "simulated":
-        from profiler.sensors.simulated import SimulatedNVML
-        from profiler.sensors.simulated_power import parse_simulated_spec
-
-        model, count = parse_simulated_spec(spec.strip())
-        sensor = NvmlSensor(SimulatedNVML(model, count, clock=clock), clock=clock)
-        return sensor, sensor.describe()
-    if head == "none":
-        return None, "GPU sampling off (gpu = none)"
-    if head == "nvml":
-        sensor = NvmlSensor(clock=clock)
-        if not sensor.devices:
-            sensor.close()
-            raise SensorUnavailable("NVML initialised but lists no GPU (gpu = nvml)")
-        return sensor, sensor.describe()
-    try:
-        sensor = NvmlSensor(clock=clock)
-    except SensorUnavailable as e:
-        reason = str(e.__cause__) if e.__cause__ is not None else str(e)
-        return None, f"no GPU found: NVML did not initialise ({reason}); {SIMULATED_HINT}"
-    if not sensor.devices:
-        sensor.close()
-        return None, f"no GPU found: NVML lists no GPU; {SIMULATED_HINT}"
-    return sensor, sensor.describe()

@@ -33,6 +33,11 @@ NVML does (see :mod:`profiler.sensors.simulated_activity`). A scripted trace is 
 without processes: its per-process activity is unknown, and ``nvmlDeviceGetProcessUtilization``
 raises NVMLError_NotSupported there (the equal-split fallback).
 
+MIG mode (``mig=``: instance profiles on every device) and its ``pynvml`` calls are in
+:mod:`profiler.sensors.simulated_mig`; a process attached to an instance
+(``attach_process(pid, index, instance=gpu_instance_id)``) is listed with that
+``gpuInstanceId``, and its load drives the parent's power as any process's.
+
 Everything this module produces is simulated: callers label it so (``SIMULATED = True``).
 """
 
@@ -54,7 +59,16 @@ from profiler.sensors.procs import ProcessTable, process_tree_cpu_seconds
 from profiler.sensors.simulated_activity import (
     ACTIVITY_PERIOD_S,
     ProcessShares,
-    ProcessUtilizationSample,
+    SimulatedActivityCalls,
+)
+from profiler.sensors.simulated_mig import (
+    NOT_MIG,
+    MigLayout,
+    SimulatedHandle,
+    SimulatedMigCalls,
+    SimulatedMigHandle,
+    parse_mig,
+    place_process,
 )
 from profiler.sensors.simulated_power import (
     DEFAULT_MODEL,
@@ -74,17 +88,10 @@ BASE_MEMORY_BYTES = 400 * MIB
 DRIVER_VERSION = "550.54.15"
 PROCESS_LIST_TTL_S = 0.5
 """How long the list of a device's living processes is reused before psutil is asked again."""
-_NOT_MIG = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId of a process on a non-MIG GPU
+_NOT_MIG = NOT_MIG  # gpuInstanceId / computeInstanceId of a process on a non-MIG GPU
 
 
 # ---- records shaped like pynvml's return values
-
-
-@dataclass(frozen=True)
-class SimulatedHandle:
-    """An opaque device handle, like pynvml's ``c_nvmlDevice_t``."""
-
-    index: int
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,8 @@ class _Device:
     living: tuple[float, list[SimulatedProcess]] | None = None  # (when, processes) last looked up
     shares: ProcessShares | None = None  # load mode: each process's part of the power
     activity_supported: bool = True  # False: nvmlDeviceGetProcessUtilization -> NotSupported
+    info_call: bool = True  # False: nvmlDeviceGetProcessesUtilizationInfo -> FunctionNotFound
+    mig: MigLayout | None = None  # MIG mode: its instances
 
     @property
     def load_mode(self) -> bool:
@@ -157,15 +166,17 @@ def _rss_bytes(pid: int) -> int | None:
         return None
 
 
-class SimulatedNVML:
-    """A drop-in stand-in for the ``pynvml`` module driving ``count`` simulated GPUs of ``model``.
+class SimulatedNVML(SimulatedActivityCalls, SimulatedMigCalls):
+    """A drop-in stand-in for the ``pynvml`` module driving ``count`` simulated GPUs of ``model``
+    (a name in ``GPU_MODELS``, or a ``GpuModel``: the simulated AMD GPU passes its own).
 
     ``clock`` gives monotonic seconds (a fake clock makes tests exact). ``traces`` selects the
     scripted power model (one trace per device, or a single trace for all; a ``None`` entry puts
     that device in load mode); ``noise`` is the load-mode relative standard deviation;
     ``energy_offset_mj`` is added to every energy counter, as a real counter counts from driver
     load; ``activity_period_s`` is how often (clock seconds) per-process utilization samples are
-    taken. Thread-safe.
+    taken; ``mig`` puts every device in MIG mode with these instance profiles (e.g.
+    ``("3g.40gb", "2g.20gb")``, see :mod:`profiler.sensors.simulated_mig`). Thread-safe.
     """
 
     SIMULATED = True
@@ -179,11 +190,12 @@ class SimulatedNVML:
     NVMLError_Uninitialized = pynvml.NVMLError_Uninitialized
     NVMLError_InvalidArgument = pynvml.NVMLError_InvalidArgument
     NVMLError_NotFound = pynvml.NVMLError_NotFound
+    NVMLError_FunctionNotFound = pynvml.NVMLError_FunctionNotFound
     NVML_SUCCESS = pynvml.NVML_SUCCESS
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str | GpuModel = DEFAULT_MODEL,
         count: int = 1,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -194,8 +206,9 @@ class SimulatedNVML:
         load_period_s: float = 0.05,
         energy_offset_mj: int = 0,
         activity_period_s: float = ACTIVITY_PERIOD_S,
+        mig: Sequence[str] | None = None,
     ) -> None:
-        name = model_named(model)
+        name = model.name if isinstance(model, GpuModel) else model_named(model)
         if name is None:
             raise ValueError(
                 f"unknown GPU model {model!r}; allowed models: {', '.join(GPU_MODELS)}"
@@ -204,7 +217,8 @@ class SimulatedNVML:
             raise ValueError(f"count must be from 1 to {MAX_COUNT}, got {count!r}")
         if noise < 0 or load_period_s < 0:
             raise ValueError("noise and load_period_s must be >= 0")
-        self.model = GPU_MODELS[name]
+        self.model = model if isinstance(model, GpuModel) else GPU_MODELS[name]
+        self.mig = None if mig is None else parse_mig(name, ",".join(mig))
         self.noise, self.load_period_s = float(noise), float(load_period_s)
         self._table: tuple[float, ProcessTable] | None = None  # (when, scan) for load mode
         self._clock = clock
@@ -234,6 +248,7 @@ class SimulatedNVML:
         else:
             power = ScriptedPower(self.t0_s, trace, m.idle_w, repeat)
         uuid = f"GPU-5137a7ed-0000-4000-8000-{index:012x}"
+        mig = None if self.mig is None else MigLayout.build(m.name, index, self.mig)
         return _Device(
             index,
             m,
@@ -242,6 +257,7 @@ class SimulatedNVML:
             last_recompute_s=self.t0_s,
             counter_offset_mj=offset_mj,
             shares=shares,
+            mig=mig,
         )
 
     # ---- library
@@ -284,12 +300,16 @@ class SimulatedNVML:
 
     # ---- device queries (pynvml units)
 
-    def nvmlDeviceGetName(self, handle: SimulatedHandle) -> str:
+    def nvmlDeviceGetName(self, handle: SimulatedHandle | SimulatedMigHandle) -> str:
         with self._lock:
+            if isinstance(handle, SimulatedMigHandle):
+                return self._mig_name(handle)
             return self._device(handle).model.nvml_name
 
-    def nvmlDeviceGetUUID(self, handle: SimulatedHandle) -> str:
+    def nvmlDeviceGetUUID(self, handle: SimulatedHandle | SimulatedMigHandle) -> str:
         with self._lock:
+            if isinstance(handle, SimulatedMigHandle):
+                return self._parent_of(handle)[1].uuid
             return self._device(handle).uuid
 
     def nvmlDeviceGetIndex(self, handle: SimulatedHandle) -> int:
@@ -328,12 +348,16 @@ class SimulatedNVML:
             dev = self._device(handle)
             return f"sim-{self.token}.{dev.counter_resets}"
 
-    def nvmlDeviceGetMemoryInfo(self, handle: SimulatedHandle) -> MemoryInfo:
-        """Memory in bytes: a small base plus the listed processes' memory, capped at total."""
+    def nvmlDeviceGetMemoryInfo(self, handle: SimulatedHandle | SimulatedMigHandle) -> MemoryInfo:
+        """Memory in bytes: a small base plus the listed processes' memory, capped at total (on
+        a MIG handle: the instance's memory and its processes')."""
         with self._lock:
-            dev = self._device(handle)
-            total = dev.model.memory_bytes
-            procs = self._living_processes(dev)
+            if isinstance(handle, SimulatedMigHandle):
+                total, procs = self._mig_memory(handle)
+            else:
+                dev = self._device(handle)
+                total = dev.model.memory_bytes
+                procs = self._living_processes(dev)
             used = min(total, BASE_MEMORY_BYTES + sum(p.usedGpuMemory or 0 for p in procs))
             return MemoryInfo(total=total, free=total - used, used=used)
 
@@ -358,23 +382,13 @@ class SimulatedNVML:
         with self._lock:
             return self._living_processes(self._device(handle))
 
-    def nvmlDeviceGetProcessUtilization(
-        self, handle: SimulatedHandle, lastSeenTimeStamp: int
-    ) -> list[ProcessUtilizationSample]:
-        """Per-process utilization samples taken after ``lastSeenTimeStamp`` (microseconds of
-        the simulator's clock), as pynvml returns them: one per sample period
-        (``activity_period_s``) and process with non-zero utilization, the last ten periods at
-        most. NVMLError_NotFound
-        when there is none; NVMLError_NotSupported on a scripted device or when switched off
-        (:meth:`set_process_utilization_supported`)."""
+    def simulated_energy_j(self, handle: SimulatedHandle) -> float:
+        """Not pynvml: the exact energy in joules device ``handle`` drew since the simulator was
+        built (load brought up to date; no offset, resets or rounding): what another vendor's
+        simulated counter (:mod:`profiler.sensors.simulated_amd`) is drawn from."""
         with self._lock:
             dev, now = self._device_now(handle)
-            if dev.shares is None or not dev.activity_supported:
-                raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-            samples = dev.shares.samples_since(int(lastSeenTimeStamp), now)
-            if not samples:
-                raise _error(pynvml.NVML_ERROR_NOT_FOUND)
-            return samples
+            return dev.power.energy_at(now)
 
     def simulated_idle_power_w(self, handle: SimulatedHandle) -> float:
         """Not pynvml: the device model's idle power in watts (what it draws with no load)."""
@@ -383,10 +397,19 @@ class SimulatedNVML:
 
     # ---- simulator controls (not part of pynvml)
 
-    def attach_process(self, pid: int, index: int, used_memory_bytes: int | None = None) -> None:
-        """Tell the simulator that process ``pid`` runs on device ``index``."""
+    def attach_process(
+        self,
+        pid: int,
+        index: int,
+        used_memory_bytes: int | None = None,
+        *,
+        instance: int | None = None,
+    ) -> None:
+        """Tell the simulator that process ``pid`` runs on device ``index`` (in MIG mode: in its
+        GPU instance ``instance``, a ``gpu_instance_id``; ValueError when it has none such)."""
         with self._lock:
             dev = self._devices[index]
+            place_process(dev.mig, index, pid, instance)
             dev.processes[pid] = used_memory_bytes
             dev.living = None
             cpu_s = process_tree_cpu_seconds(pid)
@@ -400,24 +423,8 @@ class SimulatedNVML:
                 dev.processes.pop(pid, None)
                 dev.cpu_prev_s.pop(pid, None)
                 dev.living = None
-
-    def set_process_load(self, pid: int, load: float | None) -> None:
-        """Fix process ``pid``'s load (ratio >= 0) on every device it is attached to, in place of
-        its CPU activity, from the next recompute on; None goes back to its CPU activity. The
-        process must still run to count (as any attached process)."""
-        with self._lock:
-            if load is None:
-                self._fixed_load.pop(pid, None)
-            elif not (math.isfinite(load) and load >= 0):
-                raise ValueError(f"load must be a ratio >= 0, got {load!r}")
-            else:
-                self._fixed_load[pid] = float(load)
-
-    def set_process_utilization_supported(self, index: int, supported: bool) -> None:
-        """False: ``nvmlDeviceGetProcessUtilization`` on device ``index`` raises
-        NVMLError_NotSupported (a GPU or driver without per-process utilization)."""
-        with self._lock:
-            self._devices[index].activity_supported = supported
+                if dev.mig is not None:
+                    dev.mig.instance_of.pop(pid, None)
 
     def set_energy_counter_supported(self, index: int, supported: bool) -> None:
         """False: ``nvmlDeviceGetTotalEnergyConsumption`` raises NVMLError_NotSupported."""
@@ -470,20 +477,6 @@ class SimulatedNVML:
                 return below.energy_at(t1_s) - below.energy_at(t0_s)
             return dev.model.idle_w * (t1_s - t0_s)
 
-    def exact_process_energy_j(
-        self, index: int, pid: int, t0_s: float, t1_s: float
-    ) -> float | None:
-        """Ground truth: process ``pid``'s share (joules) of device ``index``'s active energy
-        (above idle) over ``[t0_s, t1_s]``: the processes' shares plus
-        :meth:`exact_idle_energy_j` equal :meth:`exact_energy_j`. 0.0 for a process that drew
-        nothing there (never attached, or counted inside another attached process's tree, whose
-        pid carries it); None on a scripted device (its per-process part is unknown)."""
-        with self._lock:
-            dev = self._checked(index, t0_s, t1_s)
-            if dev.shares is None:
-                return None
-            return dev.shares.active_energy_j(pid, t0_s, t1_s)
-
     def _checked(self, index: int, t0_s: float, t1_s: float) -> _Device:
         """Device ``index``, once ``t0_s <= t1_s`` lie within the power history it keeps."""
         dev = self._devices[index]
@@ -507,8 +500,10 @@ class SimulatedNVML:
         if self._init_count == 0:
             raise _error(pynvml.NVML_ERROR_UNINITIALIZED)
 
-    def _device(self, handle: SimulatedHandle) -> _Device:
+    def _device(self, handle: object) -> _Device:
         self._check_init()
+        if isinstance(handle, SimulatedMigHandle):  # no power, energy or activity per instance
+            raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
         if not isinstance(handle, SimulatedHandle) or not 0 <= handle.index < len(self._devices):
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         dev = self._devices[handle.index]
@@ -579,6 +574,14 @@ class SimulatedNVML:
                 dev.processes.pop(pid)
                 dev.cpu_prev_s.pop(pid, None)
                 continue
-            out.append(SimulatedProcess(pid, given if given is not None else _rss_bytes(pid)))
+            instance = dev.mig.instance_of.get(pid) if dev.mig is not None else None
+            out.append(
+                SimulatedProcess(
+                    pid,
+                    given if given is not None else _rss_bytes(pid),
+                    gpuInstanceId=_NOT_MIG if instance is None else instance,
+                    computeInstanceId=_NOT_MIG if instance is None else 0,
+                )
+            )
         dev.living = (now, out)
         return out

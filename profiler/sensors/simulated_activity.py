@@ -19,7 +19,12 @@ utilization in integer percent in the samples.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+import pynvml
 
 from profiler.sensors.simulated_power import RETENTION_S, RecordedPower
 
@@ -41,6 +46,26 @@ class ProcessUtilizationSample:
     memUtil: int
     encUtil: int = 0
     decUtil: int = 0
+
+
+@dataclass(frozen=True)
+class ProcessUtilizationInfo:
+    """One ``nvmlDeviceGetProcessesUtilizationInfo`` entry (newer drivers), shaped like pynvml's
+    ``c_nvmlProcessUtilizationInfo_v1_t``: the same figures as
+    :class:`ProcessUtilizationSample`, plus JPEG and optical-flow utilization (0 here)."""
+
+    timeStamp: int
+    pid: int
+    smUtil: int
+    memUtil: int
+    encUtil: int = 0
+    decUtil: int = 0
+    jpgUtil: int = 0
+    ofaUtil: int = 0
+
+    @classmethod
+    def of(cls, s: ProcessUtilizationSample) -> ProcessUtilizationInfo:
+        return cls(s.timeStamp, s.pid, s.smUtil, s.memUtil, s.encUtil, s.decUtil)
 
 
 @dataclass
@@ -118,3 +143,107 @@ class ProcessShares:
 
     def _boundary(self, k: int) -> float:
         return self.t0_s + k * self.period_s
+
+
+def _error(code: int) -> pynvml.NVMLError:
+    return pynvml.NVMLError(code)
+
+
+class _ActivityDevice(Protocol):
+    """What the mixin needs of a simulated device."""
+
+    shares: ProcessShares | None
+    activity_supported: bool
+    info_call: bool
+
+
+class SimulatedActivityCalls:
+    """The per-process part of ``SimulatedNVML``'s ``pynvml`` surface (a mixin, as
+    :class:`profiler.sensors.simulated_mig.SimulatedMigCalls` is): the utilization samples, the
+    switches that turn them off, and each process's exact share of the active energy."""
+
+    _lock: threading.RLock
+    _devices: Sequence[_ActivityDevice]
+    _fixed_load: dict[int, float]
+
+    def _device(self, handle: object) -> _ActivityDevice: ...  # pragma: no cover - SimulatedNVML's
+
+    def _device_now(
+        self, handle: object
+    ) -> tuple[_ActivityDevice, float]: ...  # pragma: no cover - SimulatedNVML's
+
+    def _checked(
+        self, index: int, t0_s: float, t1_s: float
+    ) -> _ActivityDevice: ...  # pragma: no cover - SimulatedNVML's
+
+    def nvmlDeviceGetProcessUtilization(
+        self, handle: object, lastSeenTimeStamp: int
+    ) -> list[ProcessUtilizationSample]:
+        """Per-process utilization samples taken after ``lastSeenTimeStamp`` (microseconds of
+        the simulator's clock), as pynvml returns them: one per sample period
+        (``activity_period_s``) and process with non-zero utilization, the last ten periods at
+        most. NVMLError_NotFound
+        when there is none; NVMLError_NotSupported on a scripted device or when switched off
+        (:meth:`set_process_utilization_supported`)."""
+        return self._utilization_samples(handle, lastSeenTimeStamp)
+
+    def _utilization_samples(self, handle: object, since_us: int) -> list[ProcessUtilizationSample]:
+        with self._lock:
+            dev, now = self._device_now(handle)
+            if dev.shares is None or not dev.activity_supported:
+                raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            samples = dev.shares.samples_since(int(since_us), now)
+            if not samples:
+                raise _error(pynvml.NVML_ERROR_NOT_FOUND)
+            return samples
+
+    def nvmlDeviceGetProcessesUtilizationInfo(
+        self, handle: object, timeStamp: int
+    ) -> list[ProcessUtilizationInfo]:
+        """The newer drivers' call (nvidia-ml-py 12.550+): the same samples as
+        :meth:`nvmlDeviceGetProcessUtilization`, as pynvml returns them
+        (``c_nvmlProcessUtilizationInfo_v1_t`` entries), the same errors; NVMLError_FunctionNotFound
+        when switched off (:meth:`set_processes_utilization_info_supported`: an older driver)."""
+        with self._lock:
+            if not self._device(handle).info_call:
+                raise _error(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+            samples = self._utilization_samples(handle, timeStamp)
+            return [ProcessUtilizationInfo.of(s) for s in samples]
+
+    def set_process_load(self, pid: int, load: float | None) -> None:
+        """Fix process ``pid``'s load (ratio >= 0) on every device it is attached to, in place of
+        its CPU activity, from the next recompute on; None goes back to its CPU activity. The
+        process must still run to count (as any attached process)."""
+        with self._lock:
+            if load is None:
+                self._fixed_load.pop(pid, None)
+            elif not (math.isfinite(load) and load >= 0):
+                raise ValueError(f"load must be a ratio >= 0, got {load!r}")
+            else:
+                self._fixed_load[pid] = float(load)
+
+    def set_process_utilization_supported(self, index: int, supported: bool) -> None:
+        """False: ``nvmlDeviceGetProcessUtilization`` on device ``index`` raises
+        NVMLError_NotSupported (a GPU or driver without per-process utilization)."""
+        with self._lock:
+            self._devices[index].activity_supported = supported
+
+    def set_processes_utilization_info_supported(self, index: int, supported: bool) -> None:
+        """False: ``nvmlDeviceGetProcessesUtilizationInfo`` on device ``index`` raises
+        NVMLError_FunctionNotFound (a driver older than the call)."""
+        with self._lock:
+            self._devices[index].info_call = supported
+
+    def exact_process_energy_j(
+        self, index: int, pid: int, t0_s: float, t1_s: float
+    ) -> float | None:
+        """Ground truth: process ``pid``'s share (joules) of device ``index``'s active energy
+        (above idle) over ``[t0_s, t1_s]``: the processes' shares plus
+        :meth:`exact_idle_energy_j` equal :meth:`exact_energy_j`. 0.0 for a process that drew
+        nothing there (never attached, or counted inside another attached process's tree, whose
+        pid carries it); None on a scripted device (its per-process part is unknown)."""
+        with self._lock:
+            dev = self._checked(index, t0_s, t1_s)
+            if dev.shares is None:
+                return None
+            return dev.shares.active_energy_j(pid, t0_s, t1_s)

@@ -61,16 +61,31 @@ def parse_simulated_spec(spec: str) -> tuple[str, int]:
 
     The model is matched case-insensitively; an empty model means the default A100-SXM4-40GB.
     """
+    return parse_model_count(spec, "simulated", GPU_MODELS, DEFAULT_MODEL)
+
+
+def parse_model_count(
+    spec: str,
+    prefix: str,
+    models: Sequence[str],
+    default: str,
+    *,
+    what: str = "GPU",
+    count_note: str = "",
+) -> tuple[str, int]:
+    """``"PREFIX[:MODEL[:COUNT]]"`` -> ``(model name in models, count)``, the model matched
+    case-insensitively, empty meaning ``default``; ValueError naming the spec and the allowed
+    models (``what``: the kind of GPU in the message; ``count_note``: what COUNT counts)."""
     parts = spec.strip().split(":")
-    allowed = ", ".join(GPU_MODELS)
-    if parts[0].lower() != "simulated" or len(parts) > 3:
+    allowed = ", ".join(models)
+    if parts[0].lower() != prefix or len(parts) > 3:
         raise ValueError(
-            f"gpu spec {spec!r}: expected simulated[:MODEL[:COUNT]] (models: {allowed})"
+            f"gpu spec {spec!r}: expected {prefix}[:MODEL[:COUNT]] (models: {allowed})"
         )
-    model = model_named(parts[1]) if len(parts) > 1 and parts[1] else DEFAULT_MODEL
+    model = named_in(models, parts[1]) if len(parts) > 1 and parts[1] else default
     if model is None:
         raise ValueError(
-            f"gpu spec {spec!r}: unknown simulated GPU model {parts[1]!r}; "
+            f"gpu spec {spec!r}: unknown simulated {what} model {parts[1]!r}; "
             f"allowed models: {allowed}"
         )
     count = 1
@@ -81,15 +96,20 @@ def parse_simulated_spec(spec: str) -> tuple[str, int]:
             count = 0
         if not 1 <= count <= MAX_COUNT:
             raise ValueError(
-                f"gpu spec {spec!r}: COUNT must be an integer from 1 to {MAX_COUNT}, "
+                f"gpu spec {spec!r}: COUNT{count_note} must be an integer from 1 to {MAX_COUNT}, "
                 f"got {parts[2]!r}"
             )
     return model, count
 
 
 def model_named(text: str) -> str | None:
+    return named_in(GPU_MODELS, text)
+
+
+def named_in(models: Sequence[str], text: str) -> str | None:
+    """The name in ``models`` that ``text`` is, case-insensitively; None when none is."""
     wanted = text.strip().lower()
-    return next((name for name in GPU_MODELS if name.lower() == wanted), None)
+    return next((name for name in models if name.lower() == wanted), None)
 
 
 # ---- power timelines: power_at(t_s) in watts, energy_at(t_s) in joules since the start

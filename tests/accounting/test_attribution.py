@@ -235,3 +235,34 @@ def test_a_runs_basis_is_activity_equal_or_mixed():
     assert attribution_basis({"activity": 3.0}) == "activity"
     assert attribution_basis({"equal": 3.0, "activity": 0.0}) == "equal"
     assert attribution_basis({"equal": 0.5, "activity": 3.0}) == "mixed"
+
+
+def test_a_run_whose_process_left_the_device_counts_as_idle_not_unknown():
+    """The idle run's process exits at 5 s, before its run ends (its bye comes later): the
+    driver no longer lists it. Having been listed in the previous split, it has left the
+    device: activity 0, so the busy run keeps the whole active part and both keep the
+    "activity" basis; a run the driver never listed stays unknown."""
+    dev = DeviceState("GPU-0", 0, "A100-SXM4-40GB", idle_power_w=50.0)
+    dev.activity_source = "simulated"
+    for t in range(11):  # 250 W for 10 s
+        dev.curve.append(float(t), 250.0 * t, 250.0)
+    for t in range(1, 11):
+        dev.observe_activity(float(t), {10: 0.8})
+    runs = {
+        "busy": Run(id="busy", name="busy", processes={10: ProcessInfo(10)}),
+        "idle": Run(id="idle", name="idle", processes={20: ProcessInfo(20)}),
+    }
+    meter = CostMeter(pricing(kind="flat", gph=3.6, kwh=0.0, pue=1.0, carbon=360.0))
+
+    def split(upto: float) -> None:
+        attribute(dev, upto, runs=runs, cost_meter=meter, idle={}, wall_at=lambda t: WALL + t,
+                  rollup_for=lambda r, u: Rollup(r, int(u)), ancestors=lambda pid: [])  # fmt: skip
+
+    dev.pids_seen.update({10, 20})
+    split(5.0)
+    dev.pids_seen.update({10})  # 20 has exited: no longer listed
+    split(10.0)
+    busy, quiet = runs["busy"], runs["idle"]
+    assert busy.gpu_energy_j["GPU-0"] == pytest.approx(10 * 225.0)  # all the active part
+    assert quiet.gpu_energy_j["GPU-0"] == pytest.approx(10 * 25.0)  # half the idle part
+    assert (busy.attribution, quiet.attribution) == ("activity", "activity")

@@ -30,13 +30,15 @@ NOTE_ON_DEMAND = {
     "azure:ND96amsr_A100_v4": (8, 32.77),
     "azure:ND96isr_H100_v5": (8, 98.32),
 }
+# Not in the note: found for issue 17 (AMD GPUs) on public pages, cited in the entry.
+SEARCHED_ON_DEMAND = {"vultr:MI300X": (1, 1.85)}
 P4D_PER_HOUR = 21.957642
 
 
 def test_packaged_catalog_has_the_notes_on_demand_prices():
     instances = load_catalog()["instances"]
-    assert set(instances) == set(NOTE_ON_DEMAND)
-    for name, (gpus, price) in NOTE_ON_DEMAND.items():
+    assert set(instances) == set(NOTE_ON_DEMAND) | set(SEARCHED_ON_DEMAND)
+    for name, (gpus, price) in (NOTE_ON_DEMAND | SEARCHED_ON_DEMAND).items():
         assert instances[name]["gpus"] == gpus, name
         assert instances[name]["on_demand"] == pytest.approx(price), name
         assert instances[name]["currency"] == "USD"
@@ -53,6 +55,8 @@ def test_packaged_catalog_dated_figures_from_the_note():
     assert cat["gpus"]["A100-SXM4-40GB"]["watts"] == 400
     assert cat["gpus"]["H100-SXM5-80GB"]["watts"] == 700
     assert cat["gpus"]["L4"]["watts"] == 72
+    assert cat["gpus"]["MI300X"]["watts"] == 750  # issue 17, cited in the entry
+    assert cat["instances"]["vultr:MI300X"]["as_of"] == "2026-05-18"
     assert "V100" not in " ".join(cat["gpus"])  # the note's sources conflict
     assert "A10G" not in cat["gpus"]  # the note found no verified figure
     assert cat["electricity"]["EU"]["non_household"] == 0.1902

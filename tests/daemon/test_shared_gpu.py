@@ -137,3 +137,42 @@ def test_a_busy_run_that_pauses_keeps_the_activity_basis(tmp_path, two_pids):
     assert runs_j + dev.idle_j == pytest.approx(measured, rel=1e-9)
     page = render_metrics(d).decode()
     assert 'profiler_run_attribution_info{run="busy",attribution="activity"} 1' in page
+
+
+def test_a_shared_gpus_step_energy_follows_the_same_split_as_the_runs_energy(tmp_path, two_pids):
+    """Steps of a busy and a mostly idle run on one shared GPU, back to back over 30 s: each
+    step gets its run's share of the device's energy over the step (the active part by activity,
+    the idle part shared equally; the pieces of the split the run's energy came from), so the
+    sum of a run's step energies is its share over the same span, checked against the
+    simulator's exact per-process truth; not the equal split (half each)."""
+    from profiler.ingest.messages import StepBatch
+
+    d, sim, clock = make_daemon(tmp_path, [None])
+    busy, idle = two_pids
+    sim.set_process_load(busy, 0.9)
+    sim.set_process_load(idle, 0.05)
+    d.sample()
+    advance(d, clock, 1.0)
+    d.handle(hello("busy", busy, clock.now))
+    d.handle(hello("idle", idle, clock.now))
+    advance(d, clock, 2.0)
+    t0 = clock.now
+    for k in range(300):  # one 0.1 s step per run per sample, sent as it ends
+        start = clock.now
+        clock.now += 0.1
+        for run_id, pid in (("busy", busy), ("idle", idle)):
+            d.handle(StepBatch(run_id, pid, ((k, start, clock.now, 8, None),), 0))
+        d.sample()
+    t1 = clock.now
+    advance(d, clock, 4.0)  # attribution passes the last step (its activity reading too)
+    idle_half = sim.exact_idle_energy_j(0, t0, t1) / 2
+    sums = {}
+    for run_id, pid in (("busy", busy), ("idle", idle)):
+        run = d.runs[run_id]
+        assert run.steps_with_energy == 300 and not run.pending
+        exact = sim.exact_process_energy_j(0, pid, t0, t1) + idle_half
+        sums[run_id] = run.step_energy_sum_j
+        assert run.step_energy_sum_j == pytest.approx(exact, rel=0.02), run_id
+    whole = sim.exact_energy_j(0, t0, t1)
+    assert sums["busy"] + sums["idle"] == pytest.approx(whole, rel=0.001)  # nothing lost
+    assert sums["busy"] > 5 * sums["idle"]

@@ -40,3 +40,24 @@ def test_a_restored_run_keeps_null(tmp_path):
     run = run_from_row(row)
     assert run.known_steps is None and run.known_samples is None
     ledger.close()
+
+
+def test_the_attribution_basis_and_idle_share_survive_the_ledger_and_unknown_stays_unknown(
+    tmp_path,
+):
+    """Issue 16: the device-seconds per split basis and the idle share are kept per run, so a
+    restarted daemon, `profiler runs` and the monthly report read them back; a run written
+    before any GPU time (or by an older daemon) has no basis and an unknown idle share."""
+    ledger = Ledger(tmp_path / "l.sqlite")
+    run = Run(id="r", name="r", status="finished", started_at=1.7e9, start_mono=1.0,
+              gpu_energy_j={"GPU-0": 900.0}, gpu_seconds={"GPU-0": 30.0},
+              gpu_idle_energy_j=150.0, attribution_s={"activity": 20.0, "equal": 10.0})  # fmt: skip
+    bare = Run(id="b", name="b", status="running", started_at=1.7e9, start_mono=1.0)
+    rows = [run_to_row(r, marks={}, gpu_source="simulated", energy_source="counter",
+                       flushed_mono=2.0) for r in (run, bare)]  # fmt: skip
+    ledger.write(rows, [("r", "GPU-0", "A100", 900.0, 30.0)], [], [])
+    back, back_bare = run_from_row(ledger.run("r")), run_from_row(ledger.run("b"))
+    ledger.close()
+    assert back.attribution_s == {"activity": 20.0, "equal": 10.0}
+    assert back.attribution == "mixed" and back.gpu_idle_energy_j == 150.0
+    assert back_bare.attribution is None and back_bare.gpu_idle_energy_j is None

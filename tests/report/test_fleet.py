@@ -48,7 +48,7 @@ def test_fleet_report_from_prometheus_equals_the_sum_of_the_ledgers(tmp_path):
         ]
         for t in trainings:
             assert t.wait(120) == 0, t.stderr.read().decode()
-        ledgers = []
+        ledgers, ledger_runs = [], {}
         for i, d in enumerate(daemons):
             wait_for(lambda d=d, i=i: any(r["id"] == f"fleet-{i}" and r["status"] != "running"
                                           for r in d.runs()), what="the run to end")  # fmt: skip
@@ -56,6 +56,7 @@ def test_fleet_report_from_prometheus_equals_the_sum_of_the_ledgers(tmp_path):
             out = run_cli(d.env, "report", "--month", month, "--format", "json")
             assert out.returncode == 0, out.stderr
             ledgers.append(json.loads(out.stdout)["totals"])
+            ledger_runs.update({r["id"]: r for r in json.loads(out.stdout)["runs"]})
         time.sleep(3)  # a few scrapes of the final values
         assert promql(base, 'count(profiler_run_info{status="finished"})')[0]["value"][1] == "2"
         out = run_cli(daemons[0].env, "report", "--prometheus", base, "--month", month,
@@ -74,6 +75,15 @@ def test_fleet_report_from_prometheus_equals_the_sum_of_the_ledgers(tmp_path):
         hosts = {g["value"]: g for g in fleet["groups"]["host"]}
         assert set(hosts) == {"node-a", "node-b"}
         assert hosts["node-b"]["steps"] == 500
+        # each run's split basis and idle share (issue 16): the ledger's, from Prometheus too
+        for run in fleet["runs"]:
+            mine = ledger_runs[run["id"]]
+            assert run["attribution"] == mine["attribution"] is not None, run["id"]
+            assert run["gpu_idle_share"] == pytest.approx(mine["gpu_idle_share"], rel=1e-6)
+        assert fleet["gpu_hours_by_basis"] == pytest.approx(
+            {k: sum(ledger_runs[r["id"]]["gpu_hours_by_basis"].get(k, 0.0) for r in fleet["runs"])
+             for k in fleet["gpu_hours_by_basis"]}, rel=1e-6,
+        )  # fmt: skip
         bad = run_cli(daemons[0].env, "report", "--prometheus", "http://127.0.0.1:9",
                       "--month", month)  # fmt: skip
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cannot query" in bad.stderr

@@ -212,10 +212,14 @@ def test_real_nvml_is_unavailable_here() -> None:
 def test_discover_auto_without_gpu_returns_none_with_the_reason() -> None:
     sensor, text = discover_gpu_sensor("auto")
     assert sensor is None
-    assert text == (
-        "no GPU found: NVML did not initialise (NVML Shared Library Not Found); "
-        "set PROFILER_GPU=simulated to use the simulated GPU"
+    # one line: NVML's reason, then amdsmi's (tried next: tests/sensors/test_amdsmi.py), then
+    # what to do
+    assert text.startswith(
+        "no GPU found: NVML did not initialise (NVML Shared Library Not Found): no NVIDIA driver "
+        "found; amdsmi "
     )
+    assert text.endswith("; set PROFILER_GPU=simulated (or simulated-amd) to use a simulated GPU")
+    assert "\n" not in text
     with pytest.raises(SensorUnavailable, match="no NVIDIA driver found"):
         discover_gpu_sensor("nvml")
 
@@ -243,7 +247,7 @@ def test_discover_none_and_simulated() -> None:
         ("simulated:A200", "unknown simulated GPU model 'A200'; allowed models: A100-SXM4-40GB, "),
         ("simulated:T4:0", "COUNT must be an integer from 1 to 64, got '0'"),
         ("simulated:T4:2:1", "expected simulated"),
-        ("cuda", "expected auto, nvml, none or simulated"),
+        ("cuda", "expected auto, nvml, amdsmi, none, simulated"),
     ],
 )
 def test_discover_rejects_bad_specs_clearly(spec: str, message: str) -> None:

@@ -286,9 +286,10 @@ def test_scripted_devices_have_no_activity_said_once_and_no_error() -> None:
 
 
 class OldNVML(SimulatedNVML):
-    """An nvidia-ml-py without nvmlDeviceGetProcessUtilization."""
+    """An nvidia-ml-py without either per-process utilization call."""
 
     nvmlDeviceGetProcessUtilization = None  # type: ignore[assignment]
+    nvmlDeviceGetProcessesUtilizationInfo = None  # type: ignore[assignment]
 
 
 def test_a_pynvml_without_the_call_means_no_activity() -> None:
@@ -328,3 +329,117 @@ def test_real_cpu_load_busy_process_gets_most_of_the_active_energy() -> None:
         for p in (busy, idle):
             p.kill()
             p.wait(timeout=10)
+
+
+# ---- nvmlDeviceGetProcessesUtilizationInfo (newer drivers), preferred when present
+
+
+class CountingNVML(SimulatedNVML):
+    """The simulator, counting which per-process utilization call the sensor makes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[str] = []
+
+    def nvmlDeviceGetProcessesUtilizationInfo(self, handle, timeStamp):
+        self.calls.append("info")
+        return super().nvmlDeviceGetProcessesUtilizationInfo(handle, timeStamp)
+
+    def nvmlDeviceGetProcessUtilization(self, handle, lastSeenTimeStamp):
+        self.calls.append("legacy")
+        return super().nvmlDeviceGetProcessUtilization(handle, lastSeenTimeStamp)
+
+
+def test_the_newer_call_gives_the_same_samples_shaped_like_pynvmls_struct(two_pids) -> None:
+    a, b = two_pids
+    clock, sim = shared_gpu(two_pids, (0.6, 0.2))
+    h = sim.nvmlDeviceGetHandleByIndex(0)
+    for k in range(1, 31):
+        at(sim, clock, k / 10)
+    info = sim.nvmlDeviceGetProcessesUtilizationInfo(h, 1_000_000)
+    legacy = sim.nvmlDeviceGetProcessUtilization(h, 1_000_000)
+    fields = [name for name, _type in pynvml.c_nvmlProcessUtilizationInfo_v1_t._fields_]
+    assert fields == ["timeStamp", "pid", "smUtil", "memUtil", "encUtil", "decUtil", "jpgUtil",
+                      "ofaUtil"]  # fmt: skip
+    assert [tuple(getattr(s, f) for f in fields) for s in info] == [
+        (s.timeStamp, s.pid, s.smUtil, s.memUtil, 0, 0, 0, 0) for s in legacy
+    ]
+    assert {(s.pid, s.timeStamp, s.smUtil) for s in info} == {
+        (a, 2_000_000, 60), (b, 2_000_000, 20), (a, 3_000_000, 60), (b, 3_000_000, 20)
+    }  # fmt: skip
+    with pytest.raises(pynvml.NVMLError_NotFound):  # nothing newer than the last one seen
+        sim.nvmlDeviceGetProcessesUtilizationInfo(h, 3_000_000)
+    sim.set_processes_utilization_info_supported(0, False)  # a driver without the call
+    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+        sim.nvmlDeviceGetProcessesUtilizationInfo(h, 0)
+    assert sim.nvmlDeviceGetProcessUtilization(h, 2_000_000)  # the older call still answers
+    sim.set_process_utilization_supported(0, False)  # a GPU without per-process utilization
+    sim.set_processes_utilization_info_supported(0, True)
+    for call in (sim.nvmlDeviceGetProcessesUtilizationInfo, sim.nvmlDeviceGetProcessUtilization):
+        with pytest.raises(pynvml.NVMLError_NotSupported):
+            call(h, 0)
+
+
+def readings_of(sensor: NvmlSensor, clock: FakeClock, k0: int, k1: int) -> list:
+    out = []
+    for k in range(k0, k1):
+        clock.now = k / 10
+        [s] = sensor.sample()
+        if s.process_activity is not None:
+            out.append((round(s.t_s, 6), s.process_activity))
+    return out
+
+
+def test_the_sensor_prefers_the_newer_call_and_falls_back_to_the_older_one(two_pids) -> None:
+    a, b = two_pids
+    clock = FakeClock()
+    sim = CountingNVML(clock=clock, noise=0.0)
+    sim.nvmlInit()
+    for pid, load in ((a, 0.8), (b, 0.1)):
+        sim.attach_process(pid, 0)
+        sim.set_process_load(pid, load)
+    sensor = NvmlSensor(sim, clock=clock)
+    assert readings_of(sensor, clock, 1, 31)[1:] == [(2.0, {a: 0.8, b: 0.1}),
+                                                     (3.0, {a: 0.8, b: 0.1})]  # fmt: skip
+    assert set(sim.calls) == {"info"}
+    # the driver turns out not to have it (FunctionNotFound): the older call, same readings,
+    # no error counted, activity still on
+    sim.set_processes_utilization_info_supported(0, False)
+    sim.calls.clear()
+    assert readings_of(sensor, clock, 31, 61) == [(4.0, {a: 0.8, b: 0.1}),
+                                                  (5.0, {a: 0.8, b: 0.1}),
+                                                  (6.0, {a: 0.8, b: 0.1})]  # fmt: skip
+    assert sim.calls == ["info", "legacy", "legacy", "legacy"]  # the newer one asked once
+    assert sensor.errors == {}
+    assert "per-process activity" not in sensor.describe()
+
+
+class NoInfoNVML(CountingNVML):
+    """An nvidia-ml-py older than 12.550: no nvmlDeviceGetProcessesUtilizationInfo at all."""
+
+    def __getattribute__(self, name: str):
+        if name == "nvmlDeviceGetProcessesUtilizationInfo":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+def test_a_pynvml_without_the_newer_call_uses_the_older_one(two_pids) -> None:
+    a, b = two_pids
+    clock = FakeClock()
+    sim = NoInfoNVML(clock=clock, noise=0.0)
+    sim.nvmlInit()
+    sim.attach_process(a, 0)
+    sim.set_process_load(a, 0.5)
+    sensor = NvmlSensor(sim, clock=clock)
+    assert readings_of(sensor, clock, 1, 31)[1:] == [(2.0, {a: 0.5}), (3.0, {a: 0.5})]
+    assert set(sim.calls) == {"legacy"} and sensor.errors == {}
+
+
+def test_not_found_from_the_newer_call_is_a_reading_not_a_fallback(two_pids) -> None:
+    clock = FakeClock()
+    sim = CountingNVML(clock=clock, noise=0.0)
+    sim.nvmlInit()
+    sim.attach_process(two_pids[0], 0)  # holds the GPU, never busy: no sample
+    sensor = NvmlSensor(sim, clock=clock)
+    assert readings_of(sensor, clock, 1, 31) == [(1.0, {}), (2.0, {}), (3.0, {})]
+    assert set(sim.calls) == {"info"} and sensor.errors == {}
