@@ -12,7 +12,9 @@ Subcommands (each prints one JSON line on stdout; energies in joules, times mono
 ``zeus-run``
     ``ZeusMonitor`` (GPU 0, no CPU) with one window over the run: energy-counter difference.
 ``zeus-steps``
-    ``ZeusMonitor`` windows around each step of a per-step script, for step lengths in turn.
+    ``ZeusMonitor`` windows around each step of a per-step script, for step lengths in turn;
+    ``--counter-update-s U``: the simulated counter advances every U seconds, as a real one
+    does, instead of continuously.
 ``codecarbon-idle``
     ``EmissionsTracker()`` started at once and left running (for the footprint benchmark); prints
     ``started`` when ``start()`` returned (with the GPUs it detected) and runs until killed.
@@ -120,6 +122,7 @@ def zeus_steps(args: argparse.Namespace) -> dict[str, Any]:
     phases, offsets = concat(scripts)
     t0 = time.monotonic() + ZEUS_STARTUP_S  # the trace starts once Zeus is imported and set up
     sim = make_sim([phases], t0)
+    sim.set_counter_update_s(args.counter_update_s)  # 0: the continuous counter
     monitor = zeus_monitor(sim)
     late = time.monotonic() - t0
     out: dict[str, Any] = {"peer": "zeus", "lengths": {}, "setup_late_s": max(0.0, late)}
@@ -169,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--lengths", type=float, nargs="*", default=[])
     parser.add_argument("--counts", type=int, nargs="*", default=[])
+    parser.add_argument(
+        "--counter-update-s", type=float, default=0.0,
+        help="zeus-steps: the simulated counter advances every this many seconds (0: always)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "codecarbon-idle":
         codecarbon_idle(args)

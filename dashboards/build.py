@@ -255,6 +255,34 @@ run_panels = [
         "of the GPU's, the parent GPU's uuid), and the runs' GPU energy (kWh) per instance. "
         "Empty when no GPU is in MIG mode.",
     ),
+    panel(
+        "Budget",
+        [
+            (
+                f"max by (run, scope) (profiler_run_budget_spent{{{R}}})",
+                "spent {{run}} ({{scope}})",
+            ),
+            (
+                f"max by (run, scope, source) (profiler_run_budget_amount{{{R}}})",
+                "budget {{run}} ({{scope}}: {{source}})",
+            ),
+        ],
+        unit="currencyUSD",
+        desc="Spend against each budget that applies to the run (its own: track(budget=), "
+        "profiler run --budget or [budget] per_run; its project's month on this node: "
+        "[budget.projects]), in the run's currency, as of the daemon's last check. Empty for "
+        "runs without a budget.",
+    ),
+    panel(
+        "Budget events",
+        f"max by (run, event) (profiler_run_budget_events_total{{{R}}})",
+        "table",
+        None,
+        legend="{{run}}: {{event}}",
+        desc="Warnings (at warn_at of the budget, or when the projected cost first exceeds it) "
+        "and stops (the run ends with status budget_exceeded) the daemon gave the run. Empty "
+        "until one is given.",
+    ),
 ]
 training = {
     "title": "ML profiler: training run (live)",

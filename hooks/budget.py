@@ -55,7 +55,10 @@ class BudgetExceeded(Exception):  # noqa: N818 - the name the README and the iss
 class BudgetReply:
     """One reply from the daemon: ``event`` is ``warn``, ``stop`` or ``refused``; money in
     ``currency``; ``projected`` None when unknown; ``at_step`` the step after which every rank
-    stops (0: the next one); ``text`` the line to show."""
+    stops (0: the next one); ``text`` the line to show. ``hooked`` (to ``profiler run``'s
+    wrapper only): a hooked process of the run has its own reply address, so it prints the
+    line and stops itself at a step boundary; the wrapper then stays quiet and signals only if
+    the command is still running after its grace."""
 
     run: str
     event: str
@@ -65,6 +68,7 @@ class BudgetReply:
     currency: str
     at_step: int
     text: str
+    hooked: bool = False
 
 
 def parse_reply(data: bytes) -> BudgetReply | None:
@@ -86,6 +90,7 @@ def parse_reply(data: bytes) -> BudgetReply | None:
             currency=str(body.get("currency", "")),
             at_step=int(body.get("at_step") or 0),
             text=str(body.get("text", ""))[:500],
+            hooked=body.get("hooked") is True,
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -113,7 +118,7 @@ class BudgetFlag:
         self.warned = False
         self.refused = False
         self.replies = 0  # accepted replies
-        self.rejected = 0  # replies not from the daemon's user, or not a budget reply
+        self.rejected = 0  # not from the daemon's user, not a budget reply, or another run's
         self._lock = threading.Lock()
 
     def apply(self, reply: BudgetReply) -> None:
@@ -153,10 +158,18 @@ def _say(text: str) -> None:
 
 
 def read_replies(
-    sock: socket.socket, flag: BudgetFlag, daemon_uid: int | None, closing: threading.Event
+    sock: socket.socket,
+    flag: BudgetFlag,
+    daemon_uid: int | None,
+    closing: threading.Event,
+    run: str | None = None,
 ) -> None:
     """Until ``closing`` (or the socket is closed), read replies on ``sock`` and give those
-    the daemon's user (``daemon_uid``, or root) sent to ``flag``; waits in ``select``."""
+    the daemon's user (``daemon_uid``, or root) sent for ``run`` (any run when None) to
+    ``flag``; waits in ``select``. The run is checked too: an abstract address the daemon
+    learnt may since name another process (its owner exited and the kernel gave the name
+    out again, or the hook is in another network namespace than the daemon), and the
+    daemon's uid is on every reply, so a stop meant for one run must not end another."""
     import select
 
     ancillary = socket.CMSG_SPACE(_UCRED.size)
@@ -171,8 +184,11 @@ def read_replies(
         except (OSError, ValueError):  # the socket was closed: the client is done
             return
         uid = sender_uid(ancdata)
+        if uid is None or uid not in (daemon_uid, 0):  # the kernel's word first: no parsing
+            flag.rejected += 1  # of a stranger's datagram
+            continue
         reply = parse_reply(data)
-        if reply is None or uid is None or uid not in (daemon_uid, 0):
+        if reply is None or (run is not None and reply.run != run):
             flag.rejected += 1
             continue
         flag.apply(reply)

@@ -478,7 +478,7 @@ class Client:
         except OSError:
             daemon_uid = None
         self._reading = True
-        read_replies(self._sock, self.budget, daemon_uid, self._closing)
+        read_replies(self._sock, self.budget, daemon_uid, self._closing, self.run_id)
 
     def _start_daemon(self) -> bool:
         try:

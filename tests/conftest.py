@@ -7,15 +7,26 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from profiler.cost.pricing import Pricing
+    from profiler.sensors.base import GpuSensor
+
 REPO = Path(__file__).resolve().parent.parent
+# a process whose hook declares its device and steps: SECONDS DEVICE RUN_ID NAME
+DECLARED_STEPS = REPO / "tests" / "scripts" / "declared_steps.py"
+# a busy torch training with the one-line hook, printing steps=N: SECONDS NAME RUN_ID
+BUSY_TORCH = REPO / "tests" / "scripts" / "busy_torch.py"
 
 
 def profiler_env(home: Path, **extra: str) -> dict[str, str]:
@@ -93,6 +104,65 @@ def start_daemon(home: Path, **extra: str) -> DaemonProcess:
     raise AssertionError("daemon did not start: " + (home / "test-daemon.log").read_text())
 
 
+def http_text(url: str) -> str:
+    """The body of ``url`` (a ``/metrics`` page, say) as text."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+@contextmanager
+def service_in_thread(home: Path, sensor: GpuSensor, pricing: Pricing | None = None):
+    """The real daemon service (socket, ``/metrics`` server, main loop on the real clock) on
+    ``sensor``, on a new private ``home``, run in a thread of this process so that the test can
+    read the simulator's ground truth; yields (daemon, service), stopped on exit. The service is
+    started, run and shut down in that thread (the ledger's SQLite connection belongs to the
+    thread that opened it)."""
+    from profiler.config import Config
+    from profiler.daemon.core import Daemon
+    from profiler.daemon.service import Service
+
+    home.mkdir(mode=0o700)
+    config = Config(home=home, metrics_port=0, sample_interval_s=0.05, flush_interval_s=0.5,
+                    finished_run_ttl_s=600.0)  # fmt: skip
+    d = Daemon(config, gpu_sensor=sensor, pricing=pricing)
+    service = Service(d)
+    ready = threading.Event()
+
+    def serve() -> None:
+        service.start()
+        ready.set()
+        try:
+            service.run()
+        finally:
+            service.shutdown()
+
+    thread = threading.Thread(target=serve, name="daemon", daemon=True)
+    thread.start()
+    assert ready.wait(timeout=30), "the daemon did not start"
+    try:
+        yield d, service
+    finally:
+        service.stop_event.set()
+        thread.join(timeout=30)
+
+
+def start_configured_daemon(home: Path, toml: str, **extra: str) -> DaemonProcess:
+    """A daemon on a new ``home`` whose ``profiler.toml`` holds ``toml`` (pricing, budgets)."""
+    home.mkdir()
+    (home / "profiler.toml").write_text(toml)
+    return start_daemon(home, **extra)
+
+
+def ended_run(d: DaemonProcess, run_id: str) -> dict:
+    """Run ``run_id`` as ``profiler runs --json`` gives it, once it has ended (waits up to 30 s)."""
+
+    def done() -> dict | None:
+        found = [r for r in d.runs() if r["id"] == run_id and r["status"] != "running"]
+        return found[0] if found else None
+
+    return wait_for(done, timeout=30, what=f"run {run_id} to end")
+
+
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     d = start_daemon(tmp_path / "home")
@@ -119,6 +189,32 @@ def process_tree():
         except ProcessLookupError:
             pass
     child.wait()
+
+
+def sleeping_processes(n: int) -> Iterator[tuple[int, ...]]:
+    """``n`` living processes for a simulated GPU to attach (their loads are set by the test);
+    killed and reaped afterwards."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(n)
+    ]
+    try:
+        yield tuple(p.pid for p in procs)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture
+def two_pids() -> Iterator[tuple[int, ...]]:
+    """Two living processes (pids) for a simulated GPU to attach."""
+    yield from sleeping_processes(2)
+
+
+@pytest.fixture
+def three_pids() -> Iterator[tuple[int, ...]]:
+    """Three living processes (pids) for a simulated GPU to attach."""
+    yield from sleeping_processes(3)
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):

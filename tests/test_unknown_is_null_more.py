@@ -68,8 +68,9 @@ def test_no_gpu_sensor_runs_table_shows_dash(no_gpu):
     table = run_cli(d.env, "runs")
     assert table.returncode == 0, table.stderr
     cells = next(ln for ln in table.stdout.splitlines() if ln.startswith("nogpu")).split()
-    # ... STEPS SAMPLES GPU-kWh GPU-h COST CO2: GPU-h and cost unknown, never 0
-    assert cells[-6:-1][:4] == ["-", "-", "n/a", "-"]
+    # ... STEPS SAMPLES GPU-kWh GPU-h COST CO2 BUDGET: GPU-h and cost unknown, never 0
+    assert cells[-7:-2][:4] == ["-", "-", "n/a", "-"]
+    assert cells[-1] == "-"  # no budget
     assert "0.0000" not in " ".join(cells)
 
 

@@ -39,11 +39,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from profiler.accounting.devices import DeviceState, SharePiece, Sharing
-from profiler.accounting.energy import CounterMark, EnergyCurve, Holder
+from profiler.accounting.energy import (
+    CounterMark,
+    EnergyCurve,
+    Holder,
+    holder_pieces,
+    step_bound_j,
+)
 from profiler.accounting.mig import MigHold, MigShare, split_mig
 from profiler.accounting.rollups import RollupFor, add_priced, minute
 from profiler.accounting.runs import Run
@@ -225,7 +230,10 @@ def holders(
                 if nearest is None:
                     nearest = nearest_runs(on_device, runs, ancestors)
                 seen = run.id in nearest
-            if not seen or not run.live:
+            # a run that ended after t0 is first seen here too: on a device with per-process
+            # activity the split lags up to ACTIVITY_WAIT_S, so a short run may end before the
+            # first split covering its life (it holds the device up to its end, never past it)
+            if not seen or (not run.live and run.end_mono is None):
                 continue
             since = max(run.start_mono, t0)
             run.device_since[dev.uuid] = since
@@ -253,7 +261,10 @@ def owners(pids: Iterable[int], owner: dict[int, str], ancestors: Ancestors) -> 
     owns are left out."""
     out = {}
     for pid in pids:
-        for candidate in (pid, *ancestors(pid)):
+        if pid in owner:  # its own (the lineage is looked up only when needed)
+            out[pid] = owner[pid]
+            continue
+        for candidate in ancestors(pid):
             if candidate in owner:
                 out[pid] = owner[candidate]
                 break
@@ -346,18 +357,10 @@ def split_shared(
     Without idle power or activity it is the equal split of
     :func:`profiler.accounting.energy.split_interval`. Each piece several runs hold is added to
     ``pieces`` (when given) with each run's fraction of its energy, for the steps in it."""
-    clipped = []
-    for h in holders:
-        start = max(t0_s, h.start_s)
-        end = t1_s if h.end_s is None else min(t1_s, h.end_s)
-        if end > start:
-            clipped.append((h.run, start, end))
-    points = {t0_s, t1_s, *(c for c in cuts if t0_s < c < t1_s)}
-    points.update(t for _run, s, e in clipped for t in (s, e))
     out = SharedShare()
-    for lo, hi in pairwise(sorted(points)):
+    for lo, hi, held in holder_pieces(holders, t0_s, t1_s, cuts):
         piece_j = curve.energy_between(lo, hi)
-        active = [run for run, s, e in clipped if s <= lo and e >= hi]
+        active = [h.run for h in held]
         if not active:
             out.idle_j += piece_j
             continue
@@ -406,7 +409,12 @@ def resolve_steps(runs: dict[str, Run], devices: dict[str, DeviceState], now: fl
     piece's energy (:func:`split_shared`, :func:`profiler.accounting.mig.split_mig`: the same
     basis as the run's energy; on a MIG GPU a run alone gets its instance's share too). Where
     the split kept no pieces for the step (pieces older than the device keeps) it gets the
-    step's energy divided by the number of holders at its middle."""
+    step's energy divided by the number of holders at its middle.
+
+    Each step's figure comes with its bound (:func:`profiler.accounting.energy.step_bound_j`,
+    summed over devices; ``run.step_bound_joules``), and steps are gathered into windows of
+    at least 10 s whose joules per step are stated with their own, much smaller, bound
+    (:mod:`profiler.accounting.step_window`, ``run.step_window``)."""
     horizon = min((d.curve.last.t_s for d in devices.values() if d.curve.last), default=None)
     shares: dict[str, Sharing] = {}  # per device, built when first needed in this pass
     for run in runs.values():
@@ -422,24 +430,39 @@ def resolve_steps(runs: dict[str, Run], devices: dict[str, DeviceState], now: fl
                 keep.append(p)
                 continue
             mid = (p.start_mono + p.end_mono) / 2
-            parts = []
+            parts: list[float] = []
+            bounds: list[float | None] = []  # per device: how far its part may be off
+            by_device: dict[str, float] = {}  # per device uuid: its part
+            wholes: dict[str, float] = {}  # per device uuid: the device's energy in the step
             for dev in held:
                 if dev.uuid not in shares:
                     shares[dev.uuid] = sharing(dev, runs)
                 n = shares[dev.uuid].holders_at(mid)
                 whole = dev.curve.energy_between(p.start_mono, p.end_mono)
+                wholes[dev.uuid] = whole
                 if n <= 1 and not dev.mig_instances:  # alone on a whole GPU: all of it
                     parts.append(whole)
+                    bounds.append(step_bound_j(dev.curve, p.start_mono, p.end_mono, whole))
+                    by_device[dev.uuid] = whole
                     continue
                 if dev.attributed_to is None or dev.attributed_to < p.end_mono:
                     break  # its share is known once the device's split passes its end
                 share = step_share(dev, run.id, p.start_mono, p.end_mono)
                 parts.append(whole / n if share is None else share)
+                bounds.append(step_bound_j(dev.curve, p.start_mono, p.end_mono, parts[-1]))
+                by_device[dev.uuid] = parts[-1]
             if len(parts) < len(held):
                 keep.append(p)
                 continue
             joules = sum(parts)
             run.step_joules.observe(joules)
+            if all(b is not None for b in bounds):  # unknown for one device: none stated
+                run.step_bound_joules.observe(sum(b for b in bounds if b is not None))
+            run.step_window_open.add(p.start_mono, p.end_mono, by_device, wholes)
+            if run.step_window_open.full:  # its steps span STEP_WINDOW_S: state the window
+                curves = {dev.uuid: dev.curve for dev in held}
+                window = run.step_window_open.close(curves, run.batch_size)
+                run.step_window = window or run.step_window  # unknown bound: keep the last
             run.step_energy_sum_j += joules
             run.steps_with_energy += 1
         run.pending = keep

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from profiler.accounting.energy import CounterTrack, EnergyCurve
+from profiler.accounting.idle_floor import MEASURED_FLOOR, MODEL, IdleFloor
 from profiler.sensors.base import CpuSample, GpuSample, MigInstance
 
 ACTIVITY_MAX_AGE_S = 5.0
@@ -59,8 +60,11 @@ class DeviceState:
     counter: CounterTrack = field(default_factory=CounterTrack)  # the driver's raw counter
     # (monotonic seconds, utilization ratio) of recent samples, for judging idle intervals.
     utilization: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=256))
-    # The device's idle power (watts) as the sensor last gave it; None when unknown.
+    # The device's idle power (watts): the sensor's figure, else the measured floor; None when
+    # unknown. ``idle_power_source`` says which ("model" or "measured_floor"; None: unknown).
     idle_power_w: float | None = None
+    idle_power_source: str | None = None
+    idle_floor: IdleFloor = field(default_factory=IdleFloor)
     # Where per-process activity comes from ("nvml_process_utilization", "simulated"); None
     # while the sensor has given none for this device.
     activity_source: str | None = None
@@ -75,6 +79,18 @@ class DeviceState:
     shown_runs: set[str] = field(default_factory=set)
     # The pieces of the latest splits where several runs held the device, oldest first.
     share_pieces: deque[SharePiece] = field(default_factory=lambda: deque(maxlen=SHARE_PIECES_KEPT))
+
+    def observe_idle_power(self, s: GpuSample, held: bool) -> None:
+        """Set the idle power from sample ``s``: the sensor's figure where it gives one (source
+        "model"), else the measured floor (:class:`~profiler.accounting.idle_floor.IdleFloor`),
+        fed ``s.power_w`` when the device is truly idle (no process listed and not ``held`` by
+        a run); unknown (None, never 0) until that floor exists."""
+        if s.idle_power_w is not None:
+            self.idle_power_w, self.idle_power_source = s.idle_power_w, MODEL
+            return
+        self.idle_floor.observe(s.power_w, idle=not held and not s.processes)
+        self.idle_power_w = self.idle_floor.watts
+        self.idle_power_source = None if self.idle_power_w is None else MEASURED_FLOOR
 
     def observe_instances(self, s: GpuSample) -> None:
         """Keep the MIG instances of sample ``s`` and its processes' instances (bounded)."""

@@ -33,10 +33,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 from profiler.accounting.devices import SharePiece
-from profiler.accounting.energy import EnergyCurve, Holder
+from profiler.accounting.energy import EnergyCurve, Holder, holder_pieces
 from profiler.sensors.base import MigInstance
 
 RunActivity = Callable[[float, float], dict[str, float] | None]
@@ -118,18 +117,9 @@ def split_mig(
     piece and its holders), else split equally among its holders keyed by ``parent_uuid``.
     Each piece split by instance is added to ``pieces`` (when given) with each run's fraction
     of its energy, for the steps in it (``split_whole`` keeps its own pieces)."""
-    clipped = []
-    for h in holders:
-        start = max(t0_s, h.start_s)
-        end = t1_s if h.end_s is None else min(t1_s, h.end_s)
-        if end > start:
-            clipped.append((h, start, end))
-    points = {t0_s, t1_s, *(c for c in cuts if t0_s < c < t1_s)}
-    points.update(t for _h, s, e in clipped for t in (s, e))
     out = MigShare()
-    for lo, hi in pairwise(sorted(points)):
+    for lo, hi, active in holder_pieces(holders, t0_s, t1_s, cuts):
         piece_j = curve.energy_between(lo, hi)
-        active = [h for h, s, e in clipped if s <= lo and e >= hi]
         if not active:
             out.idle_j += piece_j
             continue

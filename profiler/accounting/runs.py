@@ -10,9 +10,11 @@ from __future__ import annotations
 import bisect
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from profiler.accounting.energy import percentile
 from profiler.accounting.mig import MigHold
+from profiler.accounting.step_window import StepWindow, WindowAccumulator
 from profiler.cost.records import RunCost
 from profiler.ingest.messages import StepExtras
 
@@ -179,10 +181,18 @@ class Run:
     steps_with_energy: int = 0
     step_seconds: Histogram = field(default_factory=lambda: Histogram(STEP_SECONDS_BUCKETS))
     step_joules: Histogram = field(default_factory=lambda: Histogram(STEP_JOULES_BUCKETS))
+    # Per step, how far its energy figure may be from the truth (joules; energy.step_bound_j).
+    step_bound_joules: Histogram = field(default_factory=lambda: Histogram(STEP_JOULES_BUCKETS))
+    # The latest closed window of steps and the open one (profiler.accounting.step_window).
+    step_window: StepWindow | None = None
+    step_window_open: WindowAccumulator = field(default_factory=WindowAccumulator)
     pending: list[PendingStep] = field(default_factory=list)
     # Device UUID -> monotonic time from which the run holds it.
     device_since: dict[str, float] = field(default_factory=dict)
     bye_status: str | None = None
+    # The budgets that apply to the run as of the daemon's last check (profiler.budget): one
+    # dict each (amount, scope, source, on_exceed, warn_at; money in the pricing's currency).
+    budgets: list[dict[str, Any]] = field(default_factory=list)
     # The user the run belongs to (kernel uid of the process that opened it, or of the process
     # a proxy opened it for); None without credentials. Other users' messages (root's aside)
     # for the run are refused.

@@ -22,13 +22,14 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from hooks import wire
 from profiler.budget.decision import Budget, BudgetEvent, BudgetMark, decide
 from profiler.budget.settings import BudgetSettings
 from profiler.cost.meter import projected
+from profiler.ledger.store import LedgerError
 
 if TYPE_CHECKING:
     from profiler.accounting.runs import Run
@@ -79,6 +80,7 @@ class BudgetEnforcer:
         self.wall = wall
         self.given: dict[str, Budget] = {}  # run id -> a budget the run declared
         self.addresses: dict[str, dict[int, bytes]] = {}  # run id -> pid -> reply address
+        self.proxies: dict[str, set[int]] = {}  # run id -> pids of `profiler run` wrappers
         self.marks: dict[tuple[str, str], BudgetMark] = {}
         self.stops: dict[str, dict[str, object]] = {}  # run id -> the stop reply sent
         self.refused: set[str] = set()
@@ -88,7 +90,9 @@ class BudgetEnforcer:
         # (run, scope) -> (the budget, spent against it) as of the last check, for /metrics
         self.latest: dict[tuple[str, str], tuple[Budget, float]] = {}
         self.send_errors = 0
+        self._unreachable: set[tuple[str, int]] = set()  # (run, pid) a stop did not reach
         self._project_spend: dict[str, tuple[float, float]] = {}  # project -> (spent, at)
+        self._restored: set[str] = set()  # runs of a previous daemon whose events were read
         self._sock: socket.socket | None = None
 
     # ---- what applies ------------------------------------------------------------------------
@@ -109,12 +113,15 @@ class BudgetEnforcer:
         known = self.addresses.setdefault(run.id, {})
         new = known.get(msg.sender.pid) != msg.reply_to
         known[msg.sender.pid] = msg.reply_to
+        if msg.proxy:
+            self.proxies.setdefault(run.id, set()).add(msg.sender.pid)
         if not new:
             return
         if self.budgets(run) and not self.priced():
             self._send(msg.reply_to, self._refusal(run))
         elif run.id in self.stops:
-            self._send(msg.reply_to, self.stops[run.id])
+            reply = self._for(run, msg.sender.pid, self.stops[run.id])
+            self._send(msg.reply_to, reply, run.id, msg.sender.pid)
 
     def budgets(self, run: Run) -> list[Budget]:
         """The budgets that apply to ``run``: its own (declared, else ``per_run``) and its
@@ -138,12 +145,20 @@ class BudgetEnforcer:
     def check(self, runs: dict[str, Run], ledger: Ledger | None, now_mono: float) -> None:
         """Decide for every live run from its priced figures; send and keep the events."""
         self._forget(runs)
+        for run in list(runs.values()):
+            if run.restored and run.id not in self._restored:
+                self.restore(run, ledger)
         if not self.priced():
             return
         for run in list(runs.values()):
             if not run.live:
                 continue
-            for budget in self.budgets(run):
+            applying = self.budgets(run)
+            described = [asdict(b) for b in applying]
+            if run.budgets != described:  # kept in the run's row: `profiler runs` shows it
+                run.budgets = described
+                run.dirty = True
+            for budget in applying:
                 spent, proj = self._figures(run, budget, runs, ledger)
                 self.latest[(run.id, budget.scope)] = (budget, spent)
                 mark = self.marks.setdefault((run.id, budget.scope), BudgetMark())
@@ -160,9 +175,49 @@ class BudgetEnforcer:
                     del table[key]
             for key in [k for k in self.counts if k[0] == run_id]:
                 del self.counts[key]
-            for mapping in (self.addresses, self.given, self.stops):
+            for mapping in (self.addresses, self.given, self.stops, self.proxies):
                 mapping.pop(run_id, None)
             self.refused.discard(run_id)
+            self._unreachable = {k for k in self._unreachable if k[0] != run_id}
+            self._restored.discard(run_id)
+
+    def restore(self, run: Run, ledger: Ledger | None) -> None:
+        """A run continued from a previous daemon's ledger: what was decided for it (its
+        ``budget_events``) is decided already, so a warning or a stop is never given twice; a
+        run stopped stays stopped (its processes that say hello are told again), and the budget
+        it declared applies until its processes say hello again."""
+        if ledger is None:
+            return
+        try:
+            rows = ledger.query(
+                "SELECT * FROM budget_events WHERE run_id = ? ORDER BY at", (run.id,)
+            )
+        except LedgerError as e:
+            log.warning("budget events of run %s not read (%s); read on the next check", run.id, e)
+            return
+        self._restored.add(run.id)
+        for b in run.budgets:
+            if b.get("scope") == "run" and b.get("source") in ("track", "profiler run"):
+                self.given.setdefault(run.id, Budget(**{k: b[k] for k in _BUDGET_KEYS if k in b}))
+        for r in rows:
+            mark = self.marks.setdefault((run.id, r["scope"]), BudgetMark())
+            mark.warned = True  # a stop is given with a warning, when none was before it
+            self.counts[(run.id, r["event"])] += 1
+            if r["event"] != "stop":
+                continue
+            mark.stopped = True
+            record = BudgetRecord(
+                run=run.id, at=r["at"], event="stop", reason=r["reason"], scope=r["scope"],
+                source=r["source"], spent=r["spent"], projected=r["projected"],
+                budget=r["budget"], currency=r["currency"], at_step=r["at_step"],
+            )  # fmt: skip
+            self.stops[run.id] = wire.budget_reply(
+                run.id, "stop", spent=round(r["spent"], 6),
+                projected=None if r["projected"] is None else round(r["projected"], 6),
+                budget=r["budget"], currency=r["currency"], at_step=r["at_step"],
+                text=_text(record),
+            )  # fmt: skip
+            run.bye_status = STATUS
 
     def _figures(
         self, run: Run, budget: Budget, runs: dict[str, Run], ledger: Ledger | None
@@ -193,7 +248,7 @@ class BudgetEnforcer:
                     "SELECT id, cost_gpu_time, cost_energy FROM runs "
                     "WHERE project = ? AND started_at >= ?", (project, month_start),
                 )  # fmt: skip
-            except sqlite3.Error:
+            except (sqlite3.Error, LedgerError):
                 rows = []
             total = sum(
                 (r["cost_gpu_time"] or 0.0) + (r["cost_energy"] or 0.0)
@@ -226,8 +281,25 @@ class BudgetEnforcer:
             run.bye_status = STATUS
             run.dirty = True
         log.info("budget: %s", _text(record))
-        for address in self.addresses.get(run.id, {}).values():
-            self._send(address, reply)
+        for pid, address in self.addresses.get(run.id, {}).items():
+            proc = run.processes.get(pid)
+            if proc is None or not proc.gone:  # a gone one's address may name another now
+                self._send(address, self._for(run, pid, reply), run.id, pid)
+
+    def _for(self, run: Run, pid: int, reply: dict[str, object]) -> dict[str, object]:
+        """``reply`` as process ``pid`` of ``run`` gets it: to ``profiler run``'s wrapper, with
+        ``hooked`` True when a hooked process of the run (one that said hello itself, still
+        running) has its own reply address: that process prints the line and stops itself, so
+        the wrapper stays quiet and does not signal it at once (no line twice, no signal racing
+        the training's clean exit)."""
+        proxies = self.proxies.get(run.id, set())
+        if pid not in proxies:
+            return reply
+        hooked = any(
+            other not in proxies and not getattr(run.processes.get(other), "gone", True)
+            for other in self.addresses.get(run.id, {})
+        )
+        return dict(reply, hooked=hooked)
 
     @staticmethod
     def _stop_step(run: Run) -> int:
@@ -252,15 +324,26 @@ class BudgetEnforcer:
                   "and restart the daemon"),
         )  # fmt: skip
 
-    def _send(self, address: bytes, reply: dict[str, object]) -> None:
-        """One reply datagram, never blocking; a failure (the process is gone) is counted."""
+    def _send(
+        self, address: bytes, reply: dict[str, object], run_id: str = "", pid: int = 0
+    ) -> None:
+        """One reply datagram, never blocking; a failure is counted, and a stop that did not
+        reach process ``pid`` of run ``run_id`` is said once in the log (it is not stopped)."""
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sock.setblocking(False)
             self._sock.sendto(wire.encode(reply), address)
-        except OSError:
+        except OSError as e:
             self.send_errors += 1
+            if reply.get("event") == "stop" and (run_id, pid) not in self._unreachable:
+                self._unreachable.add((run_id, pid))
+                log.warning(
+                    "budget: the stop of run %s could not reach pid %d (%s), so it is not "
+                    "stopped: it exited, or it is in another network namespace than the daemon "
+                    "(a container with its own network and the daemon's socket mounted in), "
+                    "where budget replies cannot reach it", run_id, pid, e.strerror or e,
+                )  # fmt: skip
 
     # ---- the ledger --------------------------------------------------------------------------
 
@@ -285,9 +368,23 @@ class BudgetEnforcer:
             return
         self.pending = []
 
+    def take_pending(self) -> list[tuple[object, ...]]:
+        """The events not yet in the ledger as ``budget_events`` rows, handed over (the final
+        flush writes them, or puts them in the recovery file)."""
+        rows = [
+            (r.run, r.at, r.event, r.reason, r.scope, r.source, r.spent, r.projected, r.budget,
+             r.currency, r.at_step)
+            for r in self.pending
+        ]  # fmt: skip
+        self.pending = []
+        return rows
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
+
+
+_BUDGET_KEYS = ("amount", "scope", "source", "on_exceed", "warn_at")
 
 
 def _text(r: BudgetRecord) -> str:

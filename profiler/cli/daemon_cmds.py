@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 from profiler.cli.errors import CliError
 from profiler.cli.run_records import read_runs
@@ -123,9 +124,10 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> int:
         return 0
     # SPLIT: how the run's GPU energy was split on shared GPUs (activity, equal, slices, mixed;
     # "-" no GPU time)
-    header = f"{'RUN':<36} {'NAME':<16} {'FRAMEWORK':<10} {'SPLIT':<8} {'STATUS':<11} " \
+    # BUDGET: spent/budget (the run's own, else its project's month), "-" none; "!" warned
+    header = f"{'RUN':<36} {'NAME':<16} {'FRAMEWORK':<10} {'SPLIT':<8} {'STATUS':<15} " \
              f"{'STEPS':>8} {'SAMPLES':>10} {'GPU kWh':>10} {'GPU-h':>8} {'COST':>12} " \
-             f"{'CO2 g':>9}"  # fmt: skip
+             f"{'CO2 g':>9} {'BUDGET':>15}"  # fmt: skip
     print(header)
     for r in runs:
         kwh = "n/a" if r["gpu_energy_kwh"] is None else f"{r['gpu_energy_kwh']:.5f}"
@@ -134,10 +136,10 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> int:
         co2 = "-" if r["co2_g"] is None else f"{r['co2_g']:.1f}"
         print(
             f"{r['id'][:36]:<36} {r['name'][:16]:<16} {r['framework'][:10]:<10} "
-            f"{r['attribution'] or '-':<8} {r['status']:<11} {_count(r['steps']):>8} "
+            f"{r['attribution'] or '-':<8} {r['status']:<15} {_count(r['steps']):>8} "
             f"{_count(r['samples']):>10} "
             f"{kwh + sim:>10} "
-            f"{_hours(r['gpu_seconds']):>8} {cost:>12} {co2:>9}"
+            f"{_hours(r['gpu_seconds']):>8} {cost:>12} {co2:>9} {budget_cell(r):>15}"
         )
     if any(r["simulated"] for r in runs):
         print("* measured on the simulated GPU, not hardware")
@@ -146,6 +148,18 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> int:
               "equally among the runs holding it (slices: by MIG instance size; mixed: in "
               "part)")  # fmt: skip
     return 0
+
+
+def budget_cell(r: dict[str, Any]) -> str:
+    """A run object's budget as "spent/budget" (money in its currency; "?" spent unknown),
+    "!" after it when the run was warned and not stopped; "-" without a budget."""
+    b = r.get("budget")
+    if b is None:
+        return "-"
+    spent = "?" if r.get("budget_spent") is None else f"{r['budget_spent']:.2f}"
+    events = {e["event"] for e in r.get("budget_events", [])}
+    mark = "!" if "warn" in events and "stop" not in events else ""
+    return f"{spent}/{b['amount']:.2f}{mark}"
 
 
 def _hours(seconds: float | None) -> str:

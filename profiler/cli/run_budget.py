@@ -8,6 +8,13 @@ user (the owner of ``daemon.sock``) or root sent. A warning is one line on stder
 sends the child ``--budget-signal`` (SIGINT by default), then SIGTERM after ``--budget-grace``
 seconds if the child is still there. The daemon records the run as ``budget_exceeded``.
 
+When the command is itself hooked (``track()`` or a callback said hello with its own reply
+address: the daemon's reply says ``hooked``), the hook prints the lines and stops the training
+at a step boundary by itself: the wrapper prints only that it leaves the stop to the hook, and
+sends ``--budget-signal`` only if the command is still running ``--budget-grace`` seconds later
+(then SIGTERM after another grace), so no line shows twice and no signal races the training's
+own clean exit.
+
 Without ``--budget``, a ``profiler.toml [budget] per_run`` (or a project's monthly budget) with
 ``on_exceed = "stop"`` stops the child the same way: the wrapper always listens.
 """
@@ -43,6 +50,7 @@ class BudgetWatch:
         self.grace_s = grace_s
         self.hello: dict[str, Any] | None = None
         self.stopped_at: float | None = None  # monotonic time the stop signal was sent
+        self.deferred_at: float | None = None  # a hooked command's stop: when it was received
         self.termed = False
         self.stop: BudgetReply | None = None
         self.warned = False
@@ -88,6 +96,14 @@ class BudgetWatch:
         if self.hello is not None and now - self._last_hello >= wire.HELLO_EVERY_S:
             self.say_hello(dict(self.hello, mono=now, wall=time.time()))
         self._read()
+        if self.deferred_at is not None and self.stopped_at is None:
+            if now - self.deferred_at > self.grace_s:  # the hook did not stop it in time
+                name = signal.Signals(self.stop_signal).name
+                _say(f"run {self.run_id}: the command is still running {self.grace_s:g} s "
+                     f"after its budget stop; sending it {name}")  # fmt: skip
+                self.stopped_at = now
+                self._signal(self.stop_signal)
+            return
         if self.stopped_at is not None and not self.termed and now - self.stopped_at > self.grace_s:
             self.termed = True
             self._signal(signal.SIGTERM)
@@ -109,14 +125,18 @@ class BudgetWatch:
             self._take(reply)
 
     def _take(self, reply: BudgetReply) -> None:
-        if reply.event == "warn" and not self.warned:
+        if reply.event in ("warn", "refused") and not self.warned:
             self.warned = True
-            _say(reply.text)
-        elif reply.event == "refused" and not self.warned:
-            self.warned = True
-            _say(reply.text)
+            if not reply.hooked:  # a hooked command prints it itself
+                _say(reply.text)
         elif reply.event == "stop" and self.stop is None:
             self.stop = reply
+            if reply.hooked:
+                _say(f"run {self.run_id}: budget reached; the command's hook stops it after its "
+                     f"current step ({signal.Signals(self.stop_signal).name} in "
+                     f"{self.grace_s:g} s if it is still running)")  # fmt: skip
+                self.deferred_at = time.monotonic()
+                return
             _say(f"{reply.text}; sending the command {signal.Signals(self.stop_signal).name}, "
                  f"SIGTERM {self.grace_s:g} s later if it is still running")  # fmt: skip
             self.stopped_at = time.monotonic()

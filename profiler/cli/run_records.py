@@ -54,6 +54,9 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "step_time_mean_s": row["step_time_sum_s"] / timed if timed else None,
         "step_time_p50_s": percentile(sorted(meta.get("durations", [])), 0.5),
         "step_time_p95_s": row["step_time_p95_s"],
+        # GPU joules per step (and per sample) over the latest window of >= 10 s of steps, and
+        # how far that mean may be from the truth; null before the first window closes
+        "step_energy_window": meta.get("step_window"),
         "gpu_energy_j": energy,
         "gpu_energy_kwh": energy / JOULES_PER_KWH if energy is not None else None,
         # how gpu_energy_j was split on shared GPUs: "activity" (by each process's measured
@@ -97,7 +100,51 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
         "cpu_seconds": meta.get("cpu_seconds"),
         # run metadata: Slurm job, Kubernetes pod, `profiler run --meta`
         "meta": meta.get("run_meta", {}),
+        **_budget_fields(
+            meta,
+            row.get("budget_events", []),
+            (row["cost_gpu_time"] + row["cost_energy"]) if priced else None,
+        ),
     }
+
+
+def _budget_fields(
+    meta: dict[str, Any], events: list[dict[str, Any]], cost: float | None
+) -> dict[str, Any]:
+    """The run's budget (profiler.budget), money in ``currency``: ``budget`` the run's own
+    (else its project's month; null: none applied), ``budgets`` every one that applied,
+    ``budget_spent`` spent against ``budget`` (the run's cost for a run budget, the project's
+    month at the last event for a project budget; null: unknown), ``budget_events`` the
+    warnings and stops given (``at`` unix s, ``at_step``: 0 = the step after the decision)."""
+    budgets = [
+        {k: b.get(k) for k in ("amount", "scope", "source", "on_exceed", "warn_at")}
+        for b in meta.get("budgets", [])
+    ]
+    for e in events:  # a budget known only from its events (a run of an older daemon)
+        if not any(b["scope"] == e["scope"] for b in budgets):
+            budgets.append({"amount": e["budget"], "scope": e["scope"], "source": e["source"],
+                            "on_exceed": "stop" if e["event"] == "stop" else None,
+                            "warn_at": None})  # fmt: skip
+    budget = next((b for b in budgets if b["scope"] == "run"), budgets[0] if budgets else None)
+    spent = None
+    if budget is not None:
+        if budget["scope"] == "run":
+            spent = cost
+        else:
+            spent = max((e["spent"] for e in events if e["scope"] == budget["scope"]),
+                        default=None)  # fmt: skip
+    return {
+        "budget": budget,
+        "budgets": budgets,
+        "budget_spent": spent,
+        "budget_events": [{k: e[k] for k in EVENT_KEYS} for e in events],
+    }
+
+
+EVENT_KEYS = (
+    "event", "reason", "at", "at_step", "scope", "source", "spent", "projected", "budget",
+    "currency",
+)  # fmt: skip
 
 
 def _ranks(meta: dict[str, Any]) -> list[dict[str, Any]]:

@@ -80,6 +80,12 @@ class RunView:
     projected_end: float | None = None  # unix seconds
     # how its GPU energy is split on shared GPUs: "activity", "equal", "mixed"; None: no GPU time
     attribution: str | None = None
+    # its budget (the run's own, else its project's month; None: none) and the spend against
+    # it at the daemon's last check, in ``currency``; warned: a warning was given, stopped: a stop
+    budget: float | None = None
+    budget_spent: float | None = None
+    budget_warned: bool = False
+    budget_stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,10 +179,39 @@ def build_snapshot(
             total_steps=_one(idx, "profiler_run_total_steps", run=rid),
             projected_end=_one(idx, "profiler_run_projected_end_time_seconds", run=rid),
             attribution=_label(idx, "profiler_run_attribution_info", "attribution", run=rid),
+            **_budget(idx, rid),
         ))  # fmt: skip
     build = idx.get("profiler_build_info", [({}, 0.0)])[0][0]
     return Snapshot(tuple(sorted(devices, key=_gpu_order)), tuple(sorted(runs, key=lambda r: r.id)),
                     build.get("hostname", ""), taken_at, wall)  # fmt: skip
+
+
+def _budget(idx: Series, rid: str) -> dict[str, float | bool | None]:
+    """A run's budget figures from ``profiler_run_budget_*`` (the run's own budget first)."""
+    for scope in ("run", "project"):
+        amount = _one(idx, "profiler_run_budget_amount", run=rid, scope=scope)
+        if amount is not None:
+            return {
+                "budget": amount,
+                "budget_spent": _one(idx, "profiler_run_budget_spent", run=rid, scope=scope),
+                "budget_warned": bool(_one(idx, "profiler_run_budget_events_total", run=rid,
+                                           event="warn")),
+                "budget_stopped": bool(_one(idx, "profiler_run_budget_events_total", run=rid,
+                                            event="stop")),
+            }  # fmt: skip
+    return {}
+
+
+def budget_text(r: RunView) -> str:
+    """A run's spend against its budget, "spent/budget (share)", then "!" once warned or
+    "stop" once stopped; "-" without a budget."""
+    if r.budget is None:
+        return DASH
+    if r.budget_spent is None:
+        text = f"-/{r.budget:.2f}"
+    else:
+        text = f"{r.budget_spent:.2f}/{r.budget:.2f} ({r.budget_spent / r.budget:.0%})"
+    return text + (" stop" if r.budget_stopped else " !" if r.budget_warned else "")
 
 
 # ---- rendering -------------------------------------------------------------------------------
@@ -248,7 +283,7 @@ def render(snap: Snapshot, url: str = "", note: str = "") -> RenderableType:
     parts.append(gpus if snap.devices else Text("no GPUs sampled"))
     runs = Table(box=None, pad_edge=False, header_style="")
     for col in ("RUN", "NAME", "STEPS", "STEPS/S", "STEP", "ENERGY", "COST", "NOW", "PROJECTED",
-                "WASTE", "ENDS"):  # fmt: skip
+                "WASTE", "ENDS", "BUDGET"):  # fmt: skip
         runs.add_column(col, justify="left" if col in ("RUN", "NAME") else "right")
     for r in snap.runs:
         steps = _f(r.steps, ".0f") + ("" if r.total_steps is None else f"/{r.total_steps:.0f}")
@@ -266,6 +301,7 @@ def render(snap: Snapshot, url: str = "", note: str = "") -> RenderableType:
             _plain(_money(r.projected_cost, r.currency)),
             _plain(_money(r.waste_cost, r.currency)),
             _when(r.projected_end, snap.wall),
+            budget_text(r),
         )
     parts.append(runs if snap.runs else Text("no running runs"))
     if any(d.simulated for d in snap.devices) or any(r.simulated for r in snap.runs):
@@ -273,6 +309,10 @@ def render(snap: Snapshot, url: str = "", note: str = "") -> RenderableType:
     if any(r.attribution in EQUAL_SPLIT for r in snap.runs):
         parts.append(Text("= GPU energy split equally among the runs holding the GPU, or by MIG "
                           "instance size (it gives no per-process activity)",
+                          style="dim"))  # fmt: skip
+    if any(r.budget is not None for r in snap.runs):
+        parts.append(Text("BUDGET spent/budget in the run's currency (its own, else its "
+                          "project's month); ! warned, stop: stopped for its budget",
                           style="dim"))  # fmt: skip
     if note:
         parts.append(_plain(note, style="yellow"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +32,8 @@ from profiler import __version__
 from profiler.accounting.attribution import attribute, attribution_horizon, resolve_steps
 from profiler.accounting.cpu import CpuAccount
 from profiler.accounting.devices import DeviceState, Readings
+from profiler.accounting.energy import FINE_KEEP_S
+from profiler.accounting.idle_floor import device_held
 from profiler.accounting.runs import ProcessInfo, Run
 from profiler.budget.enforcer import STATUS as BUDGET_EXCEEDED
 from profiler.budget.enforcer import BudgetEnforcer
@@ -42,12 +43,13 @@ from profiler.cost.meter import CostMeter, no_pricing
 from profiler.daemon.announce import Announcer, announcement
 from profiler.daemon.lifecycle import Lifecycle, close_if_done
 from profiler.daemon.persist import Persistence
+from profiler.daemon.statelock import StateLock
 from profiler.ingest.admission import owner_of, refusal
 from profiler.ingest.messages import Bye, Hello, Message, StepBatch
 from profiler.ledger.recovery import FlushOutcome
 from profiler.ledger.store import Ledger
 from profiler.sensors.base import CpuSensor, GpuSample, GpuSensor
-from profiler.sensors.procs import ProcessTable, ancestor_pids, create_time
+from profiler.sensors.procs import ProcessScanner, ProcessTable, ancestor_pids, create_time
 from profiler.sensors.rapl import cpu_total_j
 
 if TYPE_CHECKING:
@@ -90,7 +92,7 @@ class Daemon:
         self.clock = clock
         self.wall = wall
         self.hostname = hostname or socket.gethostname()
-        self.lock = threading.RLock()
+        self.lock = StateLock()  # readers (scrapes) get it between the loop's holds
         self.runs: dict[str, Run] = {}
         self.devices: dict[str, DeviceState] = {}
         self.health: Counter[str] = Counter()
@@ -103,6 +105,7 @@ class Daemon:
         # The host's processes as of the last CPU accounting (refreshed once a second): the
         # ancestry of GPU processes is looked up here, not in /proc, on every sample.
         self._procs: ProcessTable | None = None
+        self._scanner = ProcessScanner()  # reads parents once, figures only for the runs' trees
         self._simulated_pids: set[int] = set()  # processes the simulated GPU was told about
         # The ledger, the rollups gathered between flushes, and resuming runs after a restart.
         self.persist = Persistence(
@@ -279,21 +282,33 @@ class Daemon:
 
     def apply_readings(self, readings: Readings) -> None:
         """Extend the energy curves with ``readings`` and attribute the new intervals, give
-        finished steps their energy and end runs whose processes are done (under the lock)."""
+        finished steps their energy and end runs whose processes are done. Takes :attr:`lock`
+        once per device, once for the steps and once for budgets and ends, handing it to a
+        waiting scrape in between (:meth:`StateLock.yield_to_readers`): a scrape waits for one
+        piece of a sampling pass at most, not for the whole pass. Each device's series stay
+        consistent with its runs' shares of it; a page may show some devices one sample ahead
+        of others."""
         if self.gpu_sensor is not None:
             for s in readings.gpu:
-                self._gpu_sample(s)
-            # a copy: a reader thread back from a hung call may add a key meanwhile
-            for key, n in dict(self.gpu_sensor.errors).items():
-                self.health[f"sensor_error:gpu:{key}"] = n
-        if self.cpu_sensor is not None and readings.cpu is not None:
-            self.cpu.observe(readings.cpu, cpu_total_j(readings.cpu))
-            for key, n in dict(self.cpu_sensor.errors).items():
-                self.health[f"sensor_error:cpu:{key}"] = n
-        resolve_steps(self.runs, self.devices, self.clock())
-        self.budgets.check(self.runs, self.persist.ledger, self.clock())
-        self.lifecycle.end_runs()
-        self.sample_seconds_last = time.perf_counter() - readings.started
+                self.lock.yield_to_readers()
+                with self.lock:
+                    self._gpu_sample(s)
+        self.lock.yield_to_readers()
+        with self.lock:
+            if self.gpu_sensor is not None:
+                # a copy: a reader thread back from a hung call may add a key meanwhile
+                for key, n in dict(self.gpu_sensor.errors).items():
+                    self.health[f"sensor_error:gpu:{key}"] = n
+            if self.cpu_sensor is not None and readings.cpu is not None:
+                self.cpu.observe(readings.cpu, cpu_total_j(readings.cpu))
+                for key, n in dict(self.cpu_sensor.errors).items():
+                    self.health[f"sensor_error:cpu:{key}"] = n
+            resolve_steps(self.runs, self.devices, self.clock())
+        self.lock.yield_to_readers()
+        with self.lock:
+            self.budgets.check(self.runs, self.persist.ledger, self.clock())
+            self.lifecycle.end_runs()
+            self.sample_seconds_last = time.perf_counter() - readings.started
 
     def _gpu_sample(self, s: GpuSample) -> None:
         dev = self.devices.get(s.uuid)
@@ -302,7 +317,14 @@ class Daemon:
         dev.latest = s
         if s.utilization_ratio is not None:
             dev.utilization.append((s.t_s, s.utilization_ratio))
-        dev.idle_power_w = s.idle_power_w
+        held = (  # judged only where the floor is measured: no idle figure, no process
+            s.idle_power_w is None
+            and not s.processes
+            and device_held(
+                dev.uuid, dev.index, (m.uuid for m in s.mig_instances), self.runs.values(), s.t_s
+            )
+        )
+        dev.observe_idle_power(s, held)  # the sensor's idle watts, else the measured floor
         dev.activity_source = s.activity_source
         dev.observe_instances(s)
         if s.process_activity is not None:  # read about once a second; None in between
@@ -313,12 +335,14 @@ class Daemon:
             dev.counter.observe(s.t_s, s.energy_j, s.counter_j, s.counter_id)
         if s.energy_j is None:
             return
-        dev.curve.append(s.t_s, s.energy_j, s.power_w)
+        dev.curve.append(s.t_s, s.energy_j, s.power_w, s.power_points)  # fast readings too
         if first:
             self.persist.credit_gap(dev, s)
         for pid in (p.pid for p in s.processes):
             dev.pids_seen.add(pid)
         self._attribute(dev, attribution_horizon(dev, s.t_s))
+        if dev.attributed_to is not None:  # the fast readings: kept while steps may need them
+            dev.curve.thin(dev.attributed_to - FINE_KEEP_S)
 
     def _attribute(self, dev: DeviceState, upto: float) -> None:
         """Split ``dev``'s energy up to ``upto`` (monotonic seconds) among the runs holding it
@@ -351,8 +375,11 @@ class Daemon:
     def account_cpu(self) -> None:
         """Give runs their share of host CPU energy since the last call, by the CPU time of their
         process trees (:meth:`profiler.accounting.cpu.CpuAccount.account`), read from ``/proc``
-        now; refreshes the process table the GPU processes' ancestry is looked up in."""
-        table = self._procs = ProcessTable.read()
+        now (:class:`~profiler.sensors.procs.ProcessScanner`: the live runs' trees, and the
+        parents of new processes); refreshes the table the GPU processes' ancestry is looked up
+        in."""
+        roots = [pid for run in self.runs.values() if run.live for pid in run.processes]
+        table = self._procs = self._scanner.read(roots)
         times = psutil.cpu_times()
         busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
         self.cpu.account(
@@ -396,8 +423,10 @@ class Daemon:
         return self.persist.flush()
 
     def final_flush(self) -> FlushOutcome:
-        """The flush before exit (:meth:`profiler.daemon.persist.Persistence.final_flush`)."""
-        return self.persist.final_flush()
+        """The flush before exit (:meth:`profiler.daemon.persist.Persistence.final_flush`),
+        budget events not yet in the ledger included."""
+        self.budgets.write(self.persist.ledger)
+        return self.persist.final_flush(self.budgets.take_pending())
 
     @property
     def ledger(self) -> Ledger | None:

@@ -16,104 +16,58 @@ series carry ``run`` (plus the device labels where per device); descriptive labe
 
 from __future__ import annotations
 
-import math
-import socket
-import sys
-import threading
-from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from profiler import __version__
 from profiler.cost.meter import projected
+from profiler.daemon.exposition import (
+    Family,
+    HistogramText,
+    label_value,
+    labels,
+    number,
+    page,
+    single,
+)
 from profiler.daemon.view import MetricsView
 
 if TYPE_CHECKING:
-    from profiler.accounting.runs import Run
+    from profiler.accounting.runs import Histogram, Run
 
 DEVICE_LABELS = ["gpu", "uuid", "model_name", "hostname"]
 MIG_LABELS = [*DEVICE_LABELS, "parent_uuid", "mig_profile", "gpu_instance_id"]
 """A MIG instance's series: ``gpu`` the parent's index, ``uuid`` the instance's (``MIG-...``),
 the parent's uuid, the profile and GPU instance id (dcgm-exporter's GPU_I_PROFILE, GPU_I_ID)."""
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def label_value(text: str) -> str:
-    """A label value escaped for the text format (backslash, double quote). Characters that are
-    not printable (control characters such as ESC and newline, lone surrogates) are dropped
-    first, as the daemon does with the text hooks send, so what any source supplied (a run, the
-    configured hostname, a GPU's model name) reaches no terminal or dashboard raw."""
-    if not text.isprintable():
-        text = "".join(ch for ch in text if ch.isprintable())
-    if "\\" in text or '"' in text:
-        text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return text
-
-
-def labels(names: Sequence[str], values: Sequence[str]) -> str:
-    """``name="value",...`` for the names and (unescaped) values given."""
-    return ",".join(f'{n}="{label_value(str(v))}"' for n, v in zip(names, values, strict=True))
-
-
-def number(value: float) -> str:
-    """A sample value as the text format spells it (``+Inf``, ``-Inf``, ``NaN``)."""
-    if isinstance(value, int):
-        return f"{float(value)!r}"
-    if math.isfinite(value):
-        return repr(float(value))
-    if math.isnan(value):
-        return "NaN"
-    return "+Inf" if value > 0 else "-Inf"
-
-
-class Family:
-    """One metric family's text: its HELP and TYPE lines and its samples, in order added. A
-    counter's samples are named ``<name>_total``."""
-
-    __slots__ = ("name", "kind", "help", "lines")
-
-    def __init__(self, name: str, kind: str, help: str) -> None:
-        self.name = f"{name}_total" if kind == "counter" else name
-        self.kind, self.help = kind, help
-        self.lines: list[str] = []
-
-    def add(self, label_text: str, value: float) -> None:
-        """One sample; ``label_text`` is already rendered (see :func:`labels`), may be empty."""
-        if label_text:
-            self.lines.append(f"{self.name}{{{label_text}}} {number(value)}\n")
-        else:
-            self.lines.append(f"{self.name} {number(value)}\n")
-
-    def add_histogram(
-        self, label_text: str, buckets: list[tuple[str, int]], sum_value: float
-    ) -> None:
-        """A histogram's ``_bucket`` (``le`` from ``buckets``, cumulative, ending ``+Inf``),
-        ``_count`` and ``_sum`` samples."""
-        name, lines = self.name, self.lines
-        for le, count in buckets:
-            lines.append(f'{name}_bucket{{{label_text},le="{le}"}} {number(count)}\n')
-        lines.append(f"{name}_count{{{label_text}}} {number(buckets[-1][1])}\n")
-        lines.append(f"{name}_sum{{{label_text}}} {number(sum_value)}\n")
-
-    def text(self) -> str:
-        help_text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
-        head = f"# HELP {self.name} {help_text}\n# TYPE {self.name} {self.kind}\n"
-        return head + "".join(self.lines)
-
-
-def single(name: str, kind: str, help_text: str, value: float) -> Family:
-    """A family of one sample without labels."""
-    family = Family(name, kind, help_text)
-    family.add("", value)
-    return family
+__all__ = ["labels", "label_value", "number", "render_metrics", "render_unless"]
+_HISTOGRAMS = HistogramText()  # the step histograms' lines, kept while their counts stay
 
 
 def render_metrics(daemon: MetricsView) -> bytes:
     """The whole ``/metrics`` page from one consistent snapshot (taken under the daemon's
     lock), UTF-8 encoded."""
-    with daemon.lock:
+    body = render_unless(daemon, give_up=lambda: False)
+    assert body is not None  # never gives up
+    return body
+
+
+def render_unless(daemon: MetricsView, give_up: Callable[[], bool]) -> bytes | None:
+    """The page, or None where ``give_up()`` turned true while waiting for the lock."""
+    with daemon.lock.reading(give_up) as held:
+        if not held:
+            return None
+        _HISTOGRAMS.next_page()
         families = list(_families(daemon))
-    return "".join(f.text() for f in families).encode()
+    return page(families)
+
+
+def _histogram(family: Family, label_text: str, hist: Histogram) -> None:
+    """``hist``'s lines for ``label_text`` into ``family`` (kept while its counts stay)."""
+    family.lines.append(
+        _HISTOGRAMS.text(family.name, label_text, hist.bounds, hist.counts, hist.n, hist.total)
+    )
 
 
 def _families(d: MetricsView) -> Iterator[Family]:
@@ -248,6 +202,11 @@ def _devices(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
         "profiler_gpu_energy_joules", "counter", "GPU energy since the daemon started (joules)."
     )
     idle = Family("profiler_gpu_idle_energy_joules", "counter", "GPU energy no run held (joules).")
+    idle_power = Family(
+        "profiler_gpu_idle_power_watts", "gauge",
+        "GPU idle power (watts) used to split off shared GPUs' idle energy; source is model "
+        "(the sensor's figure) or measured_floor (lowest idle power the daemon measured).",
+    )  # fmt: skip
     for dev in d.devices.values():
         s = dev.latest
         if s is None:
@@ -270,8 +229,13 @@ def _devices(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
         if s.energy_j is not None:
             energy.add(dl, s.energy_j)
             idle.add(dl, dev.idle_j)
+        if dev.idle_power_w is not None and dev.idle_power_source is not None:  # unknown: absent
+            source = labels(("source",), (dev.idle_power_source,))
+            idle_power.add(f"{dl},{source}", dev.idle_power_w)
     yield info
     yield from gauges.values()
+    if idle_power.lines:  # only where some GPU's idle power is known
+        yield idle_power
     mig = _mig_instances(d)
     if mig.lines:  # only where a GPU is in MIG mode: other pages stay as they were
         yield mig
@@ -306,6 +270,13 @@ RUN_INFO_LABELS = (
     "run", "name", "project", "user", "framework", "framework_version", "hostname", "status",
     "simulated", "clock", "currency",
 )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _run_info_labels(values: tuple[str, ...]) -> str:
+    """``profiler_run_info``'s label text for ``values`` (:data:`RUN_INFO_LABELS`), kept: a
+    run's descriptive labels rarely change."""
+    return labels(RUN_INFO_LABELS, values)
 
 
 def _runs(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
@@ -357,11 +328,16 @@ def _runs(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
     step_joules = Family(
         "profiler_step_energy_joules", "histogram", "GPU energy per step (joules)."
     )
+    step_bound = Family(
+        "profiler_step_energy_bound_joules", "histogram",
+        "Per step, how far its GPU energy figure may be from the truth (joules): a step "
+        "shorter than the sampling interval is interpolated.",
+    )  # fmt: skip
     simulated = "true" if d.gpu_source == "simulated" else "false"
     for run in d.runs.values():
         r = f'run="{label_value(run.id)}"'
         info.add(
-            labels(RUN_INFO_LABELS, (
+            _run_info_labels((
                 run.id, run.name, run.project, run.user, run.framework, run.framework_version,
                 d.hostname, run.status, simulated, run.clock, run.cost.currency,
             )),
@@ -380,9 +356,11 @@ def _runs(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
         if run.last_loss is not None or run.nonfinite_loss_steps:  # no loss reported: unknown
             f["nonfinite"].add(r, run.nonfinite_loss_steps)
         for key, per_device in (("energy", run.gpu_energy_j), ("gpu_seconds", run.gpu_seconds)):
+            name, lines = f[key].name, f[key].lines  # the page's most numerous series
             for uuid, value in sorted(per_device.items()):
                 dl = device_labels.get(uuid) or _held_labels(run, uuid, d.hostname)
-                f[key].add(f"{r},{dl}", value)
+                text = repr(value) if type(value) is float and value - value == 0.0 else None
+                lines.append(f"{name}{{{r},{dl}}} {text or number(value)}\n")
         # Unknown is left out, never 0: no hook timed steps, or the hook counts no samples.
         if run.known_steps is not None:
             f["steps"].add(r, run.known_steps)
@@ -404,13 +382,16 @@ def _runs(d: MetricsView, device_labels: dict[str, str]) -> Iterator[Family]:
         if run.total_steps:
             f["total"].add(r, run.total_steps)
         if run.steps_known:  # no hook times its steps: no step durations, not a count of 0
-            step_seconds.add_histogram(r, run.step_seconds.cumulative(), run.step_seconds.total)
+            _histogram(step_seconds, r, run.step_seconds)
         if run.step_joules.n:
-            step_joules.add_histogram(r, run.step_joules.cumulative(), run.step_joules.total)
+            _histogram(step_joules, r, run.step_joules)
+        if run.step_bound_joules.n:
+            _histogram(step_bound, r, run.step_bound_joules)
     yield info
     yield from f.values()
     yield step_seconds
     yield step_joules
+    yield step_bound
 
 
 def _budgets(d: MetricsView) -> Iterator[Family]:
@@ -533,78 +514,3 @@ def _costs(d: MetricsView) -> Iterator[Family]:
 
 MEMORY_KINDS = ("allocated", "peak_allocated", "reserved")
 WASTE_REASONS = ("idle", "nonfinite")
-
-
-ALLOWED_METHODS = "GET, HEAD, OPTIONS"
-
-
-class _MetricsHandler(BaseHTTPRequestHandler):
-    """``GET /metrics`` (and ``/``) renders the page, ``HEAD`` gives its headers, ``OPTIONS``
-    lists the methods; other paths are 404, other HTTP methods 405 (with ``Allow``), methods
-    HTTP does not define 501. A connection idle for ``timeout`` seconds is closed."""
-
-    daemon: MetricsView  # set on the subclass made by serve_metrics
-    timeout = 30  # seconds a client may take to send its request
-
-    def _page(self) -> bytes | None:
-        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-            self.send_error(404, "only /metrics is served here")
-            return None
-        body = render_metrics(self.daemon)
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        return body
-
-    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
-        body = self._page()
-        if body is not None:
-            self.wfile.write(body)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._page()
-
-    def do_OPTIONS(self) -> None:  # noqa: N802
-        self.send_response(204)
-        self.send_header("Allow", ALLOWED_METHODS)
-        self.end_headers()
-
-    def _not_allowed(self) -> None:
-        self.send_response(405, "Method Not Allowed")
-        body = b"only GET, HEAD and OPTIONS are served here\n"
-        self.send_header("Allow", ALLOWED_METHODS)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the protocol's name
-        pass  # one line per scrape would flood the daemon's log
-
-
-class _MetricsServer(ThreadingHTTPServer):
-    """A listen backlog for a burst of scrapes (many Prometheus replicas, dashboards, ``watch``
-    sessions at once): http.server's 5 makes the kernel drop the rest's SYNs, which then wait
-    for a retransmission (1 s and more). A client that hangs up mid-answer is not an error."""
-
-    request_queue_size = 1024  # the kernel caps it at net.core.somaxconn
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # the scraper went away; nothing to log
-        super().handle_error(request, client_address)
-
-
-def serve_metrics(daemon: MetricsView, host: str, port: int) -> tuple[ThreadingHTTPServer, int]:
-    """Serve ``/metrics`` on ``host:port`` (IPv4 or IPv6; port 0 picks a free one) from a
-    background thread; returns (server, bound port). OSError if the address cannot be bound."""
-    handler = type("MetricsHandler", (_MetricsHandler,), {"daemon": daemon})
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    server_class = type("MetricsServer", (_MetricsServer,), {"address_family": family})
-    server = server_class((host, port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    return server, server.server_address[1]

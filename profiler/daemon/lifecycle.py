@@ -8,6 +8,7 @@ Times are monotonic seconds unless named ``_at`` (unix seconds).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 
@@ -94,11 +95,14 @@ class Lifecycle:
 
     def end_runs(self) -> None:
         """Finish the runs whose processes are done once energy is attributed past their end."""
-        # A run is closed once energy is attributed past its end on every device.
-        horizon = min(
-            (d.attributed_to for d in self.devices.values() if d.attributed_to is not None),
-            default=None,
-        )
+        # A run is closed once energy is attributed past its end on every device. A device
+        # sampled but not split yet (a young daemon; on a device with per-process activity the
+        # first split waits for the first activity reading) holds every run back: -inf. No
+        # sampled device at all (no GPU): None, nothing to wait for.
+        sampled = [d.attributed_to for d in self.devices.values() if d.curve.last is not None]
+        horizon = None
+        if sampled:
+            horizon = min(-math.inf if a is None else a for a in sampled)
         for run in self.runs.values():
             if not run.live or not run.all_processes_done():
                 continue

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from profiler.accounting.attribution import counter_marks
 from profiler.accounting.devices import DeviceState
-from profiler.accounting.energy import CounterMark, split_gap
+from profiler.accounting.energy import CounterMark, GapShare, split_gap
 from profiler.accounting.rollups import add_priced, minute
 from profiler.accounting.runs import Run
 from profiler.config import Config
@@ -198,7 +198,8 @@ class Persistence:
         the same, it did not go backwards and every run that held the device lives (see
         :func:`split_gap`); otherwise the gap stays in their ``unmeasured_s`` (counted in health
         as ``restart_gap_unmeasured:<reason>``). A run whose every held device got its gap
-        measured has the restart gap taken out of its ``unmeasured_s``."""
+        measured has the restart gap taken out of its ``unmeasured_s``. On a GPU in MIG mode
+        the gap stays unmeasured (reason ``mig``)."""
         marks = {
             run_id: by_device[dev.uuid]
             for run_id, by_device in self.gap_marks.items()
@@ -208,6 +209,10 @@ class Persistence:
             return
         live = {run_id for run_id in marks if run_id in self.runs and self.runs[run_id].live}
         share = split_gap(marks, live, s.t_s, s.counter_j, s.counter_id)
+        if dev.mig_instances and share.reason is None:
+            # runs hold MIG instances, not the GPU: equal shares of the parent would charge a
+            # 1g.10gb run the whole GPU's time and the other instances' energy for the gap
+            share = GapShare({}, {}, "mig")
         if share.reason is not None:
             self.health[f"restart_gap_unmeasured:{share.reason}"] += 1
             log.warning(
@@ -352,19 +357,24 @@ class Persistence:
             log.error("%s; costs go on at these prices", e)
         return True
 
-    def final_flush(self) -> FlushOutcome:
-        """The flush before exit. If the ledger does not take it, free the space set aside
+    def final_flush(self, budget_events: list[tuple[Any, ...]] | None = None) -> FlushOutcome:
+        """The flush before exit (with ``budget_events``, the budget events rows not yet in the
+        ledger). If the ledger does not take it, free the space set aside
         (:func:`make_reserve`) and try again; failing that, write what is held to the recovery
         file beside the ledger (JSON lines, 0600), which the next daemon merges in. The outcome
         says plainly what was not written and where it went."""
         ledger = self.config.ledger
-        if self.flush():
+        events = list(budget_events or [])
+        if self.flush() and self._write_events(events):
             return FlushOutcome(True, f"ledger flushed to {ledger}")
-        if release_reserve(self.config) and self.flush():
+        if release_reserve(self.config) and self.flush() and self._write_events(events):
             return FlushOutcome(True, f"ledger flushed to {ledger}")
         dirty, held = self.held()
+        held.budget_events = events
         shown = ", ".join(r.id for r in dirty[:5]) + (", ..." if len(dirty) > 5 else "")
         what = f"{len(dirty)} run(s) ({shown}) and {len(held.rollups)} minute rollup(s)"
+        if events:
+            what += f" and {len(events)} budget event(s)"
         path = recovery_path(self.config)
         try:
             write_recovery(path, held)
@@ -380,6 +390,21 @@ class Persistence:
             f"the final ledger write failed ({self.last_flush_error}): {what} went to {path}, "
             "which the next daemon merges into the ledger",
         )
+
+    def _write_events(self, events: list[tuple[Any, ...]]) -> bool:
+        """Add budget events rows to the ledger (True when written, or none); a failure is
+        kept in ``last_flush_error``."""
+        if not events:
+            return True
+        if self.ledger is None:
+            return False
+        try:
+            self.ledger.write([], [], [], [], budget_events=events)
+        except LedgerError as e:
+            self.last_flush_error = str(e)
+            return False
+        events.clear()
+        return True
 
     def _merge_recovery(self) -> bool:
         """Merge the recovery file an earlier final flush left (what is not merged yet, in one
@@ -407,7 +432,8 @@ class Persistence:
             todo = [(token, held) for token, held in records if token not in done]
             held = combine(h for _, h in todo)
             self.ledger.write(held.runs, held.devices, held.rollups, held.idle,
-                              merged=[token for token, _ in todo])  # fmt: skip
+                              merged=[token for token, _ in todo],
+                              budget_events=held.budget_events)  # fmt: skip
         except LedgerError as e:
             if not self.recovery_pending:
                 log.error("cannot merge %s into the ledger yet (%s); it stays", path, e)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -18,8 +19,8 @@ from typing import TYPE_CHECKING
 from profiler import __version__
 from profiler.config import Config
 from profiler.daemon.core import Daemon
-from profiler.daemon.exporter import serve_metrics
 from profiler.daemon.lock import home_error, lock_state, start_ticks
+from profiler.daemon.metrics_http import page_held, serve_metrics
 from profiler.ingest.messages import Message
 from profiler.ingest.receiver import Inbox, Receiver, group_id
 from profiler.ledger.recovery import make_reserve, release_reserve, write_exit_report
@@ -30,6 +31,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HANDLE_CHUNK = 16  # messages handled per hold of the daemon's lock
+# How long a thread computing in Python keeps the GIL from one asking for it (seconds): a scrape
+# gives the GIL up a handful of times (reading the request, sending the page) and, while the
+# main loop computes, waits this long each time to get it back (CPython's default is 5 ms).
+GIL_SWITCH_INTERVAL_S = 0.001
+# Step batches wait for the loop's next wake-up, at most this long (a hello or bye wakes it
+# at once; profiler.ingest.receiver.Inbox): one wake-up per sample, not one per datagram.
+MESSAGE_DELAY_S = 0.1
 
 
 class DaemonError(Exception):
@@ -85,6 +93,7 @@ class Service:
         """Take the lock, open the ledger, serve ``/metrics``, open the socket and write
         ``daemon.json`` (raises DaemonError saying why one of them cannot be done)."""
         self.acquire_lock()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # the daemon's process: see above
         self.daemon.open_ledger()
         try:
             make_reserve(self.config)
@@ -155,17 +164,17 @@ class Service:
         next_check = now + cfg.process_check_interval_s
         while not self.stop_event.is_set():
             timeout = max(0.0, min(next_sample, next_flush, next_check) - time.monotonic())
-            messages = self.inbox.get(min(timeout, 0.25))
+            messages = self.inbox.get(min(timeout, MESSAGE_DELAY_S))
             if messages:
                 for i in range(0, len(messages), HANDLE_CHUNK):
+                    d.lock.yield_to_readers()
                     with d.lock:  # let a scrape in between chunks of a burst
                         for m in messages[i : i + HANDLE_CHUNK]:
                             self._handle(m)
             now = time.monotonic()
             if now >= next_sample:
                 readings = d.read_sensors()
-                with d.lock:
-                    d.apply_readings(readings)
+                d.apply_readings(readings)  # takes the lock per device (scrapes get in between)
                 next_sample += cfg.sample_interval_s
                 if next_sample < now:
                     next_sample = now + cfg.sample_interval_s
@@ -176,7 +185,8 @@ class Service:
                     d.lifecycle.forget_finished()
                 next_check = now + cfg.process_check_interval_s
             if now >= next_flush:
-                with d.lock:
+                # scrapes meanwhile get the page as the flush began (the state it holds still)
+                with d.lock, page_held(self.http, d):
                     self._flush()
                 next_flush = now + cfg.flush_interval_s
 

@@ -1,11 +1,11 @@
 """What ``/metrics`` reads of the daemon: a read-only view (:class:`MetricsView`), so that the
 exporter depends on this small interface and not on :class:`profiler.daemon.core.Daemon`, which
-implements it. Readers hold :attr:`MetricsView.lock` while they read.
+implements it. Readers hold :attr:`MetricsView.lock` while they read, taking it through
+:meth:`profiler.daemon.statelock.StateLock.reading` (first in line between the main loop's holds).
 """
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
@@ -15,6 +15,7 @@ from profiler.accounting.runs import Run
 from profiler.budget.enforcer import BudgetEnforcer
 from profiler.config import Config
 from profiler.cost.meter import CostMeter
+from profiler.daemon.statelock import StateLock
 
 
 class MetricsView(Protocol):
@@ -23,7 +24,7 @@ class MetricsView(Protocol):
     sensor pass's duration in seconds; ``cpu_energy_j`` maps a CPU zone to its cumulative
     joules and their source."""
 
-    lock: threading.RLock
+    lock: StateLock
     config: Config
     hostname: str
     gpu_source: str

@@ -8,7 +8,6 @@ import dataclasses
 import grp
 import logging
 import os
-import queue
 import select
 import socket
 import struct
@@ -18,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from hooks import wire
-from profiler.ingest.messages import Hello, Malformed, Message, Sender, decode
+from profiler.ingest.messages import Hello, Malformed, Message, Sender, StepBatch, decode
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +90,31 @@ class Receiver:
 
 
 class Inbox:
-    """Reads a :class:`Receiver` on a thread of its own, as datagrams arrive, into a queue
-    that the daemon's loop takes from (:meth:`get`).
+    """Reads a :class:`Receiver` on a thread of its own, as datagrams arrive, into a list that
+    the daemon's loop takes from (:meth:`get`).
 
     Linux queues only ``net.unix.max_dgram_qlen`` datagrams (10 by default) on a datagram
     socket; while the loop is busy sampling or flushing the ledger, senders would find it full
     and have to hold their steps. This thread keeps the socket empty instead. It stops reading
-    while :data:`MAX_QUEUED` batches wait (a loop that cannot keep up), so memory stays bounded
-    and senders hold their steps as the hooks do for a busy daemon."""
+    while :data:`MAX_PENDING` messages wait (a loop that cannot keep up), so memory stays
+    bounded and senders hold their steps as the hooks do for a busy daemon.
 
-    MAX_QUEUED = 2000  # batches of datagrams waiting for the loop
+    Step batches do not wake the loop: they wait for the loop's next wake-up (its next sample,
+    at most ``timeout`` seconds of :meth:`get`), so a daemon takes a run's steps in one batch
+    per sample rather than one wake-up of two threads per datagram. A hello or bye (a hook may
+    wait for the answer to a hello) or a backlog of :data:`WAKE_AT` messages wakes it at once.
+    """
+
+    MAX_PENDING = 100_000  # messages waiting for the loop before the thread stops reading
+    WAKE_AT = 256  # messages waiting that wake the loop without a hello or bye among them
 
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
-        # queue.Queue, not SimpleQueue: on CPython 3.11 SimpleQueue.get(timeout=...) can block
+        # A Condition, not a SimpleQueue: on CPython 3.11 SimpleQueue.get(timeout=...) can block
         # for good when a signal (the daemon's SIGTERM) interrupts it near its deadline.
-        self._queue: queue.Queue[list[Message]] = queue.Queue()
+        self._ready = threading.Condition(threading.Lock())
+        self._pending: list[Message] = []
+        self._urgent = False  # a hello, a bye or WAKE_AT messages wait: wake the loop
         self._stop = threading.Event()
         self.errors = 0  # unexpected failures reading the socket (logged once)
         self._thread = threading.Thread(target=self._read, name="ingest", daemon=True)
@@ -114,7 +122,7 @@ class Inbox:
 
     def _read(self) -> None:
         while not self._stop.is_set():
-            if self._queue.qsize() >= self.MAX_QUEUED:
+            if len(self._pending) >= self.MAX_PENDING:
                 time.sleep(0.01)
                 continue
             try:
@@ -134,19 +142,23 @@ class Inbox:
                 time.sleep(0.01)
                 continue
             if batch:
-                self._queue.put(batch)
+                control = any(not isinstance(m, StepBatch) for m in batch)
+                with self._ready:
+                    self._pending.extend(batch)
+                    if control or len(self._pending) >= self.WAKE_AT:
+                        self._urgent = True
+                        self._ready.notify()
 
     def get(self, timeout: float) -> list[Message]:
-        """The messages received so far, waiting up to ``timeout`` seconds for the first."""
-        try:
-            out = self._queue.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                out.extend(self._queue.get_nowait())
-            except queue.Empty:
-                return out
+        """The messages received so far, in order of arrival. Waits up to ``timeout`` seconds
+        unless a hello or bye, or :data:`WAKE_AT` messages, are waiting (step batches alone
+        wait for the timeout: the caller's next deadline)."""
+        with self._ready:
+            if not self._urgent and timeout > 0:
+                self._ready.wait(timeout)
+            out, self._pending = self._pending, []
+            self._urgent = False
+        return out
 
     def stop(self) -> list[Message]:
         """Stop the reading thread; returns every message it had received and the loop had not

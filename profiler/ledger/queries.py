@@ -50,6 +50,20 @@ def month_run_rows(ledger: Ledger, start: float, end: float) -> dict[str, Row]:
     }
 
 
+def budget_events_of(ledger: Ledger, run_ids: list[str]) -> dict[str, list[str]]:
+    """Run id -> its budget events (``warn``, ``stop``) in the order given, for ``run_ids``."""
+    out: dict[str, list[str]] = {}
+    for i in range(0, len(run_ids), 500):
+        chunk = run_ids[i : i + 500]
+        for run_id, event in ledger.db.execute(
+            "SELECT run_id, event FROM budget_events WHERE run_id IN "
+            f"({', '.join('?' for _ in chunk)}) ORDER BY at",
+            chunk,
+        ):
+            out.setdefault(run_id, []).append(event)
+    return out
+
+
 def run_gpu_models(ledger: Ledger) -> dict[str, str]:
     """Run id -> the model of the GPU that carried most of the run's energy."""
     # SQLite takes the bare column from the row holding the max

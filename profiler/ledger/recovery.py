@@ -39,6 +39,9 @@ class Held:
     devices: list[tuple[str, str, str, float, float]] = field(default_factory=list)
     rollups: list[Rollup] = field(default_factory=list)
     idle: list[tuple[str, int, float]] = field(default_factory=list)
+    # budget warnings and stops (profiler.budget), as ``budget_events`` rows: run_id, at, event,
+    # reason, scope, source, spent, projected, budget, currency, at_step
+    budget_events: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ def write_recovery(path: Path, held: Held) -> None:
         "devices": [list(d) for d in held.devices],
         "rollups": [asdict(r) for r in held.rollups],
         "idle": [list(i) for i in held.idle],
+        "budget_events": [list(e) for e in held.budget_events],
     }
     line = (json.dumps(record, allow_nan=False, sort_keys=True) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -93,6 +97,7 @@ def combine(records: Iterable[Held]) -> Held:
         held.devices += record.devices
         held.rollups += record.rollups
         held.idle += record.idle
+        held.budget_events += record.budget_events
     return held
 
 
@@ -113,12 +118,22 @@ def read_recovery_records(path: Path) -> tuple[list[tuple[str, Held]], int]:
                        for a, b, c, d, e in record["devices"]]  # fmt: skip
             rollups = [Rollup(**r) for r in record["rollups"]]
             idle = [(str(u), int(m), float(j)) for u, m, j in record["idle"]]
+            events = [budget_event_row(e) for e in record.get("budget_events", [])]
         except (ValueError, KeyError, TypeError, AttributeError):
             bad += 1
             continue
         token = hashlib.sha256(line.encode()).hexdigest()
-        records.append((token, Held(runs, devices, rollups, idle)))
+        records.append((token, Held(runs, devices, rollups, idle, events)))
     return records, bad
+
+
+def budget_event_row(e: list[Any]) -> tuple[Any, ...]:
+    """A ``budget_events`` row read back from a recovery record (ValueError/TypeError when it
+    is not one)."""
+    run, at, event, reason, scope, source, spent, projected, budget, currency, at_step = e
+    return (str(run), float(at), str(event), str(reason), str(scope), str(source), float(spent),
+            None if projected is None else float(projected), float(budget), str(currency),
+            int(at_step))  # fmt: skip
 
 
 def make_reserve(config: Config) -> None:

@@ -90,11 +90,14 @@ def run_to_row(
             uuid: mark.to_meta() for uuid, mark in marks.items() if run.id in mark.holders
         },
         "run_meta": dict(run.meta),
+        "budgets": [dict(b) for b in run.budgets],
         "cpu_seconds": run.cpu_seconds,
         # processes that said bye or are gone (`profiler run` waits on its child's)
         "done_pids": sorted(p.pid for p in run.processes.values() if p.said_bye or p.gone),
         "step_time_max_s": run.step_time_max_s,
         "durations": run.reservoir[:512],
+        # the latest window of steps: joules per step and its bound (accounting.step_window)
+        "step_window": run.step_window.to_meta() if run.step_window else None,
     }
     return row
 
@@ -151,6 +154,7 @@ def run_from_row(row: dict[str, Any]) -> Run:
         int(pid): (int(c[0]), int(c[1])) for pid, c in meta.get("process_counts", {}).items()
     }
     run.meta = dict(meta.get("run_meta", {}))
+    run.budgets = [b for b in meta.get("budgets", []) if isinstance(b, dict)]
     run.cpu_seconds = meta.get("cpu_seconds", 0.0)
     run.dirty = False
     return run

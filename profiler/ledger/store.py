@@ -185,17 +185,18 @@ class Ledger:
         rollups: Iterable[Rollup],
         idle: Iterable[tuple[str, int, float]],
         merged: Iterable[str] = (),
+        budget_events: Iterable[tuple[Any, ...]] = (),
     ) -> None:
         """Write run rows (the columns each row has replace the stored ones), per-device run
         totals (replacing) and add rollups, all in one transaction. ``devices`` rows are
         (run_id, uuid, model, joules, seconds); ``idle`` rows are (uuid, minute, joules);
         ``merged`` are recovery-file record tokens recorded as merged in the same transaction
-        (:meth:`merged_tokens`).
+        (:meth:`merged_tokens`); ``budget_events`` rows are added to ``budget_events``.
 
         Raises :class:`LedgerError` when nothing was written (the transaction is rolled back);
         when the cause was a missing table, it is re-created and named in ``repaired``."""
         try:
-            self._write(runs, devices, rollups, idle, merged)
+            self._write(runs, devices, rollups, idle, merged, budget_events)
         except _DB_ERRORS as e:
             try:
                 repaired = self.repair()
@@ -215,6 +216,7 @@ class Ledger:
         rollups: Iterable[Rollup],
         idle: Iterable[tuple[str, int, float]],
         merged: Iterable[str] = (),
+        budget_events: Iterable[tuple[Any, ...]] = (),
     ) -> None:
         with self.db:
             for run in runs:
@@ -248,6 +250,11 @@ class Ledger:
             self.db.executemany(
                 "INSERT INTO recovery_merges (token, merged_at) VALUES (?, ?)",
                 [(token, time.time()) for token in merged],
+            )
+            self.db.executemany(
+                "INSERT INTO budget_events (run_id, at, event, reason, scope, source, spent, "
+                "projected, budget, currency, at_step) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                list(budget_events),
             )
 
     def merged_tokens(self, tokens: Iterable[str]) -> set[str]:
@@ -289,7 +296,25 @@ class Ledger:
                 "ORDER BY uuid",
                 (row["id"],),
             )
+            row["budget_events"] = self.budget_events(row["id"])
         return rows
+
+    def budget_events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's budget warnings and stops (``budget_events``), oldest first; [] in a
+        ledger from before budgets that is open read-only (not migrated)."""
+        try:
+            return self.query(
+                "SELECT at, event, reason, scope, source, spent, projected, budget, currency, "
+                "at_step FROM budget_events WHERE run_id = ? ORDER BY at",
+                (run_id,),
+            )
+        except LedgerError:
+            have = self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'budget_events'"
+            ).fetchone()
+            if have is None:
+                return []
+            raise
 
     def query(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
         """Rows of a read as dicts; :class:`LedgerError` with one line when the file cannot

@@ -117,6 +117,20 @@ def to_html(report: MonthReport, generated: dt.datetime | None = None) -> str:
             "<th>forecast</th></tr>"
         )
         parts += ["<h2>Project budgets</h2>", f"<table>{head}{rows}</table>"]
+    if report.budget_runs():
+        stopped = report.budget_stopped()
+        names = ": " + ", ".join(escape(r.id) for r in stopped) if stopped else ""
+        rows = "".join(
+            f"<tr><td>{escape(r.id)}</td><td>{escape(r.name)}</td>"
+            f"<td>{cell_text(r.budget, ',.2f')}</td><td>{cell_text(r.totals.cost, ',.2f')}</td>"
+            f"<td>{' '.join(r.budget_events) or '-'}</td></tr>"
+            for r in report.budget_runs()
+        )
+        head = (f"<tr><th>run</th><th>name</th><th>budget ({cur})</th><th>cost</th>"
+                "<th>events</th></tr>")  # fmt: skip
+        parts += ["<h2>Budgets</h2>",
+                  f"<p>{len(stopped)} run(s) stopped for their budget{names}.</p>",
+                  f"<table>{head}{rows}</table>"]  # fmt: skip
     groups = [*report.groups.items(), ("framework", report.by("framework")),
               ("model (run name)", report.by("name"))]  # fmt: skip
     for key, rows in groups:

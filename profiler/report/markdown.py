@@ -72,6 +72,17 @@ def to_markdown(report: MonthReport) -> str:
             lines.append(f"| {md_cell(project)} | {amount:,.2f} | {cell_text(cost, ',.2f')} | "
                          f"{used} | {cell_text(forecast, ',.2f')} |")  # fmt: skip
         lines.append("")
+    if report.budget_runs():
+        stopped = report.budget_stopped()
+        lines += ["## Budgets", "", f"{len(stopped)} run(s) stopped for their budget"
+                  + (": " + ", ".join(md_cell(r.id) for r in stopped) if stopped else "") + ".",
+                  "", f"| run | name | budget ({cur}) | cost | events |",
+                  "|---|---|---:|---:|---|"]  # fmt: skip
+        for r in report.budget_runs():
+            lines.append(f"| {md_cell(r.id)} | {md_cell(r.name)} | {cell_text(r.budget, ',.2f')} "
+                         f"| {cell_text(r.totals.cost, ',.2f')} | "
+                         f"{' '.join(r.budget_events) or '-'} |")  # fmt: skip
+        lines.append("")
     for key, rows in [*report.groups.items(), ("framework", report.by("framework")),
                       ("name", report.by("name"))]:  # fmt: skip
         title = {"name": "model (run name)"}.get(key, key)

@@ -136,6 +136,10 @@ class RunLine:
     gpu_hours_by_basis: dict[str, float] = field(default_factory=dict)
     # The MIG profiles ("3g.40gb") of the MIG instances the run held; [] on GPUs without MIG.
     mig_profiles: list[str] = field(default_factory=list)
+    # The run's own budget (profiler.budget; in ``currency``, None: none) and the budget
+    # events the daemon gave it ("warn", "stop"; a project budget's included), oldest first.
+    budget: float | None = None
+    budget_events: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -164,6 +168,15 @@ class MonthReport:
             forecast = cost * scale if scale is not None and cost is not None else None
             out.append((project, amount, cost, forecast))
         return out
+
+    def budget_runs(self) -> list[RunLine]:
+        """The month's runs with a budget of their own or a budget event, most spent first."""
+        runs = [r for r in self.runs if r.budget is not None or r.budget_events]
+        return sorted(runs, key=lambda r: -(r.totals.cost or 0.0))
+
+    def budget_stopped(self) -> list[RunLine]:
+        """The month's runs stopped for their budget (status ``budget_exceeded``)."""
+        return [r for r in self.runs if r.status == "budget_exceeded" or "stop" in r.budget_events]
 
     def gpu_hours_by_basis(self) -> dict[str, float]:
         """The month's GPU-hours by how their energy was split (``"activity"``: by measured

@@ -97,6 +97,7 @@ def _month_runs(
     runs = queries.month_run_rows(ledger, start, end)
     # the model of the GPU that carried most of each run's energy
     models = queries.run_gpu_models(ledger)
+    events = queries.budget_events_of(ledger, list(runs))
     lines = []
     for s in sums:
         row = runs.get(s["run_id"])
@@ -134,6 +135,9 @@ def _month_runs(
             waste_by_reason=meta.get("cost", {}).get("waste", {}),
             attribution=basis, gpu_idle_share=idle_share, gpu_hours_by_basis=by_basis,
             mig_profiles=mig_profiles(meta.get("mig_instances")),
+            budget=next((b.get("amount") for b in meta.get("budgets", [])
+                         if b.get("scope") == "run"), None),
+            budget_events=events.get(row["id"], []),
         ))  # fmt: skip
     return lines, queries.daily_run_costs(ledger, start, end)
 

@@ -48,6 +48,8 @@ def to_json(report: MonthReport) -> str:
             }
             for p, b, c, f in report.project_budget_lines()
         ],
+        # runs stopped for their budget (status budget_exceeded), by id
+        "budget_stopped_runs": [r.id for r in report.budget_stopped()],
         "simulated_runs": report.simulated_runs,
         "other_currency_runs": report.other_currency_runs,
     }
@@ -68,7 +70,7 @@ CSV_COLUMNS = (
     "month", "id", "name", "project", "user", "framework", "host", "gpu_model", "status",
     "simulated", "currency", "cost", "cost_gpu_time", "cost_energy", "waste_cost", "kwh",
     "co2_kg", "gpu_hours", "steps", "samples", "cost_per_1k_samples", "joules_per_sample",
-    "attribution", "gpu_idle_share", "mig_profiles",
+    "attribution", "gpu_idle_share", "mig_profiles", "budget", "budget_events",
 )  # fmt: skip
 
 

@@ -363,7 +363,18 @@ class AmdSmiSensor:
         listed = self._read(dev, self._lib.amdsmi_get_gpu_process_list)
         dev.procs_read_s = t_s
         if listed is not None:
-            dev.procs = tuple(GpuProcess(int(p["pid"]), _int_or_none(p.get("mem"))) for p in listed)
+            procs = []
+            for p in listed:
+                pid = _int_or_none(p.get("pid")) if isinstance(p, dict) else None
+                if pid is None or pid <= 0:  # no usable pid (some amdsmi versions): skipped
+                    key = f"gpu{dev.info.index}:process_without_pid"
+                    if key not in self.errors:  # counted and logged once per device
+                        self.errors[key] += 1
+                        log.warning("GPU %d: amdsmi listed a process with no usable pid (%r); "
+                                    "such entries are skipped", dev.info.index, p)  # fmt: skip
+                    continue
+                procs.append(GpuProcess(pid, _int_or_none(p.get("mem"))))
+            dev.procs = tuple(procs)
         return dev.procs
 
     def _counter_id(self, dev: _AmdDevice) -> str | None:

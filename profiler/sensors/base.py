@@ -79,6 +79,10 @@ class GpuSample:
     sensor's start; each process says its instance in ``GpuProcess.gpu_instance_id``); ``()``
     when not. Energy and power stay the parent's: NVML has none per instance.
     ``vendor``: who made the device, ``"nvidia"`` (NVML) or ``"amd"`` (amdsmi), simulated or not.
+    ``power_points``: on the polling path (``"power_integration"``), the fast power readings
+    ``(t_s, watts)`` taken strictly between the previous sample and this one and integrated into
+    ``energy_j`` (:mod:`profiler.sensors.nvml_power`), oldest first; ``()`` otherwise. They say
+    where in the interval its energy fell (the daemon puts them on the energy curve).
     """
 
     index: int
@@ -101,6 +105,7 @@ class GpuSample:
     idle_power_w: float | None = None
     mig_instances: tuple[MigInstance, ...] = ()
     vendor: str = "nvidia"
+    power_points: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ and newer) is used where the device supports it (probed once per device at start
 ``nvmlDeviceGetPowerUsage`` (milliwatts) is integrated with the trapezoidal rule between
 consecutive samples, so sample at 10 Hz or faster. On Ampere (not GA100) and newer parts
 ``GetPowerUsage`` is a 1 s average, which smooths short peaks in the integrated figure. Each
-sample says which source its energy came from.
+sample says which source its energy came from. On that polling path power is also read at
+50 Hz between samples (``NVML_FI_DEV_POWER_INSTANT`` where the driver has it), on a thread of
+its own, and integrated through those readings (:mod:`profiler.sensors.nvml_power`); the
+source stays ``"power_integration"`` and :meth:`NvmlSensor.describe` gives the rate.
 
 Each counter-sourced sample also carries the driver's raw counter (``counter_j``) and the
 counter's epoch (``counter_id``): ``<uuid>@boot-<boot id>`` on real NVML. The counter counts from
@@ -56,6 +59,7 @@ from profiler.sensors.nvml_activity import (
     read_process_samples,
 )
 from profiler.sensors.nvml_mig import describe_mig, instance_id, read_mig_instances
+from profiler.sensors.nvml_power import POWER_POLL_HZ, PowerPoller
 from profiler.sensors.reader import CallReader, boot_id
 
 log = logging.getLogger(__name__)
@@ -96,6 +100,7 @@ class _DeviceState:
     last_counter_mj: int | None = None
     last_power_w: float | None = None
     last_t_s: float | None = None
+    power_points: tuple[tuple[float, float], ...] = ()  # the fast readings of this sample
 
 
 class _SkipDevice(Exception):
@@ -136,6 +141,7 @@ class NvmlSensor:
         *,
         clock: Callable[[], float] = time.monotonic,
         call_timeout_s: float = CALL_TIMEOUT_S,
+        power_poll_hz: float | None = POWER_POLL_HZ,
     ) -> None:
         self._nvml = _import_pynvml() if nvml is None else nvml
         self._clock = clock
@@ -146,6 +152,7 @@ class NvmlSensor:
         self.errors: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._closed = False
+        self._power: PowerPoller | None = None
         self._epoch_of = getattr(self._nvml, "simulated_counter_epoch", None)
         self._boot_id = None if self._epoch_of is not None else boot_id()
         _init_nvml(self._nvml)
@@ -156,6 +163,7 @@ class NvmlSensor:
             self.close()
             raise SensorUnavailable(f"NVML initialised but could not list GPUs ({e})") from e
         self._devices = [d for d in (self._open_device(i) for i in range(count)) if d is not None]
+        self._power = self._power_poller(power_poll_hz)  # nvml_power: the polling path
 
     @property
     def simulated(self) -> bool:
@@ -181,7 +189,30 @@ class NvmlSensor:
         for d in self._devices:
             if d.info.mig_instances:
                 text += f"; gpu {d.info.index} MIG: {describe_mig(d.info.mig_instances)}"
+        if self._power is not None:
+            text += f"; {self._power.describe()}"
         return text
+
+    def _power_poller(self, rate_hz: float | None) -> PowerPoller | None:
+        """A :class:`PowerPoller` for the devices without an energy counter (None: none, or
+        ``rate_hz`` None); its thread runs only on the real monotonic clock."""
+        polled = {
+            d.info.index: d.handle
+            for d in self._devices
+            if d.info.energy_source == POWER_INTEGRATION
+        }
+        if rate_hz is None or not polled:
+            return None
+        poller = PowerPoller(self._nvml, polled, clock=self._clock, rate_hz=rate_hz)
+        if self._clock is time.monotonic:
+            poller.start()
+        return poller
+
+    def poll_power(self) -> None:
+        """Take one fast power reading of every device on the polling path (what the poller's
+        thread does at its rate; tests and benchmarks on a simulated clock call it)."""
+        if self._power is not None:
+            self._power.poll()
 
     def _label(self) -> str:
         if self.simulated:
@@ -379,6 +410,7 @@ class NvmlSensor:
             activity_source=dev.activity.source,
             idle_power_w=info.idle_power_w,
             mig_instances=info.mig_instances,
+            power_points=dev.power_points,
         )
 
     def _read_activity(self, dev: _DeviceState, t_s: float) -> dict[int, float] | None:
@@ -445,7 +477,9 @@ class NvmlSensor:
     def _advance_energy(
         self, dev: _DeviceState, counter_mj: int | None, power_w: float | None, t_s: float
     ) -> tuple[float | None, str]:
-        """Add this interval's joules to ``dev.energy_j``; return (cumulative joules, source)."""
+        """Add this interval's joules to ``dev.energy_j``; return (cumulative joules, source).
+        Sets ``dev.power_points`` to the fast readings integrated (``()``: none)."""
+        dev.power_points = ()
         if dev.counter_supported and counter_mj is None:  # the counter stopped being supported
             dev.counter_supported = False
             self.errors[f"gpu{dev.info.index}:CounterNotSupported"] += 1
@@ -459,13 +493,22 @@ class NvmlSensor:
             dev.last_counter_mj = counter_mj
             source = COUNTER
         elif power_w is not None:
-            dev.energy_j += self._trapezoid_j(dev, power_w, t_s)
+            dev.energy_j += self._polled_j(dev, power_w, t_s)
             source = POWER_INTEGRATION
         else:
             source = NO_ENERGY
         if power_w is not None:
             dev.last_power_w, dev.last_t_s = power_w, t_s
         return (dev.energy_j if source != NO_ENERGY else None), source
+
+    def _polled_j(self, dev: _DeviceState, power_w: float, t_s: float) -> float:
+        """Joules since the last power reading, through the poller's fast readings when it
+        polls this device (:mod:`profiler.sensors.nvml_power`), else the plain trapezoid."""
+        if self._power is None or dev.last_power_w is None or dev.last_t_s is None:
+            return self._trapezoid_j(dev, power_w, t_s)
+        index, t0 = dev.info.index, dev.last_t_s
+        joules, dev.power_points = self._power.integrate(index, t0, dev.last_power_w, t_s, power_w)
+        return joules
 
     @staticmethod
     def _trapezoid_j(dev: _DeviceState, power_w: float | None, t_s: float) -> float:
@@ -503,6 +546,8 @@ class NvmlSensor:
             if self._closed:
                 return
             self._closed = True
+        if self._power is not None:
+            self._power.close()
         try:
             self._nvml.nvmlShutdown()
         except self._nvml.NVMLError as e:

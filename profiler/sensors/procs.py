@@ -49,33 +49,34 @@ class ProcessTable:
     yet reaped) stay in until reaped, with their CPU time: once reaped, that time moves into
     the parent's ``cutime``/``cstime``, so a tree's total counts it once either way."""
 
-    def __init__(self, stats: dict[int, ProcStat]) -> None:
+    def __init__(self, stats: dict[int, ProcStat], parents: dict[int, int] | None = None) -> None:
+        """``stats``: the processes read (pid -> figures); ``parents``: pid -> parent pid of
+        every process known, where that is more than ``stats`` (:class:`ProcessScanner`:
+        figures for some trees, parents for all); by default the parents in ``stats``."""
         self.stats = stats
+        self.parents = parents if parents is not None else {p: s.ppid for p, s in stats.items()}
         self._children: dict[int, list[int]] | None = None
 
     @classmethod
     def read(cls, proc_root: str | Path = "/proc") -> ProcessTable:
         stats: dict[int, ProcStat] = {}
-        root = Path(proc_root)
+        root = str(proc_root)
         try:
             names = os.listdir(root)
         except OSError:
             return cls(stats)
         for name in names:
-            if not name.isdigit():
-                continue
-            try:
-                with open(root / name / "stat", encoding="ascii", errors="replace") as f:
-                    stats[int(name)] = parse_stat(f.read())
-            except (OSError, ValueError, IndexError):
-                continue  # gone while we looked, or not readable
+            if name.isdigit():
+                stat = read_stat(root, int(name))
+                if stat is not None:  # else gone while we looked, or not readable
+                    stats[int(name)] = stat
         return cls(stats)
 
     def _children_of(self) -> dict[int, list[int]]:
         if self._children is None:
             children: dict[int, list[int]] = {}
-            for pid, stat in self.stats.items():
-                children.setdefault(stat.ppid, []).append(pid)
+            for pid, ppid in self.parents.items():
+                children.setdefault(ppid, []).append(pid)
             self._children = children
         return self._children
 
@@ -95,17 +96,17 @@ class ProcessTable:
     def ancestors(self, pid: int) -> list[int] | None:
         """The ancestors of ``pid``, its parent first, up to (not including) pid 1 or 0; None
         when ``pid`` is not in the table (it started after the scan)."""
-        stat = self.stats.get(pid)
-        if stat is None:
+        parents = self.parents
+        ppid = parents.get(pid)
+        if ppid is None:
             return None
         out: list[int] = []
-        ppid = stat.ppid
         while ppid > 1 and len(out) < MAX_ANCESTRY and ppid != pid and ppid not in out:
             out.append(ppid)  # (a pid reused during the scan can make a cycle: stop there)
-            parent = self.stats.get(ppid)
+            parent = parents.get(ppid)
             if parent is None:
                 break
-            ppid = parent.ppid
+            ppid = parent
         return out
 
     def tree_cpu_seconds(self, pid: int) -> float | None:
@@ -115,14 +116,16 @@ class ProcessTable:
         twice. Time of orphans reparented away from the tree is missed."""
         if pid not in self.stats:
             return None
-        return sum(self.stats[p].cpu_s for p in (pid, *self.descendants(pid)))
+        stats = self.stats
+        return sum(stats[p].cpu_s for p in (pid, *self.descendants(pid)) if p in stats)
 
     def tree_rss_bytes(self, pid: int) -> int | None:
         """Resident bytes of ``pid`` plus its descendants; None if ``pid`` is not in the table.
         Shared pages count once per process (RSS, not PSS), so this can overstate."""
         if pid not in self.stats:
             return None
-        return sum(self.stats[p].rss_bytes for p in (pid, *self.descendants(pid)))
+        stats = self.stats
+        return sum(stats[p].rss_bytes for p in (pid, *self.descendants(pid)) if p in stats)
 
     def outermost(self, pids: Iterable[int]) -> set[int]:
         """The pids of ``pids`` that are not descendants of another one of them: summing
@@ -133,6 +136,76 @@ class ProcessTable:
         if len(pids) < 2:
             return pids
         return {pid for pid in pids if pids.isdisjoint(self.ancestors(pid) or ())}
+
+
+def read_stat(proc_root: str, pid: int) -> ProcStat | None:
+    """``<proc_root>/<pid>/stat`` parsed; None when the process is gone or it cannot be read."""
+    try:
+        fd = os.open(f"{proc_root}/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        return parse_stat(data.decode("ascii", errors="replace"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ProcessScanner:
+    """The host's process table for the daemon's once-a-second CPU accounting, read for less
+    than a whole scan of ``/proc`` each time: a process's parent is read once, when its pid
+    first appears (and again when its parent exits: it was reparented), and CPU and memory
+    figures are read fresh only for the process trees asked for (:meth:`read`'s ``roots``).
+    Every ``full_every`` scans (the first included) every process is read again, so a pid that
+    exited and was reused between two scans carries a wrong parent for at most that many
+    scans. ``last_reads`` counts the ``stat`` files the last scan read."""
+
+    def __init__(self, proc_root: str | Path = "/proc", *, full_every: int = 30) -> None:
+        self.root = str(proc_root)
+        self.full_every = max(1, full_every)
+        self.last_reads = 0
+        self._parents: dict[int, int] = {}
+        self._scans = 0
+
+    def read(self, roots: Iterable[int]) -> ProcessTable:
+        """A table with every living process's parent, and figures (:class:`ProcStat`) for
+        ``roots`` and their descendants (a root that is gone is left out)."""
+        try:
+            pids = {int(n) for n in os.listdir(self.root) if n.isdigit()}
+        except OSError:
+            self._parents.clear()
+            return ProcessTable({})
+        full = self._scans % self.full_every == 0
+        self._scans += 1
+        parents = self._parents
+        gone = parents.keys() - pids
+        for pid in gone:
+            del parents[pid]
+        if full:
+            todo = pids
+        else:  # new pids, and those whose parent exited (reparented)
+            todo = (pids - parents.keys()) | {p for p, ppid in parents.items() if ppid in gone}
+        stats: dict[int, ProcStat] = {}
+        for pid in todo:
+            stat = read_stat(self.root, pid)
+            if stat is None:
+                parents.pop(pid, None)
+            else:
+                stats[pid] = stat
+                parents[pid] = stat.ppid
+        reads = len(todo)
+        table = ProcessTable({}, dict(parents))
+        tree = [p for r in set(roots) if r in parents for p in (r, *table.descendants(r))]
+        for pid in tree:
+            if pid not in stats:
+                reads += 1
+                stat = read_stat(self.root, pid)
+                if stat is not None:
+                    stats[pid] = stat
+                    parents[pid] = stat.ppid  # the next scan's (a reparented member)
+        self.last_reads = reads
+        table.stats = {pid: stats[pid] for pid in tree if pid in stats}
+        return table
 
 
 def process_tree_rss_bytes(pid: int) -> int | None:

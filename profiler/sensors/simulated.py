@@ -38,12 +38,15 @@ MIG mode (``mig=``: instance profiles on every device) and its ``pynvml`` calls 
 (``attach_process(pid, index, instance=gpu_instance_id)``) is listed with that
 ``gpuInstanceId``, and its load drives the parent's power as any process's.
 
+``nvmlDeviceGetFieldValues`` (instantaneous power, the energy counter) and an energy counter
+that advances in increments like a real one (``set_counter_update_s``) are in
+:mod:`profiler.sensors.simulated_fields`.
+
 Everything this module produces is simulated: callers label it so (``SIMULATED = True``).
 """
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 import time
@@ -61,6 +64,7 @@ from profiler.sensors.simulated_activity import (
     ProcessShares,
     SimulatedActivityCalls,
 )
+from profiler.sensors.simulated_fields import SimulatedFieldCalls
 from profiler.sensors.simulated_mig import (
     NOT_MIG,
     MigLayout,
@@ -73,12 +77,12 @@ from profiler.sensors.simulated_mig import (
 from profiler.sensors.simulated_power import (
     DEFAULT_MODEL,
     GPU_MODELS,
-    MAX_COUNT,
     MIB,
     GpuModel,
     Phase,
     RecordedPower,
     ScriptedPower,
+    checked_model,
     model_named,
     per_device_traces,
 )
@@ -166,7 +170,7 @@ def _rss_bytes(pid: int) -> int | None:
         return None
 
 
-class SimulatedNVML(SimulatedActivityCalls, SimulatedMigCalls):
+class SimulatedNVML(SimulatedActivityCalls, SimulatedMigCalls, SimulatedFieldCalls):
     """A drop-in stand-in for the ``pynvml`` module driving ``count`` simulated GPUs of ``model``
     (a name in ``GPU_MODELS``, or a ``GpuModel``: the simulated AMD GPU passes its own).
 
@@ -176,7 +180,9 @@ class SimulatedNVML(SimulatedActivityCalls, SimulatedMigCalls):
     ``energy_offset_mj`` is added to every energy counter, as a real counter counts from driver
     load; ``activity_period_s`` is how often (clock seconds) per-process utilization samples are
     taken; ``mig`` puts every device in MIG mode with these instance profiles (e.g.
-    ``("3g.40gb", "2g.20gb")``, see :mod:`profiler.sensors.simulated_mig`). Thread-safe.
+    ``("3g.40gb", "2g.20gb")``, see :mod:`profiler.sensors.simulated_mig`);
+    ``idle_power_known=False`` hides the model's idle watts (``simulated_idle_power_w``), as on
+    real hardware. Thread-safe.
     """
 
     SIMULATED = True
@@ -207,14 +213,10 @@ class SimulatedNVML(SimulatedActivityCalls, SimulatedMigCalls):
         energy_offset_mj: int = 0,
         activity_period_s: float = ACTIVITY_PERIOD_S,
         mig: Sequence[str] | None = None,
+        idle_power_known: bool = True,
     ) -> None:
         name = model.name if isinstance(model, GpuModel) else model_named(model)
-        if name is None:
-            raise ValueError(
-                f"unknown GPU model {model!r}; allowed models: {', '.join(GPU_MODELS)}"
-            )
-        if not 1 <= count <= MAX_COUNT:
-            raise ValueError(f"count must be from 1 to {MAX_COUNT}, got {count!r}")
+        name = checked_model(name, model, list(GPU_MODELS), count)
         if noise < 0 or load_period_s < 0:
             raise ValueError("noise and load_period_s must be >= 0")
         self.model = model if isinstance(model, GpuModel) else GPU_MODELS[name]
@@ -228,6 +230,7 @@ class SimulatedNVML(SimulatedActivityCalls, SimulatedMigCalls):
         self._hang_s: dict[int, float] = {}  # device index -> seconds its reads block
         self._fixed_load: dict[int, float] = {}  # pid -> load ratio set by a test
         self.activity_period_s = float(activity_period_s)
+        self.idle_power_known = idle_power_known  # False: as a real GPU, no idle figure given
         # Names this simulator's energy counters: a daemon restarted on the same simulator
         # (in-process tests) reads the same counters; a new simulator's counters start over.
         self.token = uuidlib.uuid4().hex[:12]
@@ -336,8 +339,7 @@ class SimulatedNVML(SimulatedActivityCalls, SimulatedMigCalls):
             dev, now = self._device_now(handle)
             if not dev.counter_supported:
                 raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-            joules = dev.power.energy_at(now) - dev.counter_base_j
-            return math.floor(joules * 1000) + dev.counter_offset_mj
+            return self._counter_mj(dev, now)  # simulated_fields: update period
 
     def simulated_counter_epoch(self, handle: SimulatedHandle) -> str:
         """Not pynvml: what the device's energy counter counts from, as a string that changes
@@ -391,7 +393,11 @@ class SimulatedNVML(SimulatedActivityCalls, SimulatedMigCalls):
             return dev.power.energy_at(now)
 
     def simulated_idle_power_w(self, handle: SimulatedHandle) -> float:
-        """Not pynvml: the device model's idle power in watts (what it draws with no load)."""
+        """Not pynvml: the device model's idle power in watts (what it draws with no load).
+        Answers NotSupported when built with ``idle_power_known=False``, so the daemon measures
+        the floor as on a real GPU."""
+        if not self.idle_power_known:
+            raise self.NVMLError_NotSupported()
         with self._lock:
             return self._device(handle).model.idle_w
 

@@ -52,8 +52,8 @@ from profiler.sensors.simulated import BASE_MEMORY_BYTES, SimulatedHandle, Simul
 from profiler.sensors.simulated_activity import ACTIVITY_PERIOD_S
 from profiler.sensors.simulated_power import (
     GIB,
-    MAX_COUNT,
     GpuModel,
+    checked_model,
     named_in,
     parse_model_count,
     per_device_traces,
@@ -161,6 +161,7 @@ class _Processor:
     frozen_ticks: int | None = None  # set: the counter reads this, whatever the energy
     energy_supported: bool = True
     not_available: frozenset[str] = frozenset()
+    bad_entries: tuple[Any, ...] = ()  # process-list entries with no usable pid (a quirk)
 
 
 class SimulatedAmdSmi:
@@ -192,13 +193,7 @@ class SimulatedAmdSmi:
         energy_offset_ticks: int = 1_000_000,
         activity_period_s: float = ACTIVITY_PERIOD_S,
     ) -> None:
-        name = amd_model_named(model)
-        if name is None:
-            raise ValueError(
-                f"unknown AMD GPU model {model!r}; allowed models: {', '.join(AMD_MODELS)}"
-            )
-        if not 1 <= count <= MAX_COUNT:
-            raise ValueError(f"count must be from 1 to {MAX_COUNT}, got {count!r}")
+        name = checked_model(amd_model_named(model), model, list(AMD_MODELS), count, "AMD GPU")
         self.model = AMD_MODELS[name]
         self._clock = clock
         self._lock = threading.RLock()
@@ -342,7 +337,7 @@ class SimulatedAmdSmi:
                 {"name": NA, "pid": pid, "mem": mem or 0, "memory_usage": {"vram_mem": mem or 0}}
                 for pid, mem in self._living(p)
                 if pid != me
-            ]
+            ] + list(p.bad_entries)
 
     def simulated_counter_epoch(self, handle: AmdHandle) -> str:
         """Not amdsmi: what the processor's counter counts from (changes with a reset)."""
@@ -401,6 +396,12 @@ class SimulatedAmdSmi:
         ``current_socket_power``, ``gfx_activity``, ``vram_used``, ``power_cap``)."""
         with self._lock:
             self._procs[index].not_available = frozenset(fields)
+
+    def set_bad_process_entries(self, index: int, entries: Sequence[Any]) -> None:
+        """Processor ``index``'s process list also gives these ``entries`` (a quirk: an entry
+        with no ``pid``, a pid of ``"N/A"``, or no dict at all)."""
+        with self._lock:
+            self._procs[index].bad_entries = tuple(entries)
 
     def set_hang(self, index: int, seconds: float) -> None:
         """A stuck driver: energy reads of processor ``index`` block for ``seconds`` of real

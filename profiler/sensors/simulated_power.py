@@ -112,6 +112,17 @@ def named_in(models: Sequence[str], text: str) -> str | None:
     return next((name for name in models if name.lower() == wanted), None)
 
 
+def checked_model(name: str | None, model: object, allowed: Sequence[str], count: int,
+                  kind: str = "GPU") -> str:  # fmt: skip
+    """``name``, the model found for ``model``; ValueError when none was (naming the
+    ``allowed`` models of this ``kind``) or when ``count`` is not from 1 to ``MAX_COUNT``."""
+    if name is None:
+        raise ValueError(f"unknown {kind} model {model!r}; allowed models: {', '.join(allowed)}")
+    if not 1 <= count <= MAX_COUNT:
+        raise ValueError(f"count must be from 1 to {MAX_COUNT}, got {count!r}")
+    return name
+
+
 # ---- power timelines: power_at(t_s) in watts, energy_at(t_s) in joules since the start
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, start_daemon, wait_for
+from conftest import REPO, start_configured_daemon, wait_for
 
 pytestmark = pytest.mark.slow
 PRICED = '[cost]\npricing = "flat"\ngpu_hour_price = 3600\nenergy_price_kwh = 0\n'
@@ -17,9 +17,7 @@ PRICED = '[cost]\npricing = "flat"\ngpu_hour_price = 3600\nenergy_price_kwh = 0\
 
 def test_two_gloo_ranks_stop_at_the_same_step(tmp_path):
     home = tmp_path / "home"
-    home.mkdir()
-    (home / "profiler.toml").write_text(PRICED)
-    d = start_daemon(home)
+    d = start_configured_daemon(home, PRICED)
     try:
         env = dict(d.env, PROFILER_RUN_ID="ddp-budget")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",

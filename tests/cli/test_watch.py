@@ -95,7 +95,8 @@ def test_unknown_figures_are_dashes_and_ended_runs_are_not_shown(tmp_path):
     assert r.steps == 0 and r.total_steps is None and r.step_time_mean_s is None
     assert r.projected_cost is None and r.projected_end is None
     row = next(ln for ln in watch.render_text(s).splitlines() if ln.startswith("w1"))
-    assert row.split()[2:] == ["0"] + ["-"] * 8  # not priced yet, no energy, no steps
+    # not priced yet, no energy, no steps, no budget
+    assert row.split()[2:] == ["0"] + ["-"] * 9
     assert r.currency == "" and r.cost is None and r.energy_j is None
     # a device that reports no power: "-", not 0
     text = exposition(d).replace("profiler_gpu_power_watts{", "x_gone{")

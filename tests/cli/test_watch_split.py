@@ -4,28 +4,12 @@ simulated GPU that gives no per-process activity; the real exporter's text is th
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
 
 import pytest
 from inprocess import advance, hello, make_daemon
 
 from profiler.cli import watch
 from profiler.daemon.exporter import render_metrics
-
-
-@pytest.fixture
-def two_pids() -> Iterator[tuple[int, int]]:
-    procs = [
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(2)
-    ]
-    try:
-        yield procs[0].pid, procs[1].pid
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
 
 
 @pytest.mark.parametrize(("supported", "basis"), [(True, "activity"), (False, "equal")])

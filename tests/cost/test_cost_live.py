@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cli, sample_value, start_daemon, wait_for
+from conftest import REPO, run_cli, sample_value, start_configured_daemon, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +25,7 @@ carbon_g_per_kwh = 400
 
 def test_cost_agrees_in_metrics_runs_and_ledger(tmp_path):
     home = tmp_path / "home"
-    home.mkdir()
-    (home / "profiler.toml").write_text(PROFILER_TOML)
-    d = start_daemon(home)
+    d = start_configured_daemon(home, PROFILER_TOML)
     try:
         env = dict(d.env, PROFILER_RUN_ID="it-cost")
         out = subprocess.run(

@@ -12,16 +12,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import threading
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO, profiler_env, wait_for
+from conftest import BUSY_TORCH, REPO, http_text, profiler_env, service_in_thread, wait_for
 
-from profiler.config import Config
 from profiler.cost.pricing import resolve_pricing
 from profiler.daemon.core import Daemon
 from profiler.daemon.service import Service
@@ -36,60 +31,18 @@ pytestmark = pytest.mark.slow
 BUSY_S = 5.0
 MI300X_GPU_HOUR = 1.85  # USD, the catalog's vultr:MI300X (one GPU), typed in from the entry
 
-TRAIN = """
-import os, sys, time, torch
-from hooks.pytorch import track
-handle = track("amd-train", run_id=sys.argv[2], batch_size=8)  # the one added line
-torch.set_num_threads(1)
-w = torch.randn(64, 64, requires_grad=True)
-opt = torch.optim.SGD([w], lr=1e-3)
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
-    loss = (torch.randn(8, 64) @ w).pow(2).mean()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-handle.stop()
-print(f"steps={handle.steps}", flush=True)
-os._exit(0)  # no interpreter teardown after the run's end (its CPU would load the GPU)
-"""
 
-
-@contextmanager
-def daemon_on(home: Path, sensor: GpuSensor) -> Iterator[tuple[Daemon, Service]]:
+def daemon_on(home: Path, sensor: GpuSensor):
     """The real daemon service on ``sensor``, its loop in a thread of this process, priced as
-    the catalog's vultr:MI300X."""
-    home.mkdir(mode=0o700)
-    config = Config(home=home, metrics_port=0, sample_interval_s=0.05, flush_interval_s=0.5,
-                    finished_run_ttl_s=600.0)  # fmt: skip
-    pricing = resolve_pricing({"pricing": "vultr:MI300X"}, env={})
-    d = Daemon(config, gpu_sensor=sensor, pricing=pricing)
-    service = Service(d)
-    ready = threading.Event()
-
-    def serve() -> None:
-        service.start()
-        ready.set()
-        try:
-            service.run()
-        finally:
-            service.shutdown()
-
-    thread = threading.Thread(target=serve, name="daemon", daemon=True)
-    thread.start()
-    assert ready.wait(timeout=30), "the daemon did not start"
-    try:
-        yield d, service
-    finally:
-        service.stop_event.set()
-        thread.join(timeout=30)
+    the catalog's vultr:MI300X; yields (daemon, service)."""
+    return service_in_thread(home, sensor, resolve_pricing({"pricing": "vultr:MI300X"}, env={}))
 
 
 def train(home: Path, run_id: str) -> int:
     """Run the training to its end; the steps it says it made."""
     env = profiler_env(home, PROFILER_AUTOSTART="0", PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", TRAIN, str(BUSY_S), run_id], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    argv = [sys.executable, str(BUSY_TORCH), str(BUSY_S), "amd-train", run_id]
+    out = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return int(re.search(r"steps=(\d+)", out.stdout).group(1))
 
@@ -104,8 +57,7 @@ def finished_run(d: Daemon, run_id: str):
 
 
 def metrics(service: Service) -> str:
-    with urllib.request.urlopen(service.metrics_url, timeout=10) as r:
-        return r.read().decode()
+    return http_text(service.metrics_url)
 
 
 def shape(page: str) -> set[tuple[str, tuple[str, ...]]]:

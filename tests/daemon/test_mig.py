@@ -10,10 +10,9 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
-from conftest import REPO, profiler_env, run_cli, start_daemon, wait_for
+from conftest import DECLARED_STEPS, REPO, profiler_env, run_cli, start_daemon, wait_for
 from inprocess import FakeClock, advance, hello, pricing
 
 from profiler.cli.run_records import run_record
@@ -28,20 +27,6 @@ PROFILES = ("3g.40gb", "2g.20gb", "1g.10gb")
 SLICES = (3, 2, 1)
 LOADS = (0.6, 0.3, 0.05)
 IDLE_W = 60.0  # the simulated A100-SXM4-80GB's idle power
-
-
-@pytest.fixture
-def three_pids() -> Iterator[tuple[int, ...]]:
-    """Three living processes for the simulated GPU to attach (their loads fixed by the test)."""
-    procs = [
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(3)
-    ]
-    try:
-        yield tuple(p.pid for p in procs)
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
 
 
 def mig_daemon(tmp_path, pids, *, supported: bool = True, gph: float = 3.6):
@@ -154,25 +139,6 @@ def test_a_mig_gpu_without_per_process_activity_splits_by_instance_size_and_says
     assert "MIG: 3g.40gb, 2g.20gb, 1g.10gb" in d.describe_gpu()
 
 
-DECLARED_MIG = """
-import sys, time
-from hooks.client import Client
-from hooks.options import RunOptions
-fields = RunOptions(name="on-mig").hello_fields(
-    framework="none", framework_version="", hook="test", samples_source="none",
-    devices=[sys.argv[2]])
-client = Client("on-mig", fields, autostart=False)
-end = time.monotonic() + float(sys.argv[1])
-step = 0
-while time.monotonic() < end:
-    t0 = time.monotonic()
-    time.sleep(0.2)
-    client.step(step, t0, time.monotonic(), 1)
-    step += 1
-client.close("finished")
-"""
-
-
 @pytest.mark.slow
 def test_a_real_run_on_a_mig_instance_through_the_cli(tmp_path):
     """The real daemon on ``PROFILER_GPU=simulated:A100-SXM4-80GB:1:mig=...``, a real process
@@ -190,7 +156,10 @@ def test_a_real_run_on_a_mig_instance_through_the_cli(tmp_path):
         assert mig_uuid.startswith("MIG-")
         env = {**d.env, "PROFILER_AUTOSTART": "0", "PYTHONPATH": str(REPO)}
         subprocess.run(
-            [sys.executable, "-c", DECLARED_MIG, "3", mig_uuid], env=env, check=True, timeout=60
+            [sys.executable, str(DECLARED_STEPS), "3", mig_uuid, "on-mig", "on-mig"],
+            env=env,
+            check=True,
+            timeout=60,
         )
 
         def held() -> list[dict]:  # ended, and its GPU time attributed up to its end

@@ -6,10 +6,6 @@ activity."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
-
 import pytest
 from inprocess import advance, hello, make_daemon
 
@@ -17,20 +13,6 @@ from profiler.cli.run_records import run_record
 from profiler.daemon.exporter import render_metrics
 
 SECONDS = 40.0
-
-
-@pytest.fixture
-def two_pids() -> Iterator[tuple[int, int]]:
-    """Two living processes for the simulated GPU to attach (their loads are fixed by the test)."""
-    procs = [
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(2)
-    ]
-    try:
-        yield procs[0].pid, procs[1].pid
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
 
 
 def share_gpu(tmp_path, pids: tuple[int, int], supported: bool = True):

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
@@ -23,9 +21,17 @@ from typing import Any
 
 import pynvml
 import pytest
-from conftest import REPO, profiler_env, run_cli, wait_for
+from conftest import (
+    BUSY_TORCH,
+    DECLARED_STEPS,
+    REPO,
+    http_text,
+    profiler_env,
+    run_cli,
+    service_in_thread,
+    wait_for,
+)
 
-from profiler.config import Config
 from profiler.daemon.core import Daemon
 from profiler.daemon.service import Service
 from profiler.sensors.nvml import NvmlSensor
@@ -35,40 +41,6 @@ pytestmark = pytest.mark.slow
 
 BUSY_S = 8.0
 IDLE_S = 14.0
-
-BUSY = """
-import os, sys, time, torch
-from hooks.pytorch import track
-torch.set_num_threads(1)
-handle = track("busy", run_id="busy", batch_size=8)
-w = torch.randn(64, 64, requires_grad=True)
-opt = torch.optim.SGD([w], lr=1e-3)
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
-    loss = (torch.randn(8, 64) @ w).pow(2).mean()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-handle.stop()
-os._exit(0)  # no interpreter teardown after the run's end (its CPU would load the GPU)
-"""
-
-DECLARED = """
-import sys, time
-from hooks.client import Client
-from hooks.options import RunOptions
-fields = RunOptions(name="declared").hello_fields(
-    framework="none", framework_version="", hook="test", samples_source="none", devices=["0"])
-client = Client("declared", fields, autostart=False)
-end = time.monotonic() + float(sys.argv[1])
-step = 0
-while time.monotonic() < end:
-    t0 = time.monotonic()
-    time.sleep(0.2)
-    client.step(step, t0, time.monotonic(), 1)
-    step += 1
-client.close("finished")
-"""
 
 
 class NamespacedNVML(SimulatedNVML):
@@ -104,58 +76,26 @@ class InThreadDaemon:
 
     daemon: Daemon
     service: Service
-    thread: threading.Thread
     sim: NamespacedNVML
     env: dict[str, str]
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(self.service.metrics_url, timeout=10) as r:
-            return r.read().decode()
-
-    def stop(self) -> None:
-        self.service.stop_event.set()
-        self.thread.join(timeout=30)
-
-
-def serve_in_thread(service: Service, ready: threading.Event) -> None:
-    """Start, run and shut down ``service`` in this thread (the ledger's SQLite connection
-    belongs to the thread that opened it)."""
-    service.start()
-    ready.set()
-    try:
-        service.run()
-    finally:
-        service.shutdown()
+        return http_text(self.service.metrics_url)
 
 
 @pytest.fixture
 def shared_gpu(tmp_path: Path) -> Iterator[InThreadDaemon]:
     home = tmp_path / "home"
-    home.mkdir(mode=0o700)
     sim = NamespacedNVML("A100-SXM4-40GB", 1, traces=[None])
-    config = Config(
-        home=home, metrics_port=0, sample_interval_s=0.05, flush_interval_s=0.5,
-        finished_run_ttl_s=600.0,
-    )  # fmt: skip
-    d = Daemon(config, gpu_sensor=NvmlSensor(sim))
-    service = Service(d)
-    ready = threading.Event()
-    thread = threading.Thread(
-        target=serve_in_thread, args=(service, ready), name="daemon", daemon=True
-    )
-    thread.start()
-    assert ready.wait(timeout=30), "the daemon did not start"
-    env = profiler_env(home, PROFILER_AUTOSTART="0", PYTHONPATH=str(REPO))
-    h = InThreadDaemon(d, service, thread, sim, env)
-    try:
-        yield h
-    finally:
-        if thread.is_alive():
-            h.stop()
+    with service_in_thread(home, NvmlSensor(sim)) as (d, service):
+        env = profiler_env(home, PROFILER_AUTOSTART="0", PYTHONPATH=str(REPO))
+        yield InThreadDaemon(d, service, sim, env)
 
 
 def start_busy(env: dict[str, str], seconds: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", BUSY, str(seconds)], env=env, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, str(BUSY_TORCH), str(seconds), "busy", "busy"], env=env, cwd=REPO
+    )
 
 
 def start_idle(env: dict[str, str], seconds: float) -> subprocess.Popen:
@@ -227,13 +167,19 @@ def json_runs(h: InThreadDaemon) -> dict[str, dict]:
     return {r["name"]: r for r in json.loads(out.stdout)}
 
 
-def test_a_busy_training_process_and_an_idle_one_get_their_exact_shares(shared_gpu):
-    h = shared_gpu
+def busy_and_idle(h: InThreadDaemon) -> dict:
+    """The idle run and, once it holds the GPU, the busy one, both to their end; the two runs
+    (by name) once the daemon has ended them."""
     idle = start_idle(h.env, IDLE_S)
     wait_for(lambda: has_run(h, "idle"), timeout=30, what="the idle run")
     busy = start_busy(h.env, BUSY_S)
     assert busy.wait(timeout=60) == 0 and idle.wait(timeout=60) == 0
-    runs = wait_for(lambda: finished(h, {"busy", "idle"}), timeout=30, what="both runs ended")
+    return wait_for(lambda: finished(h, {"busy", "idle"}), timeout=30, what="both runs ended")
+
+
+def test_a_busy_training_process_and_an_idle_one_get_their_exact_shares(shared_gpu):
+    h = shared_gpu
+    runs = busy_and_idle(h)
     uuid = next(iter(h.daemon.devices))
     exact = exact_shares(h.sim, runs, uuid, by_activity=True)
     for name, run in runs.items():
@@ -261,11 +207,7 @@ def test_without_per_process_utilization_the_split_is_equal_labelled_and_nothing
 ):
     h = shared_gpu
     h.sim.set_process_utilization_supported(0, False)  # read on the sensor's next reading
-    idle = start_idle(h.env, IDLE_S)
-    wait_for(lambda: has_run(h, "idle"), timeout=30, what="the idle run")
-    busy = start_busy(h.env, BUSY_S)
-    assert busy.wait(timeout=60) == 0 and idle.wait(timeout=60) == 0
-    runs = wait_for(lambda: finished(h, {"busy", "idle"}), timeout=30, what="both runs ended")
+    runs = busy_and_idle(h)
     uuid = next(iter(h.daemon.devices))
     exact = exact_shares(h.sim, runs, uuid, by_activity=False)
     for name, run in runs.items():
@@ -286,7 +228,10 @@ def test_a_run_the_driver_does_not_list_holds_the_device_its_hook_declared(share
     hold the device the split is equal (basis "equal" for both); where the busy run holds it
     alone it gets all of it. Nothing is lost."""
     h = shared_gpu
-    declared = subprocess.Popen([sys.executable, "-c", DECLARED, str(IDLE_S)], env=h.env, cwd=REPO)
+    declared = subprocess.Popen(
+        [sys.executable, str(DECLARED_STEPS), str(IDLE_S), "0", "declared", "declared"],
+        env=h.env, cwd=REPO,
+    )  # fmt: skip
     h.sim.hidden.add(declared.pid)  # before it says hello: the driver never lists it
     wait_for(lambda: has_run(h, "declared"), timeout=30, what="the declared run")
     busy = start_busy(h.env, BUSY_S)

@@ -13,6 +13,7 @@ import time
 
 import pytest
 from conftest import (
+    DECLARED_STEPS,
     REPO,
     exported_series_names,
     promql,
@@ -132,6 +133,8 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path, vendor)
     home.mkdir()
     (home / "profiler.toml").write_text(
         '[cost]\npricing = "flat"\ngpu_hour_price = 3.6\ncarbon_g_per_kwh = 400\n'
+        # a budget the run warns against within a second and never stops at: the budget panels
+        "[budget]\nper_run = 1.0\nwarn_at = 0.001\n"
     )
     d = start_daemon(home, PROFILER_GPU=gpu)
     try:
@@ -189,27 +192,6 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path, vendor)
         d.stop()
 
 
-# A process whose hook declares a MIG device (as CUDA_VISIBLE_DEVICES=MIG-... gives it) and
-# takes a step every 0.2 s for argv[1] seconds.
-ON_MIG = """
-import sys, time
-from hooks.client import Client
-from hooks.options import RunOptions
-fields = RunOptions(name="on-mig").hello_fields(
-    framework="none", framework_version="", hook="test", samples_source="none",
-    devices=[sys.argv[2]])
-client = Client("mig-run", fields, autostart=False)
-end = time.monotonic() + float(sys.argv[1])
-step = 0
-while time.monotonic() < end:
-    t0 = time.monotonic()
-    time.sleep(0.2)
-    client.step(step, t0, time.monotonic(), 1)
-    step += 1
-client.close("finished")
-"""
-
-
 @pytest.mark.slow
 def test_the_mig_and_split_panels_return_data_for_a_run_on_a_mig_instance(tmp_path):
     """Issue 16: a real daemon on a simulated GPU in MIG mode, a real run on its 3g.40gb
@@ -228,8 +210,10 @@ def test_the_mig_and_split_panels_return_data_for_a_run_on_a_mig_instance(tmp_pa
                     if ln.startswith("profiler_gpu_mig_instance_info")
                     and 'mig_profile="3g.40gb"' in ln).split('uuid="')[1].split('"')[0]  # fmt: skip
     env = {**d.env, "PROFILER_AUTOSTART": "0", "PYTHONPATH": str(REPO)}
-    run = subprocess.Popen([sys.executable, "-c", ON_MIG, "60", mig_uuid], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    run = subprocess.Popen(
+        [sys.executable, str(DECLARED_STEPS), "60", mig_uuid, "mig-run", "on-mig"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
     try:
         wait_for(lambda: promql(base, 'profiler_run_energy_joules_total{run="mig-run"} > 0'),
                  timeout=60, what="prometheus to scrape the run's energy")  # fmt: skip

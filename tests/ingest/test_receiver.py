@@ -89,3 +89,68 @@ def test_a_signal_during_the_inbox_wait_never_makes_it_wait_for_good(tmp_path):
         rescue.cancel()
         inbox.stop()
         r.close()
+
+
+def test_step_batches_wait_for_the_loop_and_a_bye_or_hello_wakes_it(tmp_path):
+    """The inbox hands the loop step batches at its own pace (one wake-up per sample, not one
+    per datagram); a bye or hello (a hook may wait for the answer) wakes it at once, with
+    everything received before it, in order."""
+    import threading
+
+    from profiler.ingest.receiver import Inbox
+
+    path = str(tmp_path / "d.sock")
+    r = Receiver(tmp_path / "d.sock")
+    inbox = Inbox(r)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    got: list = []
+    waiting = threading.Thread(target=lambda: got.extend(inbox.get(120.0)))
+    try:
+        now = time.monotonic()
+        for i in range(20):
+            s.sendto(wire.encode(wire.steps("r", os.getpid(), [[i, now, now, 1]])), path)
+        deadline = time.monotonic() + 10
+        while r.counts["received"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r.counts["received"] == 20  # read off the socket by the inbox thread
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive() and got == []  # step batches alone do not wake the loop
+        s.sendto(wire.encode(wire.bye("r", os.getpid(), "finished", now)), path)
+        waiting.join(60)  # woken by the bye, long before get's 120 s
+        assert not waiting.is_alive()
+        assert [m.rows[0][0] for m in got[:20]] == list(range(20))
+        assert len(got) == 21 and isinstance(got[20], Bye)
+    finally:
+        s.close()
+        inbox.stop()
+        r.close()
+        waiting.join(120)
+
+
+def test_a_backlog_of_step_batches_wakes_the_loop(tmp_path):
+    """Without a bye or hello, :data:`Inbox.WAKE_AT` waiting messages wake the loop (a burst is
+    handled as it comes, not at the next sample)."""
+    import threading
+
+    from profiler.ingest.receiver import Inbox
+
+    path = str(tmp_path / "d.sock")
+    r = Receiver(tmp_path / "d.sock")
+    inbox = Inbox(r)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # blocking: waits while it is full
+    got: list = []
+    waiting = threading.Thread(target=lambda: got.extend(inbox.get(120.0)))
+    waiting.start()
+    try:
+        now = time.monotonic()
+        for i in range(Inbox.WAKE_AT):
+            s.sendto(wire.encode(wire.steps("r", os.getpid(), [[i, now, now, 1]])), path)
+        waiting.join(60)  # woken by the backlog, long before get's 120 s
+        assert not waiting.is_alive()
+        assert [m.rows[0][0] for m in got] == list(range(Inbox.WAKE_AT))  # all, in one hand-off
+    finally:
+        s.close()
+        inbox.stop()
+        r.close()
+        waiting.join(120)

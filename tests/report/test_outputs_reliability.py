@@ -74,7 +74,9 @@ def hostile_ledger(path: Path, field: str) -> Ledger:
     for i, (kind, text) in enumerate(HOSTILE.items()):
         row = dict(id=f"r{i}-{kind}", name=f"n{i}", project=f"p{i}", user=f"u{i}",
                    framework="pytorch", host="node1", status="finished", started_at=NOV + 3600,
-                   simulated=False, currency="USD", meta={})  # fmt: skip
+                   simulated=False, currency="USD",
+                   meta={"budgets": [{"amount": 1.0, "scope": "run", "source": "track",
+                                      "on_exceed": "stop", "warn_at": 0.8}]})  # fmt: skip
         model = "A100"
         if field == "gpu_model":
             model = text
@@ -87,6 +89,12 @@ def hostile_ledger(path: Path, field: str) -> Ledger:
                               cost_gpu_time=1.0 + i, cost_energy=0.0, co2_g=1.0,
                               waste_cost=0.0))  # fmt: skip
     ledger.write(runs, devices, rollups, [])
+    with ledger.db:  # every run stopped for its budget: the reports' Budgets sections list them
+        ledger.db.executemany(
+            "INSERT INTO budget_events (run_id, at, event, reason, scope, source, spent, budget)"
+            " VALUES (?, ?, 'stop', 'budget', 'run', 'track', 1.0, 1.0)",
+            [(r["id"], NOV + 7200) for r in runs],
+        )  # fmt: skip
     return ledger
 
 
@@ -464,7 +472,7 @@ def test_label_values_and_watch_are_cleaned_of_control_characters(tmp_path):
 def test_metrics_listen_backlog_holds_fifty_waiting_connections(tmp_path):
     from inprocess import make_daemon
 
-    from profiler.daemon.exporter import serve_metrics
+    from profiler.daemon.metrics_http import serve_metrics
 
     d, _sim, _clock = make_daemon(tmp_path, [[(100.0, 300.0)]])
     server, port = serve_metrics(d, "127.0.0.1", 0)

@@ -9,9 +9,6 @@ import csv
 import datetime as dt
 import io
 import json
-import subprocess
-import sys
-from collections.abc import Iterator
 
 import pytest
 from conftest import profiler_env, run_cli
@@ -28,29 +25,6 @@ from profiler.sensors.simulated import SimulatedNVML
 
 SECONDS = 40.0
 MIG_PROFILES = ("3g.40gb", "2g.20gb", "1g.10gb")
-
-
-def living(n: int) -> Iterator[tuple[int, ...]]:
-    """``n`` living processes for the simulated GPU to attach (their loads are set by the test)."""
-    procs = [
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(n)
-    ]
-    try:
-        yield tuple(p.pid for p in procs)
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-
-
-@pytest.fixture
-def two_pids() -> Iterator[tuple[int, ...]]:
-    yield from living(2)
-
-
-@pytest.fixture
-def three_pids() -> Iterator[tuple[int, ...]]:
-    yield from living(3)
 
 
 def shared_ledger(tmp_path, pids: tuple[int, ...], supported: bool = True):

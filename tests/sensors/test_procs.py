@@ -167,3 +167,84 @@ def test_process_tree_helpers(process_tree):
     assert outermost_pids({grandchild}) == {grandchild}
     assert outermost_pids({child.pid, grandchild, os.getpid()}) == {os.getpid()}
     assert ancestor_pids(2**22 + 1) == []
+
+
+def _write_proc(root: Path, pid: int, ppid: int, ticks: int = 0, rss: int = 1) -> None:
+    (root / str(pid)).mkdir(exist_ok=True)
+    (root / str(pid) / "stat").write_text(_stat(pid, "p", ppid, (ticks, 0, 0, 0), rss))
+
+
+def test_the_scanner_reads_every_parent_once_and_fresh_figures_only_for_the_trees_asked_for(
+    tmp_path: Path,
+) -> None:
+    """ProcessScanner (the daemon's once-a-second CPU accounting): a pid's parent is read once,
+    when the pid first appears; each scan then reads only the trees of ``roots``. A fixture
+    /proc: 10 -> 11 -> 12, and 13 beside them."""
+    from profiler.sensors.procs import ProcessScanner
+
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid, ppid, ticks in ((10, 1, 100), (11, 10, 10), (12, 11, 5), (13, 1, 999)):
+        _write_proc(tmp_path, pid, ppid, ticks)
+    scanner = ProcessScanner(tmp_path)
+    table = scanner.read([10])
+    assert scanner.last_reads == 4  # every process once
+    assert sorted(table.stats) == [10, 11, 12]  # figures only for the tree asked for
+    assert table.tree_cpu_seconds(10) == pytest.approx(115 / tick)
+    assert table.ancestors(12) == [11, 10] and table.ancestors(13) == []
+    assert table.outermost({10, 12, 13}) == {10, 13}
+
+    _write_proc(tmp_path, 11, 10, ticks=50)  # it ran: fresh figures for the tree
+    (tmp_path / "13" / "stat").write_text("garbage")  # not read again: its parent is known
+    _write_proc(tmp_path, 16, 12, ticks=7)  # a new process, a great-grandchild of 10
+    table = scanner.read([10])
+    assert scanner.last_reads == 4  # 10, 11, 12 and the new 16; not 13
+    assert sorted(table.stats) == [10, 11, 12, 16]
+    assert table.tree_cpu_seconds(10) == pytest.approx((100 + 50 + 5 + 7) / tick)
+    assert table.ancestors(13) == []
+
+    # 11 exits: its children are reparented (to 1 here), so they are read again
+    for name in ("stat",):
+        (tmp_path / "11" / name).unlink()
+    (tmp_path / "11").rmdir()
+    _write_proc(tmp_path, 12, 1, ticks=5)
+    table = scanner.read([10])
+    assert sorted(table.stats) == [10]
+    assert table.ancestors(16) == [12]
+    assert table.tree_cpu_seconds(12) is None  # not asked for: no figures
+    assert scanner.read([]).stats == {}
+    assert ProcessScanner(tmp_path / "missing").read([10]).stats == {}
+
+
+def test_the_scanner_reads_every_process_again_now_and_then(tmp_path: Path) -> None:
+    """A pid reused between two scans keeps the parent read for the process before it until
+    the scanner's full re-read (every ``full_every`` scans)."""
+    from profiler.sensors.procs import ProcessScanner
+
+    _write_proc(tmp_path, 10, 1)
+    _write_proc(tmp_path, 13, 1)
+    scanner = ProcessScanner(tmp_path, full_every=3)
+    assert scanner.read([10]).descendants(10) == []
+    _write_proc(tmp_path, 13, 10)  # pid 13 died and came back as a child of 10
+    assert scanner.read([10]).descendants(10) == []  # not seen yet
+    assert scanner.read([10]).descendants(10) == []
+    assert scanner.read([10]).descendants(10) == [13]  # the third scan after the first: all
+    assert scanner.last_reads == 2
+
+
+def test_the_scanner_matches_a_full_scan_on_the_real_proc(
+    family: tuple[subprocess.Popen[str], int],
+) -> None:
+    from profiler.sensors.procs import ProcessScanner
+
+    child, grandchild = family
+    scanner = ProcessScanner()
+    scanner.read([child.pid])
+    table = scanner.read([child.pid])
+    full = ProcessTable.read()
+    assert scanner.last_reads < len(full.stats)  # the second scan reads the tree, not the host
+    assert table.descendants(child.pid) == [grandchild]
+    assert table.tree_cpu_seconds(child.pid) == pytest.approx(
+        full.tree_cpu_seconds(child.pid), abs=0.05
+    )
+    assert table.ancestors(grandchild) == full.ancestors(grandchild)
+    assert table.ancestors(os.getpid()) == full.ancestors(os.getpid())
