@@ -55,7 +55,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from profiler.sensors.base import GpuProcess, GpuSample, SensorUnavailable
+from profiler.sensors.base import GpuProcess, GpuSample, SensorUnavailable, power_step_j
 from profiler.sensors.nvml import (
     CALL_TIMEOUT_S,
     COUNTER,
@@ -403,7 +403,7 @@ class AmdSmiSensor:
         self, dev: _AmdDevice, counter_uj: float | None, power_w: float | None, t_s: float
     ) -> tuple[float | None, str]:
         """Add this interval's joules to ``dev.energy_j``; return (cumulative joules, source)."""
-        power_j = _trapezoid_j(dev, power_w, t_s)
+        power_j = power_step_j(dev.last_power_w, dev.last_t_s, power_w, t_s)
         index = dev.info.index
         if dev.die_of is not None:
             return None, NO_ENERGY  # its package's share is given in _read_pass
@@ -502,13 +502,6 @@ def _share(reporting: GpuSample, own: GpuSample, n: int, part: str) -> GpuSample
         counter_j=part_of(reporting.counter_j),
         counter_id=None if reporting.counter_id is None else f"{reporting.counter_id}/{part}",
     )
-
-
-def _trapezoid_j(dev: _AmdDevice, power_w: float | None, t_s: float) -> float:
-    """Joules between the last power reading and this one (0 without both readings)."""
-    if power_w is None or dev.last_power_w is None or dev.last_t_s is None:
-        return 0.0
-    return (dev.last_power_w + power_w) / 2 * max(0.0, t_s - dev.last_t_s)
 
 
 def _number(info: Any, key: str) -> float | None:

@@ -121,6 +121,16 @@ class CpuSample:
     source: str
 
 
+def power_step_j(
+    last_power_w: float | None, last_t_s: float | None, power_w: float | None, t_s: float
+) -> float:
+    """Joules between the last power reading (watts at ``last_t_s`` seconds) and this one, by
+    trapezoid: the polling path of every GPU sensor; 0.0 without both readings."""
+    if power_w is None or last_power_w is None or last_t_s is None:
+        return 0.0
+    return (last_power_w + power_w) / 2 * max(0.0, t_s - last_t_s)
+
+
 class GpuSensor(Protocol):
     """A source of GPU samples: what the daemon uses of one. ``sample()`` reads every device once;
     ``errors`` counts failed reads by kind (the daemon reports them as ``sensor_error:gpu:<kind>``).

@@ -50,7 +50,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from profiler.sensors.base import GpuProcess, GpuSample, MigInstance, SensorUnavailable
+from profiler.sensors.base import (
+    GpuProcess,
+    GpuSample,
+    MigInstance,
+    SensorUnavailable,
+    power_step_j,
+)
 from profiler.sensors.nvml_activity import (
     NVML_ACTIVITY,
     SIMULATED_ACTIVITY,
@@ -489,7 +495,7 @@ class NvmlSensor:
                 dev.energy_j += (counter_mj - dev.last_counter_mj) / 1000
             else:  # driver reload: re-base; estimate this interval from power instead
                 self.errors[f"gpu{dev.info.index}:CounterReset"] += 1
-                dev.energy_j += self._trapezoid_j(dev, power_w, t_s)
+                dev.energy_j += power_step_j(dev.last_power_w, dev.last_t_s, power_w, t_s)
             dev.last_counter_mj = counter_mj
             source = COUNTER
         elif power_w is not None:
@@ -505,17 +511,10 @@ class NvmlSensor:
         """Joules since the last power reading, through the poller's fast readings when it
         polls this device (:mod:`profiler.sensors.nvml_power`), else the plain trapezoid."""
         if self._power is None or dev.last_power_w is None or dev.last_t_s is None:
-            return self._trapezoid_j(dev, power_w, t_s)
+            return power_step_j(dev.last_power_w, dev.last_t_s, power_w, t_s)
         index, t0 = dev.info.index, dev.last_t_s
         joules, dev.power_points = self._power.integrate(index, t0, dev.last_power_w, t_s, power_w)
         return joules
-
-    @staticmethod
-    def _trapezoid_j(dev: _DeviceState, power_w: float | None, t_s: float) -> float:
-        """Joules between the last power reading and this one (0 without both readings)."""
-        if power_w is None or dev.last_power_w is None or dev.last_t_s is None:
-            return 0.0
-        return (dev.last_power_w + power_w) / 2 * max(0.0, t_s - dev.last_t_s)
 
     # ---- processes and shutdown
 
